@@ -1,0 +1,103 @@
+"""Build the parts of a run from its Hydra config; shared by train.py and evaluate.py."""
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.value import GAE
+
+from torchrl_sapg.envs import make_env
+from torchrl_sapg.modules import ActorCritic, make_actor_critic
+from torchrl_sapg.objectives import SAPGLoss
+
+
+def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = None):
+    return make_env(
+        cfg.env.name,
+        num_envs or cfg.env.num_envs,
+        device=cfg.device,
+        seed=cfg.seed if seed is None else seed,
+        **dict(cfg.env.get("kwargs") or {}),
+    )
+
+
+def build_agent(cfg: DictConfig, env) -> ActorCritic:
+    obs_dim = env.observation_spec["observation"].shape[-1]
+    act_dim = env.action_spec.shape[-1]
+    return make_actor_critic(
+        obs_dim,
+        act_dim,
+        num_policies=cfg.algo.num_policies,
+        latent_dim=cfg.algo.latent_dim,
+        actor_hidden_sizes=list(cfg.model.hidden_sizes),
+        critic_hidden_sizes=list(cfg.model.critic_hidden_sizes) if cfg.model.critic_hidden_sizes else None,
+        activation=cfg.model.activation,
+        normalize_observations=cfg.model.normalize_observations,
+        init_log_std=cfg.model.init_log_std,
+        device=cfg.device,
+    )
+
+
+def build_loss(cfg: DictConfig, agent: ActorCritic):
+    t = cfg.train
+    if t.normalize_advantage not in ("batch", "minibatch", "none"):
+        raise ValueError(f"train.normalize_advantage={t.normalize_advantage!r}: choose batch, minibatch or none.")
+    if cfg.algo.name == "ppo":
+        loss = ClipPPOLoss(
+            agent.actor,
+            agent.critic,
+            clip_epsilon=t.clip_epsilon,
+            entropy_bonus=t.entropy_coeff > 0,
+            entropy_coeff=t.entropy_coeff,
+            critic_coeff=t.critic_coeff,
+            loss_critic_type=t.loss_critic_type,
+            normalize_advantage=t.normalize_advantage == "minibatch",
+            clip_value=t.clip_value,
+        )
+        average_gae = t.normalize_advantage == "batch"
+    elif cfg.algo.name == "sapg":
+        a = cfg.algo
+        loss = SAPGLoss(
+            agent.actor,
+            agent.critic,
+            num_policies=a.num_policies,
+            leader_id=a.leader_id,
+            aggregation=a.aggregation,
+            off_policy_ratio=a.off_policy_ratio,
+            off_policy_coeff=a.off_policy_coeff,
+            entropy_coeffs=list(a.entropy_coeffs) if a.entropy_coeffs is not None else None,
+            entropy_sigma=None if a.entropy_coeffs is not None else a.entropy_sigma,
+            clip_epsilon=t.clip_epsilon,
+            critic_coeff=t.critic_coeff,
+            clip_value=t.clip_value,
+            loss_critic_type=t.loss_critic_type,
+            bounds_loss_coeff=a.bounds_loss_coeff,
+            mu_correction=a.mu_correction,
+            critic_target=a.critic_target,
+            n_steps=a.n_steps,
+            gamma=t.gamma,
+            advantage_normalization=t.normalize_advantage,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        # SAPGLoss.aggregate standardises over the aggregated batch (on- and off-policy rows)
+        average_gae = False
+    else:
+        raise ValueError(f"algo.name={cfg.algo.name!r} is unknown; choose ppo or sapg.")
+    value_estimator = GAE(gamma=t.gamma, lmbda=t.lmbda, value_network=agent.critic, average_gae=average_gae)
+    return loss, value_estimator
+
+
+def headline_policy(cfg: DictConfig) -> int:
+    """The policy whose return is the run's headline: the SAPG leader / EPO master, else 0."""
+    return int(cfg.algo.get("leader_id", 0))
+
+
+def register_algorithm_hooks(cfg: DictConfig, trainer, loss) -> None:
+    """Wire algorithm-specific steps into the trainer's TorchRL hook stages."""
+    if cfg.algo.name == "sapg":
+        # after value estimation, before the mini-epochs: build the leader's off-policy data
+        trainer.register_op("batch_process", loss.aggregate)
+
+
+def device_of(cfg: DictConfig) -> torch.device:
+    return torch.device(cfg.device)

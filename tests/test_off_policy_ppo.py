@@ -1,0 +1,339 @@
+"""OffPolicyClipPPOLoss (SAPG Eq. 3, 4, 9) checked number by number against hand computations.
+
+Every reference value below is recomputed with plain torch ops from the actor's ``loc``/``scale``
+and the critic's output, independently of the loss's own code path.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.objectives import ClipPPOLoss
+
+from torchrl_sapg.modules import make_actor_critic
+from torchrl_sapg.objectives import OffPolicyClipPPOLoss
+
+OBS_DIM, ACT_DIM, M, B = 3, 2, 2, 16
+EPS = 0.2
+
+
+# ----------------------------------------------------------------------------- fixtures / helpers
+@pytest.fixture
+def ac():
+    torch.manual_seed(0)
+    out = make_actor_critic(OBS_DIM, ACT_DIM, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    with torch.no_grad():  # distinct per-policy log-stds so a wrong row lookup shows up
+        out.actor.log_std.copy_(torch.tensor([[-0.3, 0.1], [0.2, -0.5]]))
+    return out
+
+
+def _batch(ac, *, seed=0, off=True, target=True, n_off=6):
+    """A [B] batch: random obs / ids, sampled actions, a perturbed behaviour log-prob (so the
+    ratio is not 1), random advantages and value targets; optionally off-policy flags on
+    ``n_off`` rows and a random ``target_log_prob``."""
+    g = torch.Generator().manual_seed(seed)
+    td = TensorDict(
+        {"observation": torch.randn(B, OBS_DIM, generator=g), "policy_id": torch.randint(0, M, (B,), generator=g)}, [B]
+    )
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        td = ac.actor(td)
+    td = td.detach()
+    td["action_log_prob"] = td["action_log_prob"] + 0.25 * torch.randn(B, generator=g)
+    td["advantage"] = torch.randn(B, 1, generator=g)
+    td["value_target"] = torch.randn(B, 1, generator=g)
+    if off:
+        flags = torch.zeros(B, dtype=torch.bool)
+        flags[torch.randperm(B, generator=g)[:n_off]] = True
+        td["off_policy"] = flags
+    if target:
+        td["target_log_prob"] = td["action_log_prob"] + 0.3 * torch.randn(B, generator=g)
+    return td
+
+
+def _gauss(ac, td):
+    """loc, scale of the current actor on td (graph kept, for gradient checks)."""
+    head = ac.actor.head
+    loc = head.backbone(td["observation"], td["policy_id"])
+    scale = head.log_std[td["policy_id"]].exp()
+    return loc, scale
+
+
+def _hand_logp(loc, scale, action):
+    return (-0.5 * ((action - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _hand_entropy(scale):
+    return (0.5 + 0.5 * math.log(2 * math.pi) + scale.log()).sum(-1)
+
+
+def _hand_loss(ac, td, *, eps=EPS, lam=1.0, mu_correction=True, critic_coeff=1.0, entropy_coeff=0.0):
+    """Reference: weighted clipped surrogate + critic + entropy, plain torch ops."""
+    loc, scale = _gauss(ac, td)
+    logp = _hand_logp(loc, scale, td["action"])
+    behaviour = td["action_log_prob"]
+    r = torch.exp(logp - behaviour)
+    off = td.get("off_policy", torch.zeros(B, dtype=torch.bool))
+    if mu_correction and "target_log_prob" in td.keys():
+        mu = torch.where(off, torch.exp(td["target_log_prob"] - behaviour), torch.ones(B))
+    else:
+        mu = torch.ones(B)
+    A = td["advantage"].squeeze(-1)
+    clipped_r = torch.minimum(torch.maximum(r, mu * (1 - eps)), mu * (1 + eps))
+    gain = torch.minimum(r * A, clipped_r * A)
+    w = torch.where(off, torch.full((B,), float(lam)), torch.ones(B))
+    out = {"loss_objective": -(w * gain).sum() / w.sum()}
+    V = ac.critic(td.select("observation", "policy_id").clone())["state_value"].squeeze(-1)
+    out["loss_critic"] = (w * critic_coeff * (V - td["value_target"].squeeze(-1)) ** 2).sum() / w.sum()
+    H = _hand_entropy(scale)
+    out["loss_entropy"] = -(w * entropy_coeff * H).sum() / w.sum()
+    with torch.no_grad():
+        is_clipped = (r < mu * (1 - eps)) | (r > mu * (1 + eps))
+        out.update(r=r.detach(), mu=mu, off=off, is_clipped=is_clipped, logp=logp.detach())
+    return out
+
+
+def _params(ac):
+    seen, out = set(), []
+    for p in list(ac.actor.parameters()) + list(ac.critic.parameters()):
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _grads(loss, params):
+    g = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    return [torch.zeros_like(p) if x is None else x for p, x in zip(params, g)]
+
+
+def _ess(r):
+    return r.sum() ** 2 / (r.numel() * (r**2).sum())
+
+
+# ----------------------------------------------------------------------------- 1. surrogate with mu
+@pytest.mark.parametrize("mu_correction", [True, False])
+def test_surrogate_matches_hand_computation(ac, mu_correction):
+    td = _batch(ac)
+    loss = OffPolicyClipPPOLoss(
+        ac.actor, ac.critic, clip_epsilon=EPS, entropy_bonus=False, critic_coeff=1.0, loss_critic_type="l2",
+        mu_correction=mu_correction,
+    )
+    out = loss(td)
+    ref = _hand_loss(ac, td, mu_correction=mu_correction)
+    # the data must exercise every branch: off rows with mu != 1 and both clipped / unclipped rows
+    assert ref["off"].sum() == 6
+    assert 0 < ref["is_clipped"].sum() < B
+    if mu_correction:
+        assert (ref["mu"][ref["off"]] - 1).abs().min() > 1e-3
+    else:
+        assert (ref["mu"] == 1).all()
+    torch.testing.assert_close(out["loss_objective"], ref["loss_objective"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["loss_critic"], ref["loss_critic"], rtol=1e-5, atol=1e-6)
+    # gradients agree too (actor and critic, shared latents included)
+    params = _params(ac)
+    g_lib = _grads(out["loss_objective"] + out["loss_critic"], params)
+    g_ref = _grads(ref["loss_objective"] + ref["loss_critic"], params)
+    for a, b in zip(g_lib, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_mu_changes_the_loss_only_through_off_policy_rows(ac):
+    """mu_correction matters on off rows; on-policy rows ignore target_log_prob entirely."""
+    td = _batch(ac)
+    kw = dict(clip_epsilon=EPS, entropy_bonus=False, critic_coeff=1.0, loss_critic_type="l2")
+    with_mu = OffPolicyClipPPOLoss(ac.actor, ac.critic, mu_correction=True, **kw)(td)["loss_objective"]
+    no_mu = OffPolicyClipPPOLoss(ac.actor, ac.critic, mu_correction=False, **kw)(td)["loss_objective"]
+    assert not torch.allclose(with_mu, no_mu)
+    # scrambling target_log_prob on the on-policy rows changes nothing
+    td2 = td.clone()
+    on = ~td2["off_policy"]
+    td2["target_log_prob"][on] = td2["target_log_prob"][on] + 5.0
+    torch.testing.assert_close(OffPolicyClipPPOLoss(ac.actor, ac.critic, mu_correction=True, **kw)(td2)["loss_objective"], with_mu)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 2.0])
+def test_off_policy_coeff_weights_actor_critic_and_entropy(ac, lam):
+    td = _batch(ac, seed=1)
+    loss = OffPolicyClipPPOLoss(
+        ac.actor, ac.critic, clip_epsilon=EPS, entropy_coeff=0.03, critic_coeff=0.7, loss_critic_type="l2",
+        off_policy_coeff=lam,
+    )
+    out = loss(td)
+    ref = _hand_loss(ac, td, lam=lam, critic_coeff=0.7, entropy_coeff=0.03)
+    for key in ("loss_objective", "loss_critic", "loss_entropy"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+    params = _params(ac)
+    total = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
+    total_ref = ref["loss_objective"] + ref["loss_critic"] + ref["loss_entropy"]
+    for a, b in zip(_grads(total, params), _grads(total_ref, params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_lambda_zero_equals_on_policy_only_loss(ac):
+    """lambda = 0: the off-policy rows are invisible (loss and gradients)."""
+    td = _batch(ac, seed=2)
+    kw = dict(clip_epsilon=EPS, entropy_coeff=0.02, critic_coeff=0.5, loss_critic_type="l2")
+    out = OffPolicyClipPPOLoss(ac.actor, ac.critic, off_policy_coeff=0.0, **kw)(td)
+    on_only = td[~td["off_policy"]]
+    ref = ClipPPOLoss(ac.actor, ac.critic, **kw)(on_only.exclude("off_policy", "target_log_prob"))
+    params = _params(ac)
+    for key in ("loss_objective", "loss_critic", "loss_entropy"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+        for a, b in zip(_grads(out[key], params), _grads(ref[key], params)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_lambda_zero_on_all_off_policy_minibatch_is_finite(ac):
+    td = _batch(ac, seed=3, n_off=B)  # every row off-policy (possible in a shuffled minibatch)
+    out = OffPolicyClipPPOLoss(
+        ac.actor, ac.critic, clip_epsilon=EPS, entropy_coeff=0.01, critic_coeff=1.0, loss_critic_type="l2",
+        off_policy_coeff=0.0,
+    )(td)
+    for key in ("loss_objective", "loss_critic", "loss_entropy"):
+        assert torch.isfinite(out[key]), key
+        assert out[key] == 0, key
+
+
+def test_negative_lambda_and_asymmetric_clip_rejected(ac):
+    with pytest.raises(ValueError, match="off_policy_coeff"):
+        OffPolicyClipPPOLoss(ac.actor, ac.critic, off_policy_coeff=-0.1)
+    with pytest.raises(ValueError, match="symmetric"):
+        OffPolicyClipPPOLoss(ac.actor, ac.critic, clip_epsilon=(0.1, 0.3))
+
+
+# ----------------------------------------------------------------------------- 2. == ClipPPOLoss on-policy
+@pytest.mark.parametrize("keys_present", [False, True])
+def test_equals_torchrl_clip_ppo_when_all_on_policy(ac, keys_present):
+    td = _batch(ac, seed=4, off=False, target=False)
+    if keys_present:
+        td["off_policy"] = torch.zeros(B, dtype=torch.bool)
+        td["target_log_prob"] = td["action_log_prob"] + torch.randn(B)  # ignored on on-policy rows
+    kw = dict(clip_epsilon=EPS, entropy_coeff=0.05, critic_coeff=0.5, loss_critic_type="l2")
+    ours = OffPolicyClipPPOLoss(ac.actor, ac.critic, **kw)
+    theirs = ClipPPOLoss(ac.actor, ac.critic, **kw)
+    out = ours(td)
+    ref = theirs(td.exclude("off_policy", "target_log_prob"))
+    assert 0 < float(ref["clip_fraction"]) < 1  # the batch exercises the clip
+    for key in ("loss_objective", "loss_critic", "loss_entropy", "entropy", "clip_fraction", "ESS", "kl_approx",
+                "max_ratio", "mean_ratio"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+    params = _params(ac)
+    tot = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
+    tot_ref = ref["loss_objective"] + ref["loss_critic"] + ref["loss_entropy"]
+    for a, b in zip(_grads(tot, params), _grads(tot_ref, params)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # on-policy-only statistics
+    torch.testing.assert_close(out["clip_fraction_on"], ref["clip_fraction"])
+    torch.testing.assert_close(out["ESS_on"], ref["ESS"])
+    assert float(out["clip_fraction_off"]) == 0.0 and float(out["ESS_off"]) == 0.0
+    assert float(out["off_policy_fraction"]) == 0.0
+    assert float(out["mu_mean"]) == float(out["mu_min"]) == float(out["mu_max"]) == 1.0
+
+
+def test_equals_torchrl_clip_ppo_smooth_l1_and_value_clipping(ac):
+    """Other ClipPPOLoss options pass through unchanged when everything is on-policy."""
+    td = _batch(ac, seed=5, off=False, target=False)
+    with torch.no_grad():
+        td["state_value"] = ac.critic(td.select("observation", "policy_id").clone())["state_value"] + 0.3 * torch.randn(B, 1)
+    kw = dict(clip_epsilon=EPS, entropy_coeff=0.01, critic_coeff=2.0, loss_critic_type="smooth_l1", clip_value=0.1)
+    out = OffPolicyClipPPOLoss(ac.actor, ac.critic, **kw)(td)
+    ref = ClipPPOLoss(ac.actor, ac.critic, **kw)(td)
+    for key in ("loss_objective", "loss_critic", "loss_entropy", "value_clip_fraction"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+# ----------------------------------------------------------------------------- 3. statistics
+def test_reported_statistics_match_hand_computation(ac):
+    td = _batch(ac, seed=6, n_off=7)
+    out = OffPolicyClipPPOLoss(ac.actor, ac.critic, clip_epsilon=EPS, entropy_coeff=0.01, critic_coeff=1.0,
+                               loss_critic_type="l2", mu_correction=True)(td)
+    ref = _hand_loss(ac, td)
+    r, mu, off, clipped = ref["r"], ref["mu"], ref["off"], ref["is_clipped"]
+    on = ~off
+    assert clipped[on].any() and clipped[off].any() and not clipped[off].all()
+    close = dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["clip_fraction"], clipped.float().mean(), **close)
+    torch.testing.assert_close(out["clip_fraction_on"], clipped[on].float().mean(), **close)
+    torch.testing.assert_close(out["clip_fraction_off"], clipped[off].float().mean(), **close)
+    torch.testing.assert_close(out["ESS"], _ess(r), **close)
+    torch.testing.assert_close(out["ESS_on"], _ess(r[on]), **close)
+    torch.testing.assert_close(out["ESS_off"], _ess(r[off]), **close)
+    mu_off = torch.exp(td["target_log_prob"] - td["action_log_prob"])[off]
+    torch.testing.assert_close(out["mu_mean"], mu_off.mean(), **close)
+    torch.testing.assert_close(out["mu_min"], mu_off.min(), **close)
+    torch.testing.assert_close(out["mu_max"], mu_off.max(), **close)
+    torch.testing.assert_close(out["off_policy_fraction"], torch.tensor(7 / B), **close)
+    torch.testing.assert_close(out["kl_approx"], (td["action_log_prob"] - ref["logp"])[on].mean(), **close)
+    torch.testing.assert_close(out["max_ratio"], r.max(), **close)
+    torch.testing.assert_close(out["mean_ratio"], r.mean(), **close)
+    torch.testing.assert_close(out["entropy"], _hand_entropy(_gauss(ac, td)[1]).mean().detach(), **close)
+
+
+def test_statistics_all_off_policy(ac):
+    td = _batch(ac, seed=7, n_off=B)
+    out = OffPolicyClipPPOLoss(ac.actor, ac.critic, clip_epsilon=EPS, entropy_bonus=False, critic_coeff=1.0,
+                               loss_critic_type="l2")(td)
+    ref = _hand_loss(ac, td)
+    assert float(out["off_policy_fraction"]) == 1.0
+    assert float(out["ESS_on"]) == 0.0 and float(out["clip_fraction_on"]) == 0.0
+    assert float(out["kl_approx"]) == 0.0  # no on-policy rows
+    torch.testing.assert_close(out["ESS_off"], _ess(ref["r"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["loss_objective"], ref["loss_objective"], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- multi-dim batches
+def _on_policy_2d(ac):
+    """A [4, 4] on-policy batch whose behaviour log-prob is the current policy's (ratio == 1)."""
+    td = _batch(ac, seed=8, off=False, target=False)
+    with torch.no_grad():
+        td["action_log_prob"] = ac.actor.get_dist(td).log_prob(td["action"])
+    td = td.reshape(4, 4)
+    td["off_policy"] = torch.zeros(4, 4, dtype=torch.bool)
+    td["target_log_prob"] = td["action_log_prob"].clone()
+    return td
+
+
+def test_2d_batch_losses_equal_clip_ppo(ac):
+    td = _on_policy_2d(ac)
+    kw = dict(clip_epsilon=EPS, entropy_coeff=0.05, critic_coeff=0.5, loss_critic_type="l2")
+    out = OffPolicyClipPPOLoss(ac.actor, ac.critic, **kw)(td)
+    ref = ClipPPOLoss(ac.actor, ac.critic, **kw)(td.exclude("off_policy", "target_log_prob"))
+    for key in ("loss_objective", "loss_critic", "loss_entropy", "clip_fraction", "kl_approx"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+    # the weighted reduction is independent of the batch layout
+    flat = OffPolicyClipPPOLoss(ac.actor, ac.critic, **kw)(td.reshape(-1))
+    for key in ("loss_objective", "loss_critic", "loss_entropy"):
+        torch.testing.assert_close(out[key], flat[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_2d_batch_ess_is_normalised(ac):
+    td = _on_policy_2d(ac)
+    kw = dict(clip_epsilon=EPS, entropy_bonus=False, critic_coeff=0.5, loss_critic_type="l2")
+    out = OffPolicyClipPPOLoss(ac.actor, ac.critic, **kw)(td)
+    ref = ClipPPOLoss(ac.actor, ac.critic, **kw)(td.exclude("off_policy", "target_log_prob"))
+    # ratio == 1 on every row: the normalised effective sample size is 1, whatever the layout
+    torch.testing.assert_close(ref["ESS"], torch.ones_like(ref["ESS"]), rtol=1e-5, atol=1e-5)
+    # one ESS over all N*T rows (ClipPPOLoss reports one per column of a 2-d batch)
+    assert out["ESS"].shape == () and out["ESS_on"].shape == ()
+    torch.testing.assert_close(out["ESS"], torch.ones(()), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["ESS_on"], torch.ones(()), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- ClipPPOLoss options
+@pytest.mark.filterwarnings("ignore:No target network updater")
+@pytest.mark.parametrize("extra", [{"delay_actor": True}, {"max_importance_ratio": 1.05}], ids=["delay_actor", "max_is_ratio"])
+def test_clip_ppo_options_are_honoured_or_rejected(ac, extra):
+    td = _batch(ac, seed=4, off=False, target=False)
+    kw = dict(clip_epsilon=EPS, entropy_bonus=False, critic_coeff=0.5, loss_critic_type="l2", **extra)
+    try:
+        ours = OffPolicyClipPPOLoss(ac.actor, ac.critic, **kw)
+    except ValueError:
+        return  # rejecting an unsupported option is a fine fix too
+    theirs = ClipPPOLoss(ac.actor, ac.critic, **kw)
+    with torch.no_grad():  # move the current policy away from the (delayed) proximal copy
+        for p in ac.actor.head.backbone.mlp.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    torch.testing.assert_close(ours(td)["loss_objective"], theirs(td)["loss_objective"], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,23 @@
+from torchrl_sapg.envs.classic_control import (
+    EMBEDDED_TASKS,
+    AcrobotEnv,
+    BatchedClassicControlEnv,
+    CartPoleEnv,
+    MountainCarContinuousEnv,
+    PendulumEnv,
+)
+from torchrl_sapg.envs.factory import available_envs, make_env
+from torchrl_sapg.envs.policy_id import PolicyIdTransform, block_policy_ids
+
+__all__ = [
+    "EMBEDDED_TASKS",
+    "AcrobotEnv",
+    "BatchedClassicControlEnv",
+    "CartPoleEnv",
+    "MountainCarContinuousEnv",
+    "PendulumEnv",
+    "PolicyIdTransform",
+    "available_envs",
+    "block_policy_ids",
+    "make_env",
+]

@@ -1,0 +1,41 @@
+"""``make_env``: one entry point for the embedded tasks (and, later, the real simulators)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchrl.envs import EnvBase
+
+from torchrl_sapg.envs.classic_control import EMBEDDED_TASKS
+
+
+def available_envs() -> list[str]:
+    """Names :func:`make_env` accepts."""
+    return sorted(EMBEDDED_TASKS)
+
+
+def make_env(
+    name: str,
+    num_envs: int,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+    **kwargs: Any,
+) -> EnvBase:
+    """Build ``num_envs`` batched copies of task ``name`` on ``device``.
+
+    Embedded tasks (pure torch, no extra install): ``"pendulum"``, ``"mountain_car"``,
+    ``"acrobot"``, ``"cartpole"``. Extra keyword arguments go to the task's constructor
+    (e.g. ``max_episode_steps``).
+
+    Examples:
+        >>> env = make_env("pendulum", 16, seed=0)
+        >>> env.batch_size
+        torch.Size([16])
+    """
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"num_envs must be a positive int, got {num_envs!r}.")
+    key = name.lower().replace("-", "_")
+    if key in EMBEDDED_TASKS:
+        return EMBEDDED_TASKS[key](num_envs, device=device, seed=seed, **kwargs)
+    raise ValueError(f"unknown env name={name!r}; available: {', '.join(available_envs())}.")

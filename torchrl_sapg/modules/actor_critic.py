@@ -1,0 +1,220 @@
+"""Latent-conditioned actor and critic: one shared backbone, one learned latent per policy."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tensordict.nn import TensorDictModule
+from tensordict.utils import NestedKey
+from torch import nn
+from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
+
+from torchrl_sapg.modules.latents import PolicyLatents, check_policy_ids
+from torchrl_sapg.modules.normalization import ObservationNormalizer
+
+_ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
+
+
+def _activation(name: str) -> type[nn.Module]:
+    try:
+        return _ACTIVATIONS[name.lower()]
+    except KeyError:
+        raise ValueError(f"activation={name!r} is unknown; choose one of {sorted(_ACTIVATIONS)}.") from None
+
+
+class LatentConditionedMLP(nn.Module):
+    """``mlp(concat(normalise(obs), phi[policy_id]))``: the shared backbone of SAPG (Sec. 4.2).
+
+    Args:
+        observation_dim: size of the (flat) observation.
+        out_dim: size of the output.
+        latents: the shared :class:`PolicyLatents` table (``None`` or ``latent_dim=0``: no
+            conditioning, a plain MLP).
+        hidden_sizes: widths of the hidden layers.
+        activation: ``"elu"`` (the paper's), ``"relu"``, ``"tanh"``, ``"silu"`` or ``"gelu"``.
+        obs_normalizer: an :class:`ObservationNormalizer` applied to the observation first.
+
+    Examples:
+        >>> net = LatentConditionedMLP(3, 2, latents=PolicyLatents(2, 4), hidden_sizes=(16,))
+        >>> net(torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        observation_dim: int,
+        out_dim: int,
+        *,
+        latents: PolicyLatents | None = None,
+        hidden_sizes: Sequence[int] = (256, 128, 64),
+        activation: str = "elu",
+        obs_normalizer: ObservationNormalizer | None = None,
+    ):
+        super().__init__()
+        self.latents = latents
+        self.obs_normalizer = obs_normalizer
+        latent_dim = latents.latent_dim if latents is not None else 0
+        act = _activation(activation)
+        layers: list[nn.Module] = []
+        width = observation_dim + latent_dim
+        for h in hidden_sizes:
+            layers += [nn.Linear(width, h), act()]
+            width = h
+        layers.append(nn.Linear(width, out_dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, observation: torch.Tensor, policy_id: torch.Tensor | None = None) -> torch.Tensor:
+        x = observation
+        if self.obs_normalizer is not None:
+            x = self.obs_normalizer(x)
+        if self.latents is not None and self.latents.latent_dim > 0:
+            if policy_id is None:
+                raise KeyError("policy_id is required by a latent-conditioned network but is missing.")
+            x = torch.cat([x, self.latents(policy_id)], dim=-1)
+        return self.mlp(x)
+
+
+class _GaussianHead(nn.Module):
+    """loc from the backbone, a state-independent log-std per policy (``[M, action_dim]``)."""
+
+    def __init__(self, backbone: LatentConditionedMLP, num_policies: int, action_dim: int, init_log_std: float):
+        super().__init__()
+        self.backbone = backbone
+        self.num_policies = num_policies
+        self.log_std = nn.Parameter(torch.full((num_policies, action_dim), float(init_log_std)))
+
+    def forward(self, observation: torch.Tensor, policy_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = self.backbone(observation, policy_id)
+        check_policy_ids(policy_id, self.num_policies)
+        scale = self.log_std[policy_id].exp()
+        return loc, scale
+
+
+class LatentConditionedActor(ProbabilisticActor):
+    """Gaussian policy ``N(mlp(obs, phi[policy_id]), exp(log_std[policy_id]))`` for M policies.
+
+    All M policies share the backbone; policy ``j`` is told apart by its learned latent
+    ``phi_j`` (SAPG Sec. 4.2) and owns a state-independent log-std row (``[M, action_dim]``,
+    as in the paper). Reads ``observation_key`` and ``policy_id_key``; writes ``"loc"``,
+    ``"scale"``, the action and its log-prob (``"action_log_prob"``, TorchRL's default).
+    With ``num_policies=1`` and ``latents=None`` it is an ordinary PPO Gaussian actor.
+
+    Args:
+        observation_dim: flat observation size.
+        action_dim: action size.
+        num_policies: ``M``.
+        latents: a (possibly shared with the critic) :class:`PolicyLatents`; ``None`` for none.
+        hidden_sizes, activation: the backbone MLP.
+        obs_normalizer: an :class:`ObservationNormalizer` (may be shared with the critic).
+        init_log_std: initial value of every log-std entry.
+        observation_key, policy_id_key, action_key: TensorDict keys.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> actor = LatentConditionedActor(3, 1, num_policies=2, latents=PolicyLatents(2, 4))
+        >>> td = TensorDict({"observation": torch.randn(4, 3), "policy_id": torch.tensor([0, 0, 1, 1])}, [4])
+        >>> sorted(actor(td).keys())
+        ['action', 'action_log_prob', 'loc', 'observation', 'policy_id', 'scale']
+    """
+
+    def __init__(
+        self,
+        observation_dim: int,
+        action_dim: int,
+        *,
+        num_policies: int = 1,
+        latents: PolicyLatents | None = None,
+        hidden_sizes: Sequence[int] = (256, 128, 64),
+        activation: str = "elu",
+        obs_normalizer: ObservationNormalizer | None = None,
+        init_log_std: float = 0.0,
+        observation_key: NestedKey = "observation",
+        policy_id_key: NestedKey = "policy_id",
+        action_key: NestedKey = "action",
+    ):
+        if latents is not None and latents.num_policies != num_policies:
+            raise ValueError(
+                f"latents has {latents.num_policies} rows but num_policies={num_policies}; "
+                "build PolicyLatents with the same num_policies."
+            )
+        backbone = LatentConditionedMLP(
+            observation_dim,
+            action_dim,
+            latents=latents,
+            hidden_sizes=hidden_sizes,
+            activation=activation,
+            obs_normalizer=obs_normalizer,
+        )
+        head = _GaussianHead(backbone, num_policies, action_dim, init_log_std)
+        module = TensorDictModule(head, in_keys=[observation_key, policy_id_key], out_keys=["loc", "scale"])
+        super().__init__(
+            module,
+            in_keys=["loc", "scale"],
+            out_keys=[action_key],
+            distribution_class=IndependentNormal,
+            return_log_prob=True,
+        )
+        self.num_policies = num_policies
+
+    @property
+    def head(self) -> _GaussianHead:
+        return self.module[0].module
+
+    @property
+    def log_std(self) -> nn.Parameter:
+        """The ``[M, action_dim]`` per-policy log-std table."""
+        return self.head.log_std
+
+    @property
+    def latents(self) -> PolicyLatents | None:
+        return self.head.backbone.latents
+
+    @property
+    def obs_normalizer(self) -> ObservationNormalizer | None:
+        return self.head.backbone.obs_normalizer
+
+
+class LatentConditionedValue(ValueOperator):
+    """State-value critic ``V(obs, phi[policy_id])`` sharing the latent table with the actor.
+
+    SAPG conditions the critic on the same per-policy parameters as the actor, so each
+    policy gets its own value function from one network (Sec. 4.2); the leader's critic
+    evaluated on followers' states is what builds the off-policy targets.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> latents = PolicyLatents(2, 4)
+        >>> critic = LatentConditionedValue(3, num_policies=2, latents=latents)
+        >>> td = TensorDict({"observation": torch.randn(4, 3), "policy_id": torch.tensor([0, 0, 1, 1])}, [4])
+        >>> critic(td)["state_value"].shape
+        torch.Size([4, 1])
+    """
+
+    def __init__(
+        self,
+        observation_dim: int,
+        *,
+        num_policies: int = 1,
+        latents: PolicyLatents | None = None,
+        hidden_sizes: Sequence[int] = (256, 128, 64),
+        activation: str = "elu",
+        obs_normalizer: ObservationNormalizer | None = None,
+        observation_key: NestedKey = "observation",
+        policy_id_key: NestedKey = "policy_id",
+        value_key: NestedKey = "state_value",
+    ):
+        if latents is not None and latents.num_policies != num_policies:
+            raise ValueError(
+                f"latents has {latents.num_policies} rows but num_policies={num_policies}; "
+                "build PolicyLatents with the same num_policies."
+            )
+        backbone = LatentConditionedMLP(
+            observation_dim,
+            1,
+            latents=latents,
+            hidden_sizes=hidden_sizes,
+            activation=activation,
+            obs_normalizer=obs_normalizer,
+        )
+        super().__init__(backbone, in_keys=[observation_key, policy_id_key], out_keys=[value_key])
+        self.num_policies = num_policies

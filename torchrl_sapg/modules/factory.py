@@ -1,0 +1,62 @@
+"""Build the latent-conditioned actor-critic of a population from plain arguments."""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from tensordict.utils import NestedKey
+
+from torchrl_sapg.modules.actor_critic import LatentConditionedActor, LatentConditionedValue
+from torchrl_sapg.modules.latents import PolicyLatents
+from torchrl_sapg.modules.normalization import ObservationNormalizer
+
+
+class ActorCritic(NamedTuple):
+    actor: LatentConditionedActor
+    critic: LatentConditionedValue
+    latents: PolicyLatents | None
+    obs_normalizer: ObservationNormalizer | None
+
+
+def make_actor_critic(
+    observation_dim: int,
+    action_dim: int,
+    *,
+    num_policies: int = 1,
+    latent_dim: int = 0,
+    actor_hidden_sizes: Sequence[int] = (256, 128, 64),
+    critic_hidden_sizes: Sequence[int] | None = None,
+    activation: str = "elu",
+    normalize_observations: bool = True,
+    init_log_std: float = 0.0,
+    device: torch.device | str = "cpu",
+    observation_key: NestedKey = "observation",
+    policy_id_key: NestedKey = "policy_id",
+) -> ActorCritic:
+    """Actor and critic sharing one :class:`PolicyLatents` table and one observation normaliser.
+
+    With ``num_policies=1, latent_dim=0`` this is the plain PPO actor-critic. SAPG uses
+    ``num_policies=M`` and ``latent_dim`` 16 or 32 (Sec. 4.2).
+
+    Examples:
+        >>> ac = make_actor_critic(3, 1, num_policies=6, latent_dim=32)
+        >>> ac.latents.weight.shape, ac.actor.log_std.shape
+        (torch.Size([6, 32]), torch.Size([6, 1]))
+    """
+    latents = PolicyLatents(num_policies, latent_dim) if latent_dim > 0 else None
+    norm = ObservationNormalizer((observation_dim,)) if normalize_observations else None
+    common = dict(
+        num_policies=num_policies,
+        latents=latents,
+        activation=activation,
+        obs_normalizer=norm,
+        observation_key=observation_key,
+        policy_id_key=policy_id_key,
+    )
+    actor = LatentConditionedActor(
+        observation_dim, action_dim, hidden_sizes=tuple(actor_hidden_sizes), init_log_std=init_log_std, **common
+    )
+    critic = LatentConditionedValue(
+        observation_dim, hidden_sizes=tuple(critic_hidden_sizes or actor_hidden_sizes), **common
+    )
+    return ActorCritic(actor.to(device), critic.to(device), latents, norm)

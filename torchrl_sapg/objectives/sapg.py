@@ -1,0 +1,329 @@
+"""SAPG: split-and-aggregate policy gradients (Singla et al., ICML 2024)."""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from torchrl_sapg.modules.latents import check_policy_ids
+from torchrl_sapg.objectives.off_policy_ppo import OffPolicyClipPPOLoss
+
+Aggregation = Literal["leader_follower", "symmetric", "none"]
+
+
+def sapg_entropy_coeffs(num_policies: int, sigma: float, leader_id: int = 0) -> torch.Tensor:
+    """The paper's per-policy entropy schedule (Sec. 4.5): the leader gets 0, the followers
+    ``sigma·1, sigma·2, ..., sigma·(M-1)`` in increasing id order.
+
+    Examples:
+        >>> sapg_entropy_coeffs(4, 0.01)
+        tensor([0.0000, 0.0100, 0.0200, 0.0300])
+        >>> sapg_entropy_coeffs(3, 1.0, leader_id=2)
+        tensor([1., 2., 0.])
+    """
+    if not 0 <= leader_id < num_policies:
+        raise ValueError(f"leader_id={leader_id} is outside [0, {num_policies}).")
+    rank = torch.arange(num_policies, dtype=torch.float32)
+    rank = torch.where(rank < leader_id, rank + 1, rank)
+    rank[leader_id] = 0
+    return rank * sigma
+
+
+def n_step_return(
+    reward: torch.Tensor,
+    next_value: torch.Tensor,
+    done: torch.Tensor,
+    terminated: torch.Tensor,
+    gamma: float,
+    n: int,
+) -> torch.Tensor:
+    """n-step value targets over ``[N, T]`` rollouts (SAPG Eq. 5, n = 3 in the paper).
+
+    ``G_t = sum_{k<n'} gamma^k r_{t+k} + gamma^{n'} V(s'_{t+n'-1}) (1 - terminated_{t+n'-1})`` where
+    ``n' <= n`` stops early at an episode end (done) or at the rollout's last step, and ``V(s')``
+    is the value of the recorded next state (so truncated episodes still bootstrap).
+    All inputs are ``[N, T]`` (or ``[N, T, 1]``); no Python loop over envs or time steps.
+
+    Examples:
+        >>> r = torch.ones(1, 4); v = torch.zeros(1, 4); d = torch.zeros(1, 4, dtype=torch.bool)
+        >>> n_step_return(r, v, d, d, gamma=0.5, n=3)
+        tensor([[1.7500, 1.7500, 1.5000, 1.0000]])
+    """
+    shape = reward.shape
+    r = reward.reshape(shape[0], shape[1]).to(next_value.dtype)
+    v = next_value.reshape(r.shape)
+    d = done.reshape(r.shape).to(r.dtype)
+    term = terminated.reshape(r.shape).to(r.dtype)
+    T = r.shape[1]
+    t = torch.arange(T, device=r.device)
+    out = torch.zeros_like(r)
+    alive = torch.ones_like(r)
+    disc = 1.0
+    for k in range(n):
+        idx = (t + k).clamp_max(T - 1)
+        valid = (t + k < T).to(r.dtype)
+        last = ((t + k == T - 1) | torch.tensor(k == n - 1, device=r.device)).to(r.dtype)
+        r_k, d_k, term_k, v_k = r[:, idx], d[:, idx], term[:, idx], v[:, idx]
+        live = alive * valid
+        out = out + live * disc * r_k
+        stop = live * torch.clamp(d_k + last, max=1.0)
+        out = out + stop * disc * gamma * v_k * (1.0 - term_k)
+        alive = live * (1.0 - d_k) * (1.0 - last)
+        disc *= gamma
+    return out.reshape(shape)
+
+
+class SAPGLoss(OffPolicyClipPPOLoss):
+    """The SAPG objective: population PPO plus importance-sampled aggregation into a leader.
+
+    ``M`` policies share a latent-conditioned actor and critic and own the ``M`` env blocks.
+    :meth:`aggregate` turns a collected ``[N, T]`` batch into the training batch (Alg. 1):
+    every policy keeps its own on-policy rows, and the leader (``leader_follower``, Sec. 4.3)
+    or every policy (``symmetric``, Sec. 4.2) also gets ``off_policy_ratio`` × its own number of
+    whole env-rows sampled from the *other* policies, relabelled with its id and scored by its
+    pre-update actor and critic. The loss is :class:`OffPolicyClipPPOLoss` (Eq. 3, 4, 9) with
+    per-policy entropy coefficients (Sec. 4.5) and an optional bounds loss.
+
+    Args:
+        actor, critic: latent-conditioned modules reading ``"policy_id"``
+            (:class:`~torchrl_sapg.modules.LatentConditionedActor` / ``LatentConditionedValue``).
+        num_policies: ``M``.
+        leader_id: the leader's id (named, never implicit; the reference code uses the last block).
+        aggregation: ``"leader_follower"`` (paper's best), ``"symmetric"`` or ``"none"``
+            (independent population PPO).
+        off_policy_ratio: off-policy env-rows per on-policy env-row of a receiving policy (paper: 1).
+        off_policy_coeff: lambda of Eq. 4 / 9 (paper: 1).
+        entropy_coeffs: a ``[M]`` sequence of per-policy entropy coefficients (leader first), or
+        entropy_sigma: the paper's schedule ``sigma·(i-1)`` (see :func:`sapg_entropy_coeffs`).
+        clip_epsilon, critic_coeff, clip_value, loss_critic_type: as ``ClipPPOLoss``.
+        bounds_loss_coeff: weight of the squared hinge on the action mean outside
+            ``±bounds`` (rl_games' bounds loss; 0 disables it).
+        mu_correction: ``mu(1 ± eps)`` clip (paper) or ``1 ± eps`` (reference code).
+        critic_target: ``"gae"`` (GAE returns, the reference code) or ``"nstep"`` (Eq. 5, on-policy
+            rows get the ``n_steps`` return bootstrapped with the collecting policy's old critic).
+        n_steps, gamma: for the n-step and the one-step (Eq. 6) targets.
+        advantage_normalization: ``"batch"`` standardises advantages over the whole aggregated
+            batch in :meth:`aggregate` (the reference code; use GAE with ``average_gae=False``),
+            ``"minibatch"`` per minibatch in the loss, ``"none"``.
+        generator: a ``torch.Generator`` for the off-policy row sampling (reproducible runs).
+
+    Examples:
+        >>> from torchrl_sapg.collectors import PopulationCollector
+        >>> from torchrl_sapg.envs import make_env
+        >>> from torchrl_sapg.modules import make_actor_critic
+        >>> from torchrl.objectives.value import GAE
+        >>> ac = make_actor_critic(3, 1, num_policies=3, latent_dim=8, actor_hidden_sizes=(32,))
+        >>> collector = PopulationCollector(make_env("pendulum", 6, seed=0), ac.actor, num_policies=3,
+        ...                                 frames_per_batch=6 * 8)
+        >>> loss = SAPGLoss(ac.actor, ac.critic, num_policies=3, entropy_sigma=0.005)
+        >>> batch = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic)(next(iter(collector)))
+        >>> data = loss.aggregate(batch)
+        >>> data.shape, int(data["off_policy"].sum())  # 6 own rows + 2 follower rows for the leader
+        (torch.Size([8, 8]), 16)
+        >>> sorted(k for k in loss(data.reshape(-1)).keys() if k.startswith("loss_"))
+        ['loss_critic', 'loss_entropy', 'loss_objective']
+    """
+
+    def __init__(
+        self,
+        actor,
+        critic,
+        *,
+        num_policies: int,
+        leader_id: int = 0,
+        aggregation: Aggregation = "leader_follower",
+        off_policy_ratio: float = 1.0,
+        off_policy_coeff: float = 1.0,
+        entropy_coeffs: Sequence[float] | torch.Tensor | None = None,
+        entropy_sigma: float | None = None,
+        clip_epsilon: float = 0.2,
+        critic_coeff: float = 1.0,
+        clip_value: float | None = None,
+        loss_critic_type: str = "l2",
+        bounds_loss_coeff: float = 0.0,
+        bounds: float = 1.1,
+        mu_correction: bool = True,
+        critic_target: Literal["gae", "nstep"] = "gae",
+        n_steps: int = 3,
+        gamma: float = 0.99,
+        advantage_normalization: Literal["batch", "minibatch", "none"] = "batch",
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ):
+        if aggregation not in ("leader_follower", "symmetric", "none"):
+            raise ValueError(f"aggregation={aggregation!r}: choose 'leader_follower', 'symmetric' or 'none'.")
+        if not isinstance(num_policies, int) or num_policies < 1:
+            raise ValueError(f"num_policies must be a positive int, got {num_policies!r}.")
+        if not 0 <= leader_id < num_policies:
+            raise ValueError(f"leader_id={leader_id} is outside [0, num_policies={num_policies}).")
+        if aggregation != "none" and num_policies < 2:
+            raise ValueError(f"aggregation={aggregation!r} needs num_policies >= 2 (got 1); use aggregation='none'.")
+        max_ratio = num_policies - 1
+        if not 0 < off_policy_ratio <= max_ratio and aggregation != "none":
+            raise ValueError(
+                f"off_policy_ratio={off_policy_ratio} must be in (0, num_policies - 1 = {max_ratio}]: a "
+                "policy can receive at most every row of the other policies."
+            )
+        if critic_target not in ("gae", "nstep"):
+            raise ValueError(f"critic_target={critic_target!r}: choose 'gae' or 'nstep'.")
+        if advantage_normalization not in ("batch", "minibatch", "none"):
+            raise ValueError(f"advantage_normalization={advantage_normalization!r}: choose 'batch', 'minibatch' or 'none'.")
+        if entropy_coeffs is not None and entropy_sigma is not None:
+            raise ValueError("give entropy_coeffs or entropy_sigma, not both.")
+        if entropy_sigma is not None:
+            coeffs = sapg_entropy_coeffs(num_policies, entropy_sigma, leader_id)
+        elif entropy_coeffs is not None:
+            coeffs = torch.as_tensor(entropy_coeffs, dtype=torch.float32).flatten()
+            if coeffs.numel() != num_policies:
+                raise ValueError(
+                    f"entropy_coeffs has {coeffs.numel()} entries but num_policies={num_policies}: give one per policy."
+                )
+        else:
+            coeffs = torch.zeros(num_policies)
+        super().__init__(
+            actor,
+            critic,
+            clip_epsilon=clip_epsilon,
+            entropy_bonus=bool((coeffs != 0).any()),
+            entropy_coeff=0.0,
+            critic_coeff=critic_coeff,
+            clip_value=clip_value,
+            loss_critic_type=loss_critic_type,
+            normalize_advantage=advantage_normalization == "minibatch",
+            mu_correction=mu_correction,
+            off_policy_coeff=off_policy_coeff,
+            **kwargs,
+        )
+        device = self.clip_epsilon.device
+        self.register_buffer("entropy_coeffs", coeffs.to(device))
+        self.num_policies = num_policies
+        self.leader_id = leader_id
+        self.aggregation = aggregation
+        self.off_policy_ratio = float(off_policy_ratio)
+        self.bounds_loss_coeff = float(bounds_loss_coeff)
+        self.bounds = float(bounds)
+        self.critic_target = critic_target
+        self.n_steps = int(n_steps)
+        self.gamma = float(gamma)
+        self.advantage_normalization = advantage_normalization
+        self.generator = generator
+
+    # ------------------------------------------------------------------ loss hooks
+    def _entropy_coeff_rows(self, tensordict: TensorDictBase, shape: torch.Size) -> torch.Tensor:
+        policy_id = tensordict.get("policy_id")
+        return self.entropy_coeffs[policy_id].reshape(shape)
+
+    def _extra_losses(self, tensordict, dist, weights):
+        if self.bounds_loss_coeff == 0.0:
+            return {}
+        mu = dist.mean
+        b = self.bounds
+        hinge = (mu - b).clamp_min(0).pow(2) + (-b - mu).clamp_min(0).pow(2)
+        return {"loss_bounds": self.bounds_loss_coeff * hinge.sum(-1, keepdim=True)}
+
+    # ------------------------------------------------------------------ aggregation
+    def _receivers(self) -> list[int]:
+        if self.aggregation == "leader_follower":
+            return [self.leader_id]
+        return list(range(self.num_policies))
+
+    @torch.no_grad()
+    def aggregate(self, batch: TensorDictBase) -> TensorDictBase:
+        """Build the training batch of Alg. 1 from a collected ``[N, T]`` batch.
+
+        ``batch`` must hold what the collector and the value estimator wrote: ``"policy_id"``,
+        the action and its log-prob, ``("next", ...)`` with reward/done/terminated/observation,
+        ``"state_value"``, ``"advantage"`` and ``"value_target"``. Returns ``[N + K, T]``: the
+        on-policy rows (flag ``"off_policy" = False``, ``"target_log_prob"`` = their own
+        log-prob) followed by ``K`` relabelled off-policy env-rows with ``"target_log_prob"``,
+        ``"state_value"`` (V_old(s) of the receiving policy), the one-step target
+        ``r + gamma·V_old(s')·(1 - terminated)`` (Eq. 6) as ``"value_target"`` and its TD error
+        as ``"advantage"``. With ``critic_target="nstep"`` on-policy ``"value_target"`` is the
+        n-step return of Eq. 5. With ``advantage_normalization="batch"`` advantages are then
+        standardised over all returned rows. Never a host sync; fixed shapes.
+        """
+        if batch.batch_dims != 2:
+            raise ValueError(f"aggregate expects an [N, T] batch from the collector, got batch_size={tuple(batch.batch_size)}.")
+        keys = self.tensor_keys
+        for key in ("policy_id", keys.action, keys.sample_log_prob, keys.advantage, keys.value_target, keys.value, ("next", keys.reward)):
+            if key not in batch.keys(True, True):
+                raise KeyError(
+                    f"SAPGLoss.aggregate: {key!r} is missing from the batch. Collect with "
+                    "PopulationCollector (policy_id, log-prob) and run a value estimator such as GAE first."
+                )
+        N, T = batch.shape
+        policy_id = batch.get("policy_id")
+        row_ids = policy_id[:, 0]
+        check_policy_ids(row_ids, self.num_policies)
+        if N % self.num_policies:
+            raise ValueError(f"the batch has {N} env rows, not divisible by num_policies={self.num_policies}.")
+        block = N // self.num_policies
+        batch = batch.clone(False)
+        if self.critic_target == "nstep":
+            next_value = self._critic_values(batch.get("next"))
+            nstep = n_step_return(
+                batch.get(("next", keys.reward)),
+                next_value,
+                batch.get(("next", keys.done)),
+                batch.get(("next", keys.terminated)),
+                self.gamma,
+                self.n_steps,
+            )
+            batch.set(keys.value_target, nstep.reshape(batch.get(keys.value_target).shape))
+        batch.set(keys.off_policy, torch.zeros(N, T, dtype=torch.bool, device=batch.device))
+        batch.set(keys.target_log_prob, batch.get(keys.sample_log_prob).clone())
+        if self.aggregation == "none":
+            out = batch
+        else:
+            out = torch.cat([batch, self._off_policy_rows(batch, row_ids, block)], dim=0)
+        if self.advantage_normalization == "batch":
+            adv = out.get(keys.advantage)
+            out.set(keys.advantage, (adv - adv.mean()) / adv.std().clamp_min(1e-8))
+        return out
+
+    def _critic_values(self, td: TensorDictBase) -> torch.Tensor:
+        with self.critic_network_params.to_module(self.critic_network) if self.functional else _null():
+            return self.critic_network(td.select(*self.critic_network.in_keys).clone(False)).get(self.tensor_keys.value)
+
+    def _off_policy_rows(self, batch: TensorDictBase, row_ids: torch.Tensor, block: int) -> TensorDictBase:
+        keys = self.tensor_keys
+        receivers = torch.tensor(self._receivers(), device=batch.device)  # [R]
+        k = int(round(self.off_policy_ratio * block))
+        if k < 1:
+            raise ValueError(f"off_policy_ratio={self.off_policy_ratio} × {block} rows per policy rounds to 0 rows.")
+        # a random order of the env rows of every *other* policy first: own rows sort last (+2)
+        noise = torch.rand(len(receivers), row_ids.numel(), generator=self.generator, device="cpu" if self.generator is None else self.generator.device)
+        noise = noise.to(batch.device) + 2.0 * (row_ids.unsqueeze(0) == receivers.unsqueeze(1))
+        rows = noise.argsort(dim=1)[:, :k]  # [R, k], never a receiver's own row
+        off = batch[rows.reshape(-1)]
+        new_id = receivers.repeat_interleave(k).unsqueeze(1).expand(-1, batch.shape[1])
+        off.set("policy_id", new_id.clone())
+        if ("next", "policy_id") in off.keys(True, True):
+            off.set(("next", "policy_id"), new_id.clone())
+        # the receiving policy's pre-update actor and critic on the follower's data
+        with set_exploration_type(ExplorationType.RANDOM), (
+            self.actor_network_params.to_module(self.actor_network) if self.functional else _null()
+        ):
+            dist = self.actor_network.get_dist(off)
+            target_lp = dist.log_prob(off.get(keys.action))
+        off.set(keys.target_log_prob, target_lp.reshape(off.get(keys.sample_log_prob).shape))
+        value = self._critic_values(off)
+        next_value = self._critic_values(off.get("next"))
+        reward = off.get(("next", keys.reward))
+        not_term = 1.0 - off.get(("next", keys.terminated)).to(value.dtype).reshape(value.shape)
+        target = reward.reshape(value.shape) + self.gamma * next_value * not_term
+        off.set(keys.value, value)
+        off.set(keys.value_target, target.reshape(off.get(keys.value_target).shape))
+        off.set(keys.advantage, (target - value).reshape(off.get(keys.advantage).shape))
+        off.set(keys.off_policy, torch.ones(off.shape, dtype=torch.bool, device=off.device))
+        return off
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,464 @@
+"""The on-policy training loop every algorithm of the library shares (PPO, SAPG, EPO, PBT)."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
+from torch import nn
+from torchrl.objectives import LossModule
+from torchrl.record.loggers import Logger
+from torchrl.trainers import OptimizationStepper, Trainer
+
+from torchrl_sapg.trainers.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from torchrl_sapg.trainers.lr_schedule import LearningRateSchedule
+
+CHECKPOINT_FORMAT = "torchrl-sapg/1"
+
+
+def gaussian_kl(
+    actor,
+    batch: TensorDictBase,
+    *,
+    loc_key: NestedKey = "loc",
+    scale_key: NestedKey = "scale",
+    mask_key: NestedKey | None = "off_policy",
+) -> torch.Tensor:
+    """Mean analytic KL(pi_old || pi_theta) of diagonal Gaussians over ``batch``'s rows.
+
+    ``pi_old`` is read from the ``loc``/``scale`` the behaviour policy stored at collection;
+    ``pi_theta`` is ``actor``'s current distribution. Rows flagged ``mask_key`` (SAPG's
+    relabelled off-policy rows, whose stored distribution is another policy's) are excluded.
+    This is the KL rl_games and rsl_rl feed their adaptive learning rate.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> from torchrl_sapg.modules import make_actor_critic
+        >>> actor = make_actor_critic(3, 1).actor
+        >>> td = actor(TensorDict({"observation": torch.randn(8, 3), "policy_id": torch.zeros(8, dtype=torch.long)}, [8]))
+        >>> float(gaussian_kl(actor, td))  # same parameters: zero
+        0.0
+        >>> with torch.no_grad():
+        ...     _ = actor.log_std.add_(0.5)
+        >>> round(float(gaussian_kl(actor, td)), 4)  # log(e^0.5) + 1/(2 e) - 1/2
+        0.1839
+    """
+    with torch.no_grad():
+        old_loc, old_scale = batch.get(loc_key), batch.get(scale_key)
+        # on a shallow copy: the actor writes its own loc/scale, which must not replace the stored ones
+        dist = actor.get_dist(batch.copy())
+        new_loc, new_scale = dist.mean, dist.stddev
+        kl = (
+            torch.log(new_scale / old_scale)
+            + (old_scale.pow(2) + (old_loc - new_loc).pow(2)) / (2 * new_scale.pow(2))
+            - 0.5
+        ).sum(-1)
+        if mask_key is not None and mask_key in batch.keys(True, True):
+            keep = (~batch.get(mask_key).reshape(kl.shape)).to(kl.dtype)
+            return (kl * keep).sum() / keep.sum().clamp_min(1)
+        return kl.mean()
+
+
+class ClippedGradientStepper(OptimizationStepper):
+    """One optimiser step: sum the ``loss_*`` terms, backprop, clip the global grad norm, step.
+
+    Everything stays on the device: the grad norm and the loss terms come back as tensors and
+    the (optional) KL-adaptive learning rate is updated without a host sync.
+
+    Args:
+        max_grad_norm: global L2 clip (paper: 1.0); ``None`` disables clipping.
+        lr_schedule: a :class:`LearningRateSchedule` told the minibatch's KL after each step.
+        kl_key: the loss output holding the KL when ``kl_actor`` is not given.
+        kl_actor: a Gaussian actor; when given, the KL fed to the schedule is the analytic
+            :func:`gaussian_kl` of the minibatch before the step (rl_games / rsl_rl), reported
+            as ``"kl"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_grad_norm: float | None = 1.0,
+        lr_schedule: LearningRateSchedule | None = None,
+        kl_key: str = "kl_approx",
+        kl_actor=None,
+    ):
+        self.max_grad_norm = max_grad_norm
+        self.lr_schedule = lr_schedule
+        self.kl_key = kl_key
+        self.kl_actor = kl_actor
+        self._params: list[nn.Parameter] | None = None
+
+    def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
+        optimizer = trainer.optimizer
+        if self._params is None:
+            self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        losses = trainer.compute_loss(sub_batch)
+        if self.kl_actor is not None:
+            losses.set("kl", gaussian_kl(self.kl_actor, sub_batch))
+        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.max_grad_norm is not None:
+            grad_norm = nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
+        else:
+            grad_norm = torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in self._params if p.grad is not None])
+            )
+        optimizer.step()
+        if self.lr_schedule is not None:
+            kl = losses.get("kl") if self.kl_actor is not None else losses.get(self.kl_key, None)
+            self.lr_schedule.on_minibatch(kl)
+        out = losses.detach()
+        out.set("grad_norm", grad_norm.detach())
+        return out
+
+
+class OnPolicyTrainer(Trainer):
+    """collect → value estimation → mini-epochs of shuffled minibatches → log → checkpoint.
+
+    A TorchRL :class:`~torchrl.trainers.Trainer`: every hook stage of TorchRL's trainer
+    (``batch_process``, ``pre_epoch``, ``post_optim``, ``post_steps``, the ``*_log`` stages...)
+    works, and library parts such as EPO's genetic scheduler ``register`` into it. What it adds
+    over TorchRL's loop is what on-policy training at scale needs:
+
+    * value estimation once per collected batch, without gradient (``value_estimator``, e.g.
+      TorchRL's ``GAE``), before any ``batch_process`` hook;
+    * explicit batch arithmetic: give exactly one of ``num_minibatches`` or ``minibatch_size``;
+      a batch that does not split evenly raises instead of silently changing the minibatch;
+    * a :class:`ClippedGradientStepper` (grad-norm clip) and a :class:`LearningRateSchedule`
+      (KL-adaptive, linear or fixed);
+    * running observation normalisers updated once per batch, after the update;
+    * per-policy logging (``policy/<i>/<stat>``) of :class:`PopulationCollector` statistics,
+      a progress bar with frames/s and return;
+    * atomic checkpoints and an exact resume (:meth:`load`): frames, optimiser, normalisers,
+      schedule, hooks, the minibatch generator and the global RNG states.
+
+    Args:
+        collector: a :class:`~torchrl_sapg.collectors.PopulationCollector` (or any TorchRL
+            collector of ``[N, T]`` batches; per-policy logging then falls back to nothing).
+        loss_module: a TorchRL ``LossModule`` (``ClipPPOLoss``, ``SAPGLoss``...).
+        optimizer: the optimiser over ``loss_module.parameters()``.
+        total_frames: env frames to train for.
+        num_epochs: passes over each batch (mini-epochs).
+        num_minibatches / minibatch_size: exactly one of them.
+        value_estimator: run on each batch before the update (``None``: the loss computes its
+            own advantages).
+        max_grad_norm: global gradient-norm clip.
+        reward_scale: rewards are multiplied by this before value estimation (logged episode
+            returns are unaffected: the collector records them first).
+        lr_schedule: a :class:`LearningRateSchedule` (default: fixed).
+        kl_key: the loss output the adaptive schedule reads when ``kl_actor`` is ``None``.
+        kl_actor: the Gaussian actor; the adaptive schedule then reads the analytic KL of each
+            minibatch (:func:`gaussian_kl`), as rl_games and rsl_rl do. Recommended: the sample
+            estimate ``kl_approx`` is too noisy per minibatch to drive the rule.
+        obs_normalizers: :class:`~torchrl_sapg.modules.ObservationNormalizer` s to update.
+        observation_key: the key the normalisers read.
+        logger: a TorchRL logger (CSV, wandb, tensorboard).
+        log_interval: log every that many iterations.
+        checkpoint_path: where ``last.pt`` is written (``None``: no checkpoints).
+        checkpoint_interval: env frames between checkpoints (and one at the end).
+        headline_policy: the policy whose return is the headline metric (the SAPG leader).
+        progress_bar: show a tqdm bar.
+        seed: seeds torch and the minibatch generator.
+        checkpoint_extra: a callable returning extra picklable data stored in each checkpoint
+            (e.g. the resolved config).
+
+    Examples:
+        See ``docs/trainer.md`` and ``recipes/train.py``; a complete run::
+
+            trainer = OnPolicyTrainer(collector=collector, loss_module=loss, optimizer=optim,
+                                      total_frames=1_000_000, num_epochs=5, num_minibatches=4,
+                                      value_estimator=gae)
+            trainer.train()
+    """
+
+    def __init__(
+        self,
+        *,
+        collector,
+        loss_module: LossModule,
+        optimizer: torch.optim.Optimizer,
+        total_frames: int,
+        num_epochs: int,
+        num_minibatches: int | None = None,
+        minibatch_size: int | None = None,
+        value_estimator: Callable[[TensorDictBase], TensorDictBase] | None = None,
+        max_grad_norm: float | None = 1.0,
+        lr_schedule: LearningRateSchedule | None = None,
+        kl_key: str = "kl_approx",
+        kl_actor=None,
+        reward_scale: float = 1.0,
+        reward_key: NestedKey = ("next", "reward"),
+        obs_normalizers: Iterable[nn.Module] = (),
+        observation_key: NestedKey = "observation",
+        logger: Logger | None = None,
+        log_interval: int = 1,
+        checkpoint_path: str | None = None,
+        checkpoint_interval: int | None = None,
+        headline_policy: int = 0,
+        progress_bar: bool = True,
+        seed: int | None = None,
+        checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None,
+    ):
+        if (num_minibatches is None) == (minibatch_size is None):
+            raise ValueError(
+                "give exactly one of num_minibatches or minibatch_size: the minibatch is never "
+                f"derived silently (got num_minibatches={num_minibatches}, minibatch_size={minibatch_size})."
+            )
+        for name, value in (("num_epochs", num_epochs), ("num_minibatches", num_minibatches), ("minibatch_size", minibatch_size)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if total_frames <= 0:
+            raise ValueError(f"total_frames must be positive, got {total_frames}.")
+        self.lr_schedule = lr_schedule or LearningRateSchedule(optimizer, mode="fixed")
+        stepper = ClippedGradientStepper(
+            max_grad_norm=max_grad_norm, lr_schedule=self.lr_schedule, kl_key=kl_key, kl_actor=kl_actor
+        )
+        super().__init__(
+            collector=collector,
+            total_frames=total_frames,
+            frame_skip=1,
+            optim_steps_per_batch=1,
+            loss_module=loss_module,
+            optimizer=optimizer,
+            optimization_stepper=stepper,
+            logger=logger,
+            progress_bar=False,  # our own bar: it knows about resumes and per-policy returns
+            seed=None,
+            save_trainer_interval=checkpoint_interval or 0,
+            log_interval=0,
+            num_epochs=num_epochs,
+            auto_log_optim_steps=False,
+        )
+        self.lr_schedule.register(self)
+        self.value_estimator = value_estimator
+        self.reward_scale = float(reward_scale)
+        self.reward_key = reward_key
+        self.num_minibatches = num_minibatches
+        self.minibatch_size = minibatch_size
+        self.obs_normalizers = list(obs_normalizers)
+        self.observation_key = observation_key
+        self.log_interval = max(1, int(log_interval))
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_interval = checkpoint_interval
+        self.headline_policy = headline_policy
+        self.show_progress = progress_bar
+        self.checkpoint_extra = checkpoint_extra
+        self.iteration = 0
+        self.collected_frames = 0
+        self._last_save_frames = 0
+        self.last_metrics: dict[str, float] = {}
+        self.last_return = float("nan")  # headline return of the last iteration in which episodes ended
+        self.history: list[dict[str, float]] = []
+        device = next(iter(loss_module.parameters())).device
+        self.generator = torch.Generator(device=device)
+        if seed is not None:
+            torch.manual_seed(seed)
+            self.generator.manual_seed(seed)
+        self._printed_layout = False
+
+    # ------------------------------------------------------------------ batch arithmetic
+    def minibatch_layout(self, rows: int) -> tuple[int, int]:
+        """``(num_minibatches, minibatch_size)`` for a batch of ``rows`` rows; raises if uneven."""
+        if self.num_minibatches is not None:
+            if rows % self.num_minibatches:
+                raise ValueError(
+                    f"a batch of {rows} rows does not split into num_minibatches={self.num_minibatches} "
+                    "equal minibatches; change num_minibatches, num_envs or the horizon."
+                )
+            return self.num_minibatches, rows // self.num_minibatches
+        if rows % self.minibatch_size:
+            raise ValueError(
+                f"a batch of {rows} rows does not split into minibatches of minibatch_size="
+                f"{self.minibatch_size}; choose a divisor of {rows}."
+            )
+        return rows // self.minibatch_size, self.minibatch_size
+
+    # ------------------------------------------------------------------ the loop
+    def optim_steps(self, batch: TensorDictBase) -> TensorDictBase:
+        """Mini-epochs over shuffled minibatches of ``batch`` (flattened to rows)."""
+        self._pre_optim_hook()
+        flat = batch.reshape(-1)
+        rows = flat.shape[0]
+        n_mb, mb = self.minibatch_layout(rows)
+        if not self._printed_layout:
+            self._printed_layout = True
+            self.batch_layout = {"rows": rows, "num_minibatches": n_mb, "minibatch_size": mb,
+                                 "optimizer_steps_per_iteration": n_mb * self.num_epochs}
+        total = None
+        for _ in range(self.num_epochs):
+            self._pre_epoch_log_hook(flat)
+            flat = self._pre_epoch_hook(flat)
+            perm = torch.randperm(rows, generator=self.generator, device=self.generator.device)
+            for i in range(n_mb):
+                sub = flat[perm[i * mb : (i + 1) * mb]]
+                sub = self._process_optim_batch_hook(sub)
+                self._optim_count += 1
+                losses = self.optimization_stepper.step(self, sub)
+                self._post_optim_hook()
+                self._post_optim_log(sub)
+                total = losses if total is None else total + losses
+            self._post_epoch_log_hook(flat)
+            self._post_epoch_hook()
+        return total / (n_mb * self.num_epochs)
+
+    @torch.no_grad()
+    def _estimate_values(self, batch: TensorDictBase) -> TensorDictBase:
+        if self.reward_scale != 1.0:
+            # after the collector recorded episode returns, so logs stay in the env's units
+            batch.set(self.reward_key, batch.get(self.reward_key) * self.reward_scale)
+        if self.value_estimator is None:
+            return batch
+        out = self.value_estimator(batch)
+        return batch if out is None else out
+
+    def train(self) -> None:
+        """Train until ``total_frames`` (continuing from :meth:`load`'s point after a resume)."""
+        pbar = None
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=self.total_frames, initial=self.collected_frames, unit="frames", dynamic_ncols=True)
+        self._setup_hook()
+        t_last = time.perf_counter()
+        frames_last = self.collected_frames
+        try:
+            if self.collected_frames >= self.total_frames:
+                return
+            for batch in self.collector:
+                frames = batch.numel()
+                collected = batch
+                batch = self._estimate_values(batch)
+                batch = self._process_batch_hook(batch)
+                self.collected_frames += frames
+                self._pre_steps_log_hook(batch)
+                losses = self.optim_steps(batch)
+                self._update_normalizers(collected)
+                self.lr_schedule.on_iteration(self.collected_frames)
+                self._post_steps_hook()
+                self._post_steps_log_hook(batch)
+                self.iteration += 1
+                done = self.collected_frames >= self.total_frames or self._stop_training
+                if self.iteration % self.log_interval == 0 or done:
+                    now = time.perf_counter()
+                    fps = (self.collected_frames - frames_last) / max(now - t_last, 1e-9)
+                    t_last, frames_last = now, self.collected_frames
+                    metrics = self._metrics(losses, fps)
+                    self._write_log(metrics)
+                    ret = metrics.get("episode/return", float("nan"))
+                    if not math.isnan(ret):
+                        self.last_return = ret
+                    if pbar is not None:
+                        pbar.set_postfix(fps=f"{fps:,.0f}", ret=f"{self.last_return:.1f}")
+                else:
+                    self._check_finite(losses)
+                if pbar is not None:
+                    pbar.update(frames)
+                if self.checkpoint_path is not None and (
+                    done
+                    or (self.checkpoint_interval and self.collected_frames - self._last_save_frames >= self.checkpoint_interval)
+                ):
+                    self.save()
+                if done:
+                    break
+        finally:
+            if pbar is not None:
+                pbar.close()
+        self._shutdown_hook()
+
+    def _update_normalizers(self, collected: TensorDictBase) -> None:
+        if not self.obs_normalizers:
+            return
+        obs = collected.get(self.observation_key)
+        for norm in self.obs_normalizers:
+            norm.update(obs.reshape(-1, *obs.shape[collected.batch_dims :]))
+
+    # ------------------------------------------------------------------ logging
+    @staticmethod
+    def _check_finite(losses: TensorDictBase) -> None:
+        bad = [k for k, v in losses.items() if k.startswith("loss_") and not torch.isfinite(v).all()]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite loss terms {bad} in this iteration. Lower the learning rate, enable "
+                "gradient clipping (max_grad_norm) or observation normalisation, or check the env "
+                "for NaN observations/rewards; resume from the last checkpoint."
+            )
+
+    def _metrics(self, losses: TensorDictBase, fps: float) -> dict[str, float]:
+        self._check_finite(losses)
+        metrics = {f"train/{k}": float(v) for k, v in losses.items() if v.numel() == 1}
+        metrics["train/lr"] = float(self.lr_schedule.lr)
+        metrics["train/fps"] = fps
+        metrics["train/frames"] = float(self.collected_frames)
+        metrics["train/iteration"] = float(self.iteration)
+        stats_fn = getattr(self.collector, "episode_stats", None)
+        if stats_fn is not None:
+            stats = stats_fn()
+            for name, value in stats.items():
+                values = value.tolist()
+                for i, v in enumerate(values):
+                    metrics[f"policy/{i}/{name}"] = float(v)
+            lead = self.headline_policy
+            for name in stats.keys():
+                metrics[f"episode/{name}"] = metrics[f"policy/{lead}/{name}"]
+        self.last_metrics = metrics
+        self.history.append(metrics)
+        return metrics
+
+    def _write_log(self, metrics: Mapping[str, float]) -> None:
+        if self.logger is None:
+            return
+        for key, value in metrics.items():
+            if not math.isnan(value):
+                self.logger.log_scalar(key, value, step=self.collected_frames)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything an exact resume needs, as one picklable dict."""
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "trainer": self.state_dict(),
+            "frames": self.collected_frames,
+            "iteration": self.iteration,
+            "optim_count": self._optim_count,
+            "generator": self.generator.get_state(),
+            "rng": rng_state(),
+            "history": self.history,
+        }
+        if self.checkpoint_extra is not None:
+            state["extra"] = dict(self.checkpoint_extra())
+        return state
+
+    def save(self, path: str | None = None) -> str:
+        """Write a checkpoint atomically to ``path`` (default: ``checkpoint_path``)."""
+        path = path or self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path: pass checkpoint_path= to the trainer or a path to save().")
+        save_checkpoint(self.checkpoint_state(), path)
+        self._last_save_frames = self.collected_frames
+        return str(path)
+
+    def load(self, path: str) -> None:
+        """Restore a checkpoint written by :meth:`save` so :meth:`train` continues exactly."""
+        state = load_checkpoint(path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise RuntimeError(
+                f"{path!r} is not a {CHECKPOINT_FORMAT} checkpoint (format={state.get('format')!r})."
+            )
+        try:
+            self.load_state_dict(state["trainer"])
+        except (RuntimeError, KeyError) as err:
+            raise RuntimeError(
+                f"checkpoint {path!r} does not match this run's model/optimiser ({err}). Resume with "
+                "the same algo, env and network config the checkpoint was written with."
+            ) from err
+        self.collected_frames = state["frames"]
+        self._last_save_frames = state["frames"]
+        self.iteration = state["iteration"]
+        self._optim_count = state["optim_count"]
+        self.generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        self.history = list(state.get("history", []))
