@@ -86,25 +86,36 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        type=int,
+        default=None,
+        help="torch.set_num_threads values to sweep (default: torch's current setting)",
+    )
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/env_throughput_<device>.json)")
     args = parser.parse_args(argv)
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    thread_counts = args.threads or [torch.get_num_threads()]
     device = torch.device(args.device)
     out = Path(args.out or f"benchmarks/results/env_throughput_{device.type}.json")
 
     load_before = os.getloadavg()
     results = []
-    header = f"{'task':<14}{'N':>8}{'env-steps/s':>16}{'ms/step':>10}"
+    header = f"{'task':<14}{'N':>8}{'threads':>8}{'env-steps/s':>16}{'ms/step':>10}"
     print(header)
     print("-" * len(header))
-    for task in args.tasks:
-        for n in args.num_envs:
-            r = bench_one(task, n, args.steps, args.warmup, args.repeats, device)
-            results.append(r)
-            print(f"{task:<14}{n:>8}{r['env_steps_per_s']:>16,.0f}{r['ms_per_step']:>10.3f}", flush=True)
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for task in args.tasks:
+            for n in args.num_envs:
+                r = bench_one(task, n, args.steps, args.warmup, args.repeats, device)
+                r["threads"] = threads
+                results.append(r)
+                print(
+                    f"{task:<14}{n:>8}{threads:>8}{r['env_steps_per_s']:>16,.0f}{r['ms_per_step']:>10.3f}",
+                    flush=True,
+                )
 
     report = {
         "benchmark": "env.step_and_maybe_reset throughput (benchmarks/env_throughput.py)",
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device),
         "device_name": _device_name(device),
         "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_threads_swept": thread_counts,
         "torch_version": torch.__version__,
         "torchrl_version": torchrl.__version__,
         "tensordict_version": tensordict.__version__,

@@ -90,6 +90,7 @@ def main(cfg: DictConfig) -> dict:
         "frames": trainer.collected_frames,
         "wall_seconds": wall,
         "final_return": trainer.last_return,
+        "headline_policy": headline_policy(cfg),
         "batch_layout": getattr(trainer, "batch_layout", None),
         "run_dir": run_dir,
     }

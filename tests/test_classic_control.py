@@ -441,6 +441,25 @@ def test_rollout_redraws_state_of_each_finished_env():
     )
 
 
+def test_collector_resets_finished_envs():
+    from torchrl.collectors import Collector
+    from torchrl.envs.utils import RandomPolicy
+
+    env = MountainCarContinuousEnv(4, seed=0, max_episode_steps=10)
+    collector = Collector(env, RandomPolicy(env.action_spec), frames_per_batch=4 * 25, total_frames=4 * 50)
+    batches = list(collector)
+    collector.shutdown()
+    data = torch.cat(batches, dim=1)  # [4, 50]
+    truncated = data["next", "truncated"][..., 0]
+    assert truncated.any(0).nonzero().flatten().tolist() == [9, 19, 29, 39, 49]
+    for t in (9, 19, 29, 39):
+        # the next root observation is a fresh reset state: velocity 0, x in [-0.6, -0.4]
+        obs = data["observation"][:, t + 1]
+        assert (obs[:, 1] == 0).all() and (obs[:, 0] <= -0.4).all() and (obs[:, 0] >= -0.6).all()
+    traj_ids = data["collector", "traj_ids"]
+    assert (traj_ids[:, 10] != traj_ids[:, 9]).all()
+
+
 # --------------------------------------------------------------------------- seeding
 def _trajectory(env: BatchedClassicControlEnv, n_steps: int = 40) -> torch.Tensor:
     gen = torch.Generator().manual_seed(123)  # same actions for every env instance

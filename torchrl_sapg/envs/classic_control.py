@@ -338,7 +338,9 @@ class PendulumEnv(BatchedClassicControlEnv):
         th, thdot = state[:, 0], state[:, 1]
         return torch.stack((torch.cos(th), torch.sin(th), thdot), dim=-1)
 
-    def _dynamics(self, state, action):
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         th, thdot = state[:, 0], state[:, 1]
         u = action[:, 0].clamp(-self.max_torque, self.max_torque)
         th_norm = torch.remainder(th + math.pi, 2.0 * math.pi) - math.pi
@@ -404,7 +406,9 @@ class MountainCarContinuousEnv(BatchedClassicControlEnv):
     def _observation(self, state: torch.Tensor) -> torch.Tensor:
         return state.clone()
 
-    def _dynamics(self, state, action):
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         pos, vel = state[:, 0], state[:, 1]
         a = action[:, 0]
         force = a.clamp(self.action_low, self.action_high)
@@ -500,7 +504,9 @@ class AcrobotEnv(BatchedClassicControlEnv):
         ddtheta1 = -(d2 * ddtheta2 + phi1) / d1
         return dtheta1, dtheta2, ddtheta1, ddtheta2
 
-    def _dynamics(self, state, action):
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         torque = action[:, 0].clamp(self.action_low, self.action_high)
         y0 = state.unbind(-1)
         dt, dt2 = self.dt, self.dt / 2.0
@@ -573,7 +579,9 @@ class CartPoleEnv(BatchedClassicControlEnv):
     def _observation(self, state: torch.Tensor) -> torch.Tensor:
         return state.clone()
 
-    def _dynamics(self, state, action):
+    def _dynamics(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         x, x_dot, theta, theta_dot = state.unbind(-1)
         force = action[:, 0].clamp(self.action_low, self.action_high) * self.force_mag
         costheta, sintheta = torch.cos(theta), torch.sin(theta)

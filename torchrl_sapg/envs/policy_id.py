@@ -84,7 +84,7 @@ class PolicyIdTransform(Transform):
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
         batch_size = observation_spec.shape
-        # validates N % M here, so a bad layout fails when the env is built, not mid-rollout
+        # validates N % M when the spec is first read (PopulationCollector does so at construction)
         self._policy_ids(batch_size, observation_spec.device)
         observation_spec[self.policy_id_key] = Categorical(
             self.num_policies, shape=batch_size, dtype=torch.int64, device=observation_spec.device

@@ -303,7 +303,9 @@ class OnPolicyTrainer(Trainer):
                 total = losses if total is None else total + losses
             self._post_epoch_log_hook(flat)
             self._post_epoch_hook()
-        return total / (n_mb * self.num_epochs)
+        average = total / (n_mb * self.num_epochs)
+        self._post_optim_complete_log_hook(self._optim_count, average)
+        return average
 
     @torch.no_grad()
     def _estimate_values(self, batch: TensorDictBase) -> TensorDictBase:
@@ -326,9 +328,7 @@ class OnPolicyTrainer(Trainer):
         t_last = time.perf_counter()
         frames_last = self.collected_frames
         try:
-            if self.collected_frames >= self.total_frames:
-                return
-            for batch in self.collector:
+            for batch in self.collector if self.collected_frames < self.total_frames else ():
                 frames = batch.numel()
                 collected = batch
                 batch = self._estimate_values(batch)
@@ -450,7 +450,7 @@ class OnPolicyTrainer(Trainer):
             )
         try:
             self.load_state_dict(state["trainer"])
-        except (RuntimeError, KeyError) as err:
+        except (RuntimeError, KeyError, ValueError) as err:
             raise RuntimeError(
                 f"checkpoint {path!r} does not match this run's model/optimiser ({err}). Resume with "
                 "the same algo, env and network config the checkpoint was written with."
