@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         # other processes competing for the cores inflate the timings
         "load_average_1_5_15min_before": list(load_before),
         "load_average_1_5_15min_after": list(os.getloadavg()),
+        "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ},
         "dtype": "float32",
         "steps": args.steps,
         "warmup": args.warmup,

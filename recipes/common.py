@@ -76,7 +76,7 @@ def build_loss(cfg: DictConfig, agent: ActorCritic):
             critic_target=a.critic_target,
             n_steps=a.n_steps,
             gamma=t.gamma,
-            advantage_normalization=t.normalize_advantage,
+            advantage_normalization=a.get("advantage_normalization") or t.normalize_advantage,
             generator=torch.Generator().manual_seed(cfg.seed),
         )
         # SAPGLoss.aggregate standardises over the aggregated batch (on- and off-policy rows)
