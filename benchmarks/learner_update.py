@@ -112,6 +112,7 @@ def main() -> None:
         "benchmark": "learner update time, SAPG vs PPO on one batch (benchmarks/learner_update.py)",
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device), "device_name": _device_name(device), "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
         "torch_version": torch.__version__, "torchrl_version": torchrl.__version__,
         "python_version": platform.python_version(), "config": vars(args), "results": rows,
         "sapg_over_ppo": ratio,

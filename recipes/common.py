@@ -9,6 +9,7 @@ from torchrl.objectives.value import GAE
 from torchrl_sapg.envs import make_env
 from torchrl_sapg.modules import ActorCritic, make_actor_critic
 from torchrl_sapg.objectives import SAPGLoss
+from torchrl_sapg.population import GeneticLatentScheduler
 
 
 def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = None):
@@ -55,7 +56,7 @@ def build_loss(cfg: DictConfig, agent: ActorCritic):
             clip_value=t.clip_value,
         )
         average_gae = t.normalize_advantage == "batch"
-    elif cfg.algo.name == "sapg":
+    elif cfg.algo.name in ("sapg", "epo"):
         a = cfg.algo
         loss = SAPGLoss(
             agent.actor,
@@ -82,7 +83,7 @@ def build_loss(cfg: DictConfig, agent: ActorCritic):
         # SAPGLoss.aggregate standardises over the aggregated batch (on- and off-policy rows)
         average_gae = False
     else:
-        raise ValueError(f"algo.name={cfg.algo.name!r} is unknown; choose ppo or sapg.")
+        raise ValueError(f"algo.name={cfg.algo.name!r} is unknown; choose ppo, sapg or epo.")
     value_estimator = GAE(gamma=t.gamma, lmbda=t.lmbda, value_network=agent.critic, average_gae=average_gae)
     return loss, value_estimator
 
@@ -92,11 +93,30 @@ def headline_policy(cfg: DictConfig) -> int:
     return int(cfg.algo.get("leader_id", 0))
 
 
-def register_algorithm_hooks(cfg: DictConfig, trainer, loss) -> None:
-    """Wire algorithm-specific steps into the trainer's TorchRL hook stages."""
-    if cfg.algo.name == "sapg":
+def register_algorithm_hooks(cfg: DictConfig, trainer, loss, agent: ActorCritic, optimizer) -> None:
+    """Wire algorithm-specific steps into the trainer's TorchRL hook stages (before any resume)."""
+    if cfg.algo.name in ("sapg", "epo"):
         # after value estimation, before the mini-epochs: build the leader's off-policy data
         trainer.register_op("batch_process", loss.aggregate)
+    if cfg.algo.name == "epo":
+        e = cfg.algo.epo
+        GeneticLatentScheduler(
+            latents=agent.latents,
+            optimizer=optimizer,
+            log_std=agent.actor.log_std,
+            leader_id=cfg.algo.leader_id,
+            num_elites=e.num_elites,
+            mutation_std=e.mutation_std,
+            gamma=e.gamma,
+            trigger=e.trigger,
+            warmup_frames=int(e.warmup_frames),
+            interval_frames=int(e.interval_frames),
+            fitness_key=e.fitness_key,
+            fitness_decay=e.fitness_decay,
+            missing_fitness=e.missing_fitness,
+            log_std_mode=e.log_std_mode,
+            seed=cfg.seed,
+        ).register(trainer)
 
 
 def device_of(cfg: DictConfig) -> torch.device:

@@ -34,6 +34,8 @@ def main(cfg: DictConfig) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
 
     env = build_env(cfg)
@@ -76,7 +78,7 @@ def main(cfg: DictConfig) -> dict:
         checkpoint_extra=lambda: {"config": resolved},
         headline_policy=headline_policy(cfg),
     )
-    register_algorithm_hooks(cfg, trainer, loss)
+    register_algorithm_hooks(cfg, trainer, loss, agent, optimizer)
     if cfg.resume:
         trainer.load(cfg.resume)
         print(f"resumed from {cfg.resume} at {trainer.collected_frames} frames")

@@ -454,3 +454,15 @@ def test_bounds_loss_matches_hand(lam):
     for a, b in zip(torch.autograd.grad(out["loss_bounds"], params), torch.autograd.grad(ref, params)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     assert "loss_bounds" not in _loss(ac, 3)(data).keys()
+
+
+def test_aggregate_split_advantage_normalisation():
+    """"split" standardises the on-policy (GAE) rows and the off-policy (TD(0)) rows separately."""
+    ac, batch = _setup(3)
+    raw = _loss(ac, 3, advantage_normalization="none").aggregate(batch)
+    norm = _loss(ac, 3, advantage_normalization="split").aggregate(batch)  # same generator seed
+    _leaves_equal(raw, norm, skip={"advantage"})
+    a = raw["advantage"]
+    on, off = a[:N], a[N:]
+    torch.testing.assert_close(norm["advantage"][:N], (on - on.mean()) / on.std(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm["advantage"][N:], (off - off.mean()) / off.std(), rtol=1e-5, atol=1e-5)

@@ -8,11 +8,17 @@ from torchrl_sapg.modules import (
     PolicyLatents,
     make_actor_critic,
 )
+from torchrl_sapg.objectives import OffPolicyClipPPOLoss, SAPGLoss
+from torchrl_sapg.population import GeneticLatentScheduler, GeneticStepReport
 from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GeneticLatentScheduler",
+    "GeneticStepReport",
+    "OffPolicyClipPPOLoss",
+    "SAPGLoss",
     "LatentConditionedActor",
     "LatentConditionedValue",
     "LearningRateSchedule",

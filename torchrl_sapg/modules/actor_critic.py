@@ -74,6 +74,22 @@ class LatentConditionedMLP(nn.Module):
         return self.mlp(x)
 
 
+def _backbone(observation_dim, out_dim, num_policies, latents, hidden_sizes, activation, obs_normalizer):
+    if latents is not None and latents.num_policies != num_policies:
+        raise ValueError(
+            f"latents has {latents.num_policies} rows but num_policies={num_policies}; "
+            "build PolicyLatents with the same num_policies."
+        )
+    return LatentConditionedMLP(
+        observation_dim,
+        out_dim,
+        latents=latents,
+        hidden_sizes=hidden_sizes,
+        activation=activation,
+        obs_normalizer=obs_normalizer,
+    )
+
+
 class _GaussianHead(nn.Module):
     """loc from the backbone, a state-independent log-std per policy (``[M, action_dim]``)."""
 
@@ -132,19 +148,7 @@ class LatentConditionedActor(ProbabilisticActor):
         policy_id_key: NestedKey = "policy_id",
         action_key: NestedKey = "action",
     ):
-        if latents is not None and latents.num_policies != num_policies:
-            raise ValueError(
-                f"latents has {latents.num_policies} rows but num_policies={num_policies}; "
-                "build PolicyLatents with the same num_policies."
-            )
-        backbone = LatentConditionedMLP(
-            observation_dim,
-            action_dim,
-            latents=latents,
-            hidden_sizes=hidden_sizes,
-            activation=activation,
-            obs_normalizer=obs_normalizer,
-        )
+        backbone = _backbone(observation_dim, action_dim, num_policies, latents, hidden_sizes, activation, obs_normalizer)
         head = _GaussianHead(backbone, num_policies, action_dim, init_log_std)
         module = TensorDictModule(head, in_keys=[observation_key, policy_id_key], out_keys=["loc", "scale"])
         super().__init__(
@@ -203,18 +207,6 @@ class LatentConditionedValue(ValueOperator):
         policy_id_key: NestedKey = "policy_id",
         value_key: NestedKey = "state_value",
     ):
-        if latents is not None and latents.num_policies != num_policies:
-            raise ValueError(
-                f"latents has {latents.num_policies} rows but num_policies={num_policies}; "
-                "build PolicyLatents with the same num_policies."
-            )
-        backbone = LatentConditionedMLP(
-            observation_dim,
-            1,
-            latents=latents,
-            hidden_sizes=hidden_sizes,
-            activation=activation,
-            obs_normalizer=obs_normalizer,
-        )
+        backbone = _backbone(observation_dim, 1, num_policies, latents, hidden_sizes, activation, obs_normalizer)
         super().__init__(backbone, in_keys=[observation_key, policy_id_key], out_keys=[value_key])
         self.num_policies = num_policies
