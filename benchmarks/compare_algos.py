@@ -94,8 +94,9 @@ def main() -> None:
                     out_root, threads)
         tail = [v for _, v in r["curve"][-args.last:]]
         r["final_train_return"] = statistics.fmean(tail) if tail else None
-        print(f"{label:<10} seed {seed}: eval {r['eval_return']:9.1f}  last-{args.last} train {r['final_train_return']:9.1f}"
-              f"  ({r['frames']} frames, {r['wall_seconds']:.0f} s)", flush=True)
+        fmt = lambda v: "nan" if v is None else f"{v:9.1f}"  # noqa: E731
+        print(f"{label:<10} seed {seed}: eval {fmt(r['eval_return'])}  last-{args.last} train "
+              f"{fmt(r['final_train_return'])}  ({r['frames']} frames, {r['wall_seconds']:.0f} s)", flush=True)
         return r
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
