@@ -10,6 +10,9 @@ from torchrl_sapg.envs import make_env
 from torchrl_sapg.modules import ActorCritic, make_actor_critic
 from torchrl_sapg.objectives import SAPGLoss
 from torchrl_sapg.population import GeneticLatentScheduler
+from torchrl_sapg.population.ensemble import EnsembleActor, PolicyEnsemble
+from torchrl_sapg.population.inprocess import PBTTrainer, PopulationLearner
+from torchrl_sapg.population.inprocess_pbt import InProcessPBT
 
 
 def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = None):
@@ -25,6 +28,19 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = N
 def build_agent(cfg: DictConfig, env) -> ActorCritic:
     obs_dim = env.observation_spec["observation"].shape[-1]
     act_dim = env.action_spec.shape[-1]
+    if cfg.algo.name == "pbt":
+        ensemble = PolicyEnsemble(
+            obs_dim,
+            act_dim,
+            num_members=cfg.algo.num_policies,
+            hidden_sizes=list(cfg.model.hidden_sizes),
+            critic_hidden_sizes=list(cfg.model.critic_hidden_sizes) if cfg.model.critic_hidden_sizes else None,
+            activation=cfg.model.activation,
+            normalize_observations=cfg.model.normalize_observations,
+            init_log_std=cfg.model.init_log_std,
+            device=cfg.device,
+        )
+        return ActorCritic(EnsembleActor(ensemble), None, None, None)
     return make_actor_critic(
         obs_dim,
         act_dim,
@@ -121,3 +137,34 @@ def register_algorithm_hooks(cfg: DictConfig, trainer, loss, agent: ActorCritic,
 
 def device_of(cfg: DictConfig) -> torch.device:
     return torch.device(cfg.device)
+
+
+def build_pbt_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer_kwargs) -> PBTTrainer:
+    """The in-process population (algo=pbt): one learner for all members plus the PBT hook."""
+    t, a = cfg.train, cfg.algo
+    ensemble = agent.actor.module[0].ensemble
+    learner = PopulationLearner(
+        ensemble,
+        {"lr": t.lr, "clip_epsilon": t.clip_epsilon, "entropy_coeff": t.entropy_coeff, "critic_coeff": t.critic_coeff,
+         "gamma": t.gamma, "lmbda": t.lmbda, "num_epochs": t.num_epochs},
+        num_minibatches=t.num_minibatches,
+        max_grad_norm=t.max_grad_norm,
+        reward_scale=t.reward_scale,
+        generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed),
+    )
+    trainer = PBTTrainer(collector=collector, learner=learner, **trainer_kwargs)
+    InProcessPBT(
+        learner,
+        a.hyperparameters,
+        interval_frames=int(a.interval_frames),
+        start_frames=int(a.start_frames),
+        burn_in_frames=int(a.burn_in_frames),
+        selection=a.selection,
+        beta_mut=a.beta_mut,
+        mu_min=a.mu_min,
+        mu_max=a.mu_max,
+        fitness_key=a.fitness_key,
+        fitness_decay=a.fitness_decay,
+        seed=cfg.seed,
+    ).register(trainer)
+    return trainer

@@ -20,7 +20,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import build_agent, build_env, build_loss, headline_policy, register_algorithm_hooks  # noqa: E402
+from common import (  # noqa: E402
+    build_agent,
+    build_env,
+    build_loss,
+    build_pbt_trainer,
+    headline_policy,
+    register_algorithm_hooks,
+)
 
 from torchrl_sapg.collectors import PopulationCollector  # noqa: E402
 from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer  # noqa: E402
@@ -45,30 +52,12 @@ def main(cfg: DictConfig) -> dict:
     collector = PopulationCollector(
         env, agent.actor, num_policies=cfg.algo.num_policies, frames_per_batch=num_envs * t.horizon
     )
-    loss, value_estimator = build_loss(cfg, agent)
-    optimizer = torch.optim.Adam(loss.parameters(), lr=t.lr)
-    schedule = LearningRateSchedule(
-        optimizer, mode=t.lr_schedule, kl_threshold=t.kl_threshold, min_lr=t.min_lr, max_lr=t.max_lr,
-        total_frames=int(cfg.total_frames),
-    )
     logger = make_logger(
         cfg.logger.backend, run_dir, exp_name=f"{cfg.algo.name}-{cfg.env.name}", project=cfg.logger.project,
         offline=cfg.logger.get("offline", True),
     )
-    trainer = OnPolicyTrainer(
-        collector=collector,
-        loss_module=loss,
-        optimizer=optimizer,
+    common = dict(
         total_frames=int(cfg.total_frames),
-        num_epochs=t.num_epochs,
-        num_minibatches=t.num_minibatches,
-        minibatch_size=t.minibatch_size,
-        value_estimator=value_estimator,
-        max_grad_norm=t.max_grad_norm,
-        lr_schedule=schedule,
-        kl_actor=agent.actor,
-        reward_scale=t.reward_scale,
-        obs_normalizers=[agent.obs_normalizer] if agent.obs_normalizer is not None else [],
         logger=logger,
         log_interval=cfg.log_interval,
         checkpoint_path=os.path.join(run_dir, "checkpoints", "last.pt"),
@@ -78,7 +67,31 @@ def main(cfg: DictConfig) -> dict:
         checkpoint_extra=lambda: {"config": resolved},
         headline_policy=headline_policy(cfg),
     )
-    register_algorithm_hooks(cfg, trainer, loss, agent, optimizer)
+    if cfg.algo.name == "pbt":
+        trainer = build_pbt_trainer(cfg, agent, collector, **common)
+    else:
+        loss, value_estimator = build_loss(cfg, agent)
+        optimizer = torch.optim.Adam(loss.parameters(), lr=t.lr)
+        schedule = LearningRateSchedule(
+            optimizer, mode=t.lr_schedule, kl_threshold=t.kl_threshold, min_lr=t.min_lr, max_lr=t.max_lr,
+            total_frames=int(cfg.total_frames),
+        )
+        trainer = OnPolicyTrainer(
+            collector=collector,
+            loss_module=loss,
+            optimizer=optimizer,
+            num_epochs=t.num_epochs,
+            num_minibatches=t.num_minibatches,
+            minibatch_size=t.minibatch_size,
+            value_estimator=value_estimator,
+            max_grad_norm=t.max_grad_norm,
+            lr_schedule=schedule,
+            kl_actor=agent.actor,
+            reward_scale=t.reward_scale,
+            obs_normalizers=[agent.obs_normalizer] if agent.obs_normalizer is not None else [],
+            **common,
+        )
+        register_algorithm_hooks(cfg, trainer, loss, agent, optimizer)
     if cfg.resume:
         trainer.load(cfg.resume)
         print(f"resumed from {cfg.resume} at {trainer.collected_frames} frames")
@@ -100,6 +113,8 @@ def main(cfg: DictConfig) -> dict:
         eval_env = build_env(cfg, num_envs=cfg.algo.num_policies * cfg.eval_episodes, seed=cfg.seed + 10_000)
         stats = evaluate_policies(eval_env, agent.actor, num_policies=cfg.algo.num_policies)
         summary["eval_return"] = stats["return"].tolist()
+        if cfg.algo.name == "pbt":  # a population's headline is its best member
+            summary["headline_policy"] = int(stats["return"].argmax())
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps(summary))

@@ -1,0 +1,200 @@
+"""In-process DexPBT population: M independent actor-critics with stacked parameters.
+
+Every member owns its weights, optimiser state, observation normaliser and hyperparameters,
+and plays the env block its id owns. The M networks are evaluated in one call with
+``torch.vmap`` over stacked parameters (tensordict's ``from_modules``), both during collection
+and in the update, so one batched simulator serves the whole population in one process with
+no Python loop over members.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import nn
+from torchrl.modules import IndependentNormal, ProbabilisticActor
+from torchrl.objectives.value.functional import generalized_advantage_estimate
+
+from torchrl_sapg.modules.factory import make_actor_critic
+
+
+class PolicyEnsemble(nn.Module):
+    """M independent Gaussian actor-critics whose parameters are stacked along a leading dim.
+
+    Built from ``num_members`` calls to :func:`~torchrl_sapg.modules.make_actor_critic` (one
+    policy each, no latent), so member ``i`` is exactly the network PPO would train, with its
+    own initialisation. ``actor_params`` / ``critic_params`` are ``[M]`` ``TensorDictParams``;
+    :meth:`heads` and :meth:`values` evaluate all members at once with ``torch.vmap`` on inputs
+    shaped ``[M, B, ...]``. Each member's observation normaliser is part of its parameters.
+
+    Examples:
+        >>> ens = PolicyEnsemble(3, 1, num_members=4, hidden_sizes=(16,))
+        >>> loc, scale = ens.heads(torch.randn(4, 5, 3))
+        >>> loc.shape, ens.values(torch.randn(4, 5, 3)).shape
+        (torch.Size([4, 5, 1]), torch.Size([4, 5, 1]))
+    """
+
+    def __init__(
+        self,
+        observation_dim: int,
+        action_dim: int,
+        *,
+        num_members: int,
+        hidden_sizes: Sequence[int] = (256, 128, 64),
+        critic_hidden_sizes: Sequence[int] | None = None,
+        activation: str = "elu",
+        normalize_observations: bool = True,
+        init_log_std: float = 0.0,
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__()
+        if num_members < 1:
+            raise ValueError(f"num_members must be >= 1, got {num_members}.")
+        members = [
+            make_actor_critic(
+                observation_dim,
+                action_dim,
+                actor_hidden_sizes=hidden_sizes,
+                critic_hidden_sizes=critic_hidden_sizes,
+                activation=activation,
+                normalize_observations=normalize_observations,
+                init_log_std=init_log_std,
+                device=device,
+            )
+            for _ in range(num_members)
+        ]
+        self.num_members = num_members
+        self.observation_dim = observation_dim
+        self.actor_params = TensorDict.from_modules(*[m.actor.module[0].module for m in members], as_module=True)
+        self.critic_params = TensorDict.from_modules(*[m.critic.module for m in members], as_module=True)
+        # stateless templates the stacked parameters are swapped into (kept out of the module tree)
+        self._templates = (copy.deepcopy(members[0].actor.module[0].module).to("meta"),
+                           copy.deepcopy(members[0].critic.module).to("meta"))
+        self.has_normalizer = normalize_observations
+
+    def _call(self, template: nn.Module, params: TensorDictBase, *args):
+        def fn(p, *xs):
+            with p.to_module(template):
+                return template(*xs)
+
+        return torch.vmap(fn, randomness="different")(params, *args)
+
+    def heads(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``loc, scale`` of every member on its own rows: ``observation`` is ``[M, B, obs_dim]``."""
+        ids = torch.zeros(observation.shape[:-1], dtype=torch.long, device=observation.device)
+        return self._call(self._templates[0], self.actor_params, observation, ids)
+
+    def values(self, observation: torch.Tensor) -> torch.Tensor:
+        """``V_i(s)`` of every member on its own rows: ``[M, B, obs_dim] -> [M, B, 1]``."""
+        ids = torch.zeros(observation.shape[:-1], dtype=torch.long, device=observation.device)
+        return self._call(self._templates[1], self.critic_params, observation, ids)
+
+    def log_std(self) -> torch.Tensor:
+        return self.actor_params["log_std"].squeeze(1)  # [M, action_dim]
+
+    @torch.no_grad()
+    def update_normalizers(self, observation: torch.Tensor) -> None:
+        """Fold ``[M, R, obs_dim]`` observations into each member's running statistics."""
+        if not self.has_normalizer:
+            return
+        x = observation.reshape(self.num_members, -1, observation.shape[-1]).float()
+        n = x.shape[1]
+        b_mean, b_var = x.mean(1), x.var(1, unbiased=False)
+        for params in (self.actor_params, self.critic_params):
+            stats = params["backbone", "obs_normalizer", "stats"] if "backbone" in params.keys() else params["obs_normalizer", "stats"]
+            mean, var, count = stats["mean"], stats["var"], stats["count"]
+            total = count + n
+            delta = b_mean - mean
+            new_mean = mean + delta * (n / total).unsqueeze(-1)
+            m2 = var * count.unsqueeze(-1) + b_var * n + delta.pow(2) * (count * n / total).unsqueeze(-1)
+            mean.copy_(new_mean)
+            var.copy_(m2 / total.unsqueeze(-1))
+            count.copy_(total)
+
+    @torch.no_grad()
+    def copy_members(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Member ``dst[k]`` takes member ``src[k]``'s weights and normaliser (DexPBT's exploit)."""
+        for params in (self.actor_params, self.critic_params):
+            for value in params.values(True, True):
+                value.data[dst] = value.data[src]
+
+
+class _EnsembleHead(TensorDictModuleBase):
+    """Reads the observation of ``[N]`` (contiguous member blocks) or ``[M, B]`` rows, writes loc/scale."""
+
+    def __init__(self, ensemble: PolicyEnsemble, observation_key="observation"):
+        super().__init__()
+        self.ensemble = ensemble
+        self.in_keys = [observation_key]
+        self.out_keys = ["loc", "scale"]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        obs = tensordict.get(self.in_keys[0])
+        m = self.ensemble.num_members
+        flat = tensordict.batch_dims == 1
+        if flat:
+            if obs.shape[0] % m:
+                raise ValueError(f"{obs.shape[0]} env rows do not split into {m} member blocks.")
+            obs = obs.reshape(m, -1, obs.shape[-1])
+        elif obs.shape[0] != m:
+            raise ValueError(f"expected rows shaped [num_members={m}, B], got {tuple(tensordict.batch_size)}.")
+        loc, scale = self.ensemble.heads(obs)
+        if flat:
+            loc, scale = loc.reshape(-1, loc.shape[-1]), scale.reshape(-1, scale.shape[-1])
+        tensordict.set("loc", loc)
+        tensordict.set("scale", scale)
+        return tensordict
+
+
+class EnsembleActor(ProbabilisticActor):
+    """The population's policy for a collector: member ``i`` acts in env block ``i``.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> actor = EnsembleActor(PolicyEnsemble(3, 1, num_members=2, hidden_sizes=(8,)))
+        >>> actor(TensorDict({"observation": torch.randn(6, 3)}, [6]))["action"].shape
+        torch.Size([6, 1])
+    """
+
+    def __init__(self, ensemble: PolicyEnsemble, observation_key="observation", action_key="action"):
+        super().__init__(
+            _EnsembleHead(ensemble, observation_key),
+            in_keys=["loc", "scale"],
+            out_keys=[action_key],
+            distribution_class=IndependentNormal,
+            return_log_prob=True,
+        )
+
+
+def ensemble_gae(
+    ensemble: PolicyEnsemble,
+    batch: TensorDictBase,
+    gamma: torch.Tensor,
+    lmbda: torch.Tensor,
+    *,
+    observation_key="observation",
+) -> TensorDictBase:
+    """GAE of every member on its own block of a collected ``[N, T]`` batch, with its own
+    ``gamma[i]`` and ``lmbda[i]`` (TorchRL's functional ``generalized_advantage_estimate``).
+    Writes ``"state_value"``, ``"advantage"`` and ``"value_target"``."""
+    m = ensemble.num_members
+    n, t = batch.shape
+    with torch.no_grad():
+        obs = batch.get(observation_key).reshape(m, -1, batch.get(observation_key).shape[-1])
+        nobs = batch.get(("next", observation_key)).reshape(obs.shape)
+        v = ensemble.values(obs).reshape(m, n // m, t, 1)
+        nv = ensemble.values(nobs).reshape(m, n // m, t, 1)
+        shape = (m, n // m, t, 1)
+        reward = batch.get(("next", "reward")).reshape(shape).to(v.dtype)
+        done = batch.get(("next", "done")).reshape(shape)
+        term = batch.get(("next", "terminated")).reshape(shape)
+        g = gamma.to(v.dtype).view(m, 1, 1, 1)
+        lam = lmbda.to(v.dtype).view(m, 1, 1, 1)
+        adv, target = generalized_advantage_estimate(g, lam, v, nv, reward, done, term)
+    batch.set("state_value", v.reshape(n, t, 1))
+    batch.set("advantage", adv.reshape(n, t, 1))
+    batch.set("value_target", target.reshape(n, t, 1))
+    return batch

@@ -1,0 +1,770 @@
+"""DexPBT's population-based training: mutation, selection, objectives, live hyperparameters.
+
+Paper: Petrenko, Allshire, State, Handa, Makoviychuk, *DexPBT: Scaling up Dexterous
+Manipulation for Hand-Arm Systems with Population Based Training* (RSS 2023), Sec. III-D,
+Alg. 1 (selection), Alg. 2 (mutation), Table III (parameters), Eq. 5 (meta-objective).
+``docs/pbt.md`` maps the paper onto this module and onto the decentralised protocol in
+:mod:`torchrl_sapg.population.workspace`.
+
+Everything here is a pure function of its arguments (plus an explicit ``random.Random``), so
+it is usable from any loop:
+
+* :func:`mutate_hyperparameters` — Alg. 2, with the rules for discount-like, integer and
+  bounded hyperparameters, driven by a list of :class:`HyperparameterSpec` (data, e.g. from
+  Hydra);
+* :func:`pbt_decision` — Alg. 1's 30 / 40 / 30 split, or the reference code's rule;
+* :func:`meta_objective` — Eq. 5 (tolerance-curriculum meta-objective);
+* :func:`get_hyperparameter` / :func:`set_hyperparameter` — read and change a hyperparameter of
+  a *running* :class:`~torchrl_sapg.trainers.OnPolicyTrainer` in place (learning rate, PPO clip,
+  loss coefficients, GAE's gamma / lambda, mini-epochs, grad-norm clip, env attributes or any
+  user setter).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import random
+import warnings
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+import torch
+
+__all__ = [
+    "BUILTIN_HYPERPARAMETERS",
+    "HyperparameterSpec",
+    "PBTDecision",
+    "get_hyperparameter",
+    "get_hyperparameters",
+    "meta_objective",
+    "mutate_hyperparameters",
+    "parse_hyperparameter_specs",
+    "pbt_decision",
+    "set_hyperparameter",
+    "set_hyperparameters",
+]
+
+Kind = Literal["multiplicative", "discount", "integer"]
+KINDS = ("multiplicative", "discount", "integer")
+
+#: hyperparameters :func:`get_hyperparameter` / :func:`set_hyperparameter` know on a trainer;
+#: names ``"env.<attribute path>"`` reach the collector's env, anything else needs a getter/setter.
+BUILTIN_HYPERPARAMETERS = (
+    "lr",
+    "kl_threshold",
+    "clip_epsilon",
+    "entropy_coeff",
+    "critic_coeff",
+    "off_policy_coeff",
+    "gamma",
+    "lmbda",
+    "num_epochs",
+    "max_grad_norm",
+    "reward_scale",
+)
+
+
+# ---------------------------------------------------------------------------------- specs
+def _resolve_callable(obj: str | Callable | None, what: str) -> Callable | None:
+    """``"package.module:attribute"`` (or ``"package.module.attribute"``) → the object."""
+    if obj is None or callable(obj):
+        return obj
+    if not isinstance(obj, str):
+        raise TypeError(f"{what} must be a callable or an import path 'pkg.module:function', got {obj!r}.")
+    module_name, sep, attr = obj.partition(":")
+    if not sep:
+        module_name, _, attr = obj.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"{what}={obj!r} is not an import path; write 'pkg.module:function'.")
+    try:
+        target = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"cannot import {what}={obj!r}: {err}") from err
+    if not callable(target):
+        raise TypeError(f"{what}={obj!r} resolved to a non-callable {type(target).__name__}.")
+    return target
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperparameterSpec:
+    """How one hyperparameter mutates (Alg. 2) and where it lives on a running trainer.
+
+    Attributes:
+        name: the key in the hyperparameter dict. Built-in names (:data:`BUILTIN_HYPERPARAMETERS`)
+            and ``"env.<attr path>"`` need no getter/setter; any other name (e.g. a reward
+            coefficient of your env, DexPBT's ``alpha_reach``) needs ``setter``.
+        kind: ``"multiplicative"`` — multiplied or divided (50/50) by ``mu ~ U(mu_min, mu_max)``;
+            ``"discount"`` — the same rule applied to ``1 - x`` (gamma, lambda: "parameters with
+            limited scope"); ``"integer"`` — ``x ± 1`` (50/50), e.g. mini-epochs.
+        min, max: clamp after mutation (``None``: unbounded; a discount always stays in [0, 1]).
+            The reference code clamps clip epsilon to [0.01, 0.3] and mini-epochs to [1, 8].
+        prob: this key's mutation probability (``None``: the global ``beta_mut``).
+        mu_min, mu_max: this key's perturbation range (``None``: the global one). The reference
+            code uses (1.1, 1.2) for discounts.
+        setter: ``setter(trainer, value)`` or an import path ``"pkg.module:function"``.
+        getter: ``getter(trainer) -> value`` or an import path; without one, a non-built-in
+            hyperparameter starts from ``init``.
+        init: initial value of a hyperparameter that has no getter.
+    """
+
+    name: str
+    kind: Kind = "multiplicative"
+    min: float | None = None
+    max: float | None = None
+    prob: float | None = None
+    mu_min: float | None = None
+    mu_max: float | None = None
+    setter: Any = None
+    getter: Any = None
+    init: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"hyperparameter {self.name!r}: kind={self.kind!r} is unknown; choose one of {KINDS}.")
+        if self.min is not None and self.max is not None and float(self.min) > float(self.max):
+            raise ValueError(f"hyperparameter {self.name!r}: min={self.min} > max={self.max}.")
+        if self.prob is not None and not 0.0 <= float(self.prob) <= 1.0:
+            raise ValueError(f"hyperparameter {self.name!r}: prob={self.prob} is not in [0, 1].")
+        lo, hi = self.mu_min, self.mu_max
+        if (lo is None) != (hi is None):
+            raise ValueError(f"hyperparameter {self.name!r}: give both mu_min and mu_max, or neither.")
+        if lo is not None and not 1.0 <= float(lo) <= float(hi):
+            raise ValueError(f"hyperparameter {self.name!r}: need 1 <= mu_min <= mu_max, got ({lo}, {hi}).")
+
+    def clamp(self, value: float) -> float:
+        if self.min is not None:
+            value = max(value, float(self.min))
+        if self.max is not None:
+            value = min(value, float(self.max))
+        return value
+
+    def cast(self, value: Any) -> float | int:
+        return int(round(float(value))) if self.kind == "integer" else float(value)
+
+
+def parse_hyperparameter_specs(specs: Any) -> list[HyperparameterSpec]:
+    """Specs from data: a list of dicts (each with ``name``) or a mapping ``name -> dict``.
+
+    A mapping value may also be a bare kind string (``{"gamma": "discount"}``) or ``None``
+    (the key is switched off, e.g. ``pbt.hyperparameters.lr=null`` on the command line).
+    Hydra / OmegaConf containers work as they are.
+
+    Examples:
+        >>> specs = parse_hyperparameter_specs({"gamma": "discount", "num_epochs": {"kind": "integer", "min": 1, "max": 8}})
+        >>> [(s.name, s.kind, s.max) for s in specs]
+        [('gamma', 'discount', None), ('num_epochs', 'integer', 8)]
+    """
+    if specs is None:
+        return []
+    out: list[HyperparameterSpec] = []
+    if isinstance(specs, Mapping):
+        items = []
+        for name, value in specs.items():
+            if value is None:
+                continue
+            if isinstance(value, HyperparameterSpec):
+                items.append(value)
+            elif isinstance(value, str):
+                items.append({"name": str(name), "kind": value})
+            elif isinstance(value, Mapping):
+                d = {str(k): v for k, v in value.items()}
+                d.setdefault("name", str(name))
+                items.append(d)
+            else:
+                raise TypeError(f"hyperparameter {name!r}: expected a dict or a kind string, got {value!r}.")
+    else:
+        items = list(specs)
+    names = set()
+    for item in items:
+        if isinstance(item, HyperparameterSpec):
+            spec = item
+        elif isinstance(item, Mapping):
+            d = {str(k): v for k, v in item.items()}
+            if "name" not in d:
+                raise ValueError(f"hyperparameter spec {d!r} has no 'name'.")
+            unknown = set(d) - {f.name for f in dataclasses.fields(HyperparameterSpec)}
+            if unknown:
+                raise ValueError(f"hyperparameter {d['name']!r}: unknown fields {sorted(unknown)}.")
+            spec = HyperparameterSpec(**d)
+        else:
+            raise TypeError(f"a hyperparameter spec must be a dict or HyperparameterSpec, got {item!r}.")
+        if spec.name in names:
+            raise ValueError(f"hyperparameter {spec.name!r} is declared twice.")
+        names.add(spec.name)
+        out.append(spec)
+    return out
+
+
+# ---------------------------------------------------------------------------------- mutation
+def _as_random(generator: random.Random | int | None) -> random.Random:
+    if isinstance(generator, random.Random):
+        return generator
+    if generator is None:
+        raise ValueError("pass generator=random.Random(seed) (or an int seed): mutations must be reproducible.")
+    return random.Random(int(generator))
+
+
+def mutate_hyperparameters(
+    params: Mapping[str, float | int],
+    specs: Iterable[HyperparameterSpec] | Any,
+    *,
+    prob: float = 0.2,
+    generator: random.Random | int,
+    mu_min: float = 1.1,
+    mu_max: float = 1.5,
+) -> dict[str, float | int]:
+    """Alg. 2 (MUTATE): a mutated copy of ``params``; keys without a spec are copied unchanged.
+
+    For each spec, in order, with the draws from ``generator`` in this order:
+
+    * ``z_mut = U(0, 1)``; nothing happens unless ``z_mut < prob`` (beta_mut; paper 0.2,
+      reference code 0.15; a spec's own ``prob`` overrides it);
+    * ``"multiplicative"``: ``mu = U(mu_min, mu_max)``, ``z_dir = U(0, 1)``;
+      ``x * mu`` if ``z_dir < 0.5`` else ``x / mu``;
+    * ``"discount"``: the same on ``1 - x``: ``x' = 1 - (1 - x)·mu^{±1}`` (so gamma = 0.99 moves
+      to 1 - 0.01·mu^{±1}, never past 1);
+    * ``"integer"``: ``z_dir = U(0, 1)``; ``x + 1`` if ``z_dir < 0.5`` else ``x - 1``;
+    * then the result is clamped to ``[spec.min, spec.max]``.
+
+    A multiplicative value of exactly 0 stays 0 (use a small positive start to let PBT turn
+    a term on).
+
+    Args:
+        params: current values (``{name: value}``); every spec'd name must be present.
+        specs: :class:`HyperparameterSpec` s or data for :func:`parse_hyperparameter_specs`.
+        prob: beta_mut.
+        generator: a ``random.Random`` (or an int seed for a fresh one).
+        mu_min, mu_max: the perturbation range (Table III: 1.1, 1.5).
+
+    Examples:
+        >>> import random
+        >>> specs = [HyperparameterSpec("lr"), HyperparameterSpec("gamma", "discount"),
+        ...          HyperparameterSpec("num_epochs", "integer", min=1, max=8)]
+        >>> new = mutate_hyperparameters({"lr": 1e-3, "gamma": 0.99, "num_epochs": 8, "seed": 3}, specs,
+        ...                              prob=1.0, generator=random.Random(0))
+        >>> new["seed"], new["num_epochs"] in (7, 8)   # 8 + 1 is clamped to 8
+        (3, True)
+        >>> 1e-3 / 1.5 <= new["lr"] <= 1e-3 * 1.5 and 0.985 <= new["gamma"] <= 0.9934
+        True
+    """
+    if not isinstance(specs, (list, tuple)) or (specs and not isinstance(specs[0], HyperparameterSpec)):
+        specs = parse_hyperparameter_specs(specs)
+    if not 0.0 <= float(prob) <= 1.0:
+        raise ValueError(f"prob must be in [0, 1], got {prob}.")
+    if not 1.0 <= float(mu_min) <= float(mu_max):
+        raise ValueError(f"need 1 <= mu_min <= mu_max, got ({mu_min}, {mu_max}).")
+    g = _as_random(generator)
+    out = dict(params)
+    for spec in specs:
+        if spec.name not in params:
+            raise KeyError(
+                f"hyperparameter {spec.name!r} has a mutation spec but no value in {sorted(params)}; "
+                "pass every spec'd hyperparameter."
+            )
+        x = params[spec.name]
+        p = float(prob if spec.prob is None else spec.prob)
+        if not g.random() < p:
+            continue
+        if spec.kind == "integer":
+            x = int(round(float(x)))
+            new: float = x + 1 if g.random() < 0.5 else x - 1
+            out[spec.name] = int(round(spec.clamp(new)))
+            continue
+        lo = float(mu_min if spec.mu_min is None else spec.mu_min)
+        hi = float(mu_max if spec.mu_max is None else spec.mu_max)
+        mu = g.uniform(lo, hi)
+        up = g.random() < 0.5
+        if spec.kind == "multiplicative":
+            new = float(x) * mu if up else float(x) / mu
+        else:  # discount: mutate the distance to 1
+            inv = 1.0 - float(x)
+            inv = inv * mu if up else inv / mu
+            new = min(max(1.0 - inv, 0.0), 1.0)
+        out[spec.name] = spec.clamp(new)
+    return out
+
+
+# ---------------------------------------------------------------------------------- objective
+def meta_objective(eps, eps0, eps_star, n_succ):
+    """DexPBT's Eq. 5: the tolerance-curriculum meta-objective.
+
+    ``(eps0 - eps) / (eps0 - eps_star) + 0.01 · n_succ`` while ``eps > eps_star`` (dominated by
+    the curriculum progress in [0, 1]), else ``1 + n_succ``. Works on floats or tensors
+    (elementwise).
+
+    Args:
+        eps: the member's current success tolerance.
+        eps0: the initial tolerance (paper: 7.5 cm).
+        eps_star: the final tolerance (paper: 1 cm).
+        n_succ: consecutive successes (per episode, averaged).
+
+    Examples:
+        >>> meta_objective(0.075, 0.075, 0.01, 3.0)   # at the start: only the success term
+        0.03
+        >>> round(meta_objective(0.0425, 0.075, 0.01, 0.0), 6)   # halfway through the curriculum
+        0.5
+        >>> meta_objective(0.01, 0.075, 0.01, 12.0)   # tolerance reached: 1 + N_succ
+        13.0
+    """
+    if any(torch.is_tensor(v) for v in (eps, eps0, eps_star, n_succ)):
+        eps, n_succ = torch.as_tensor(eps), torch.as_tensor(n_succ)
+        eps0, eps_star = torch.as_tensor(eps0), torch.as_tensor(eps_star)
+        if bool(torch.any(eps0 <= eps_star)):
+            raise ValueError("meta_objective needs eps0 > eps_star.")
+        progress = (eps0 - eps) / (eps0 - eps_star) + 0.01 * n_succ
+        return torch.where(eps > eps_star, progress, 1.0 + n_succ)
+    if not float(eps0) > float(eps_star):
+        raise ValueError(f"meta_objective needs eps0 > eps_star, got eps0={eps0}, eps_star={eps_star}.")
+    if float(eps) > float(eps_star):
+        return (float(eps0) - float(eps)) / (float(eps0) - float(eps_star)) + 0.01 * float(n_succ)
+    return 1.0 + float(n_succ)
+
+
+# ---------------------------------------------------------------------------------- selection
+@dataclasses.dataclass
+class PBTDecision:
+    """What :func:`pbt_decision` decided for one member.
+
+    Attributes:
+        action: ``"continue"`` (keep weights and hyperparameters), ``"mutate"`` (keep weights,
+            mutate own hyperparameters) or ``"replace"`` (load ``source``'s weights, take a
+            mutated copy of ``hyperparameters_from``'s hyperparameters).
+        group: ``"top"``, ``"middle"`` or ``"bottom"``.
+        reason: why: ``"top"``, ``"middle"``, ``"bottom"`` (the paper's rule), ``"gap"`` (the
+            reference rule replaced), ``"small_gap"`` (reference: too close to the candidate,
+            own hyperparameters mutated), ``"no_better_top"`` (no top member with a strictly
+            better objective), ``"not_enough_members"`` (fewer known objectives than
+            ``min_known``).
+        source: the member whose weights are loaded (``"replace"`` only).
+        hyperparameters_from: whose hyperparameters are mutated (own id for ``"mutate"``).
+        rank: 0-based rank of the member (ties share the better rank; missing objectives
+            share the last one).
+        ranking: member ids, best first (ties by id).
+        num_members, num_top, num_bottom, num_known: population size, group sizes, number of
+            members with a known objective.
+        objective: the member's own objective; ``source_objective``: the source's.
+        gap, sigma, threshold: the reference rule's quantities (NaN when unused).
+    """
+
+    action: Literal["continue", "mutate", "replace"]
+    group: Literal["top", "middle", "bottom"]
+    reason: str
+    source: int | None
+    hyperparameters_from: int | None
+    rank: int
+    ranking: list[int]
+    num_members: int
+    num_top: int
+    num_bottom: int
+    num_known: int
+    objective: float | None
+    source_objective: float | None = None
+    gap: float = float("nan")
+    sigma: float = float("nan")
+    threshold: float = float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _clean(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _population_std(values: Sequence[float]) -> float:
+    if len(values) == 0:
+        return float("nan")
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def pbt_decision(
+    own_id: int,
+    objectives: Mapping[int, float | None],
+    *,
+    selection: Literal["paper", "reference"] = "paper",
+    top_fraction: float = 0.3,
+    bottom_fraction: float | None = None,
+    mutate_middle: bool | None = None,
+    gap_rule: bool | None = None,
+    gap_sigma: float = 0.5,
+    gap_abs: float = 0.05,
+    sigma_drop_worst: float = 0.2,
+    min_known: int | None = None,
+    coin_hyperparameters: bool | None = None,
+    generator: random.Random | int | None = None,
+) -> PBTDecision:
+    """Alg. 1, lines 5-12, for one member: rank the population and choose its action.
+
+    ``objectives`` maps every member of the population (own id included) to its objective,
+    higher is better; ``None``, NaN or inf (a missing, late or crashed member, or one with no
+    finished episode) **rank last**. The population size is ``len(objectives)``.
+
+    **Ranking.** A member's rank is the number of members with a strictly better objective
+    (ties share the better rank, so equal members are never split across groups and a
+    member is never replaced by an equal); all members without an objective share the last
+    rank ``P - 1``. ``num_top = ceil(top_fraction·P)``, ``num_bottom = ceil(bottom_fraction·P)``
+    (at most ``P - num_top``); a member is top if ``rank < num_top``, bottom if
+    ``rank >= P - num_bottom``, middle otherwise.
+
+    **Paper** (``selection="paper"``, Table III): top 30% continue; middle 40% mutate their own
+    hyperparameters; bottom 30% take the weights of a top member drawn uniformly at random
+    and a mutated copy of its hyperparameters. Only top members with a known objective
+    strictly better than the member's own are eligible (none: ``"no_better_top"``, continue).
+
+    **Reference code** (``selection="reference"``: isaacgymenvs/rl_games ``pbt``): bottom
+    fraction 0.125, only bottom members act (``mutate_middle=False``); a bottom member draws a
+    random top candidate and replaces its weights only if ``gap = obj_cand - obj_own`` exceeds
+    both ``gap_sigma·sigma`` and ``gap_abs·|obj_cand|``, where sigma is the population standard
+    deviation of the known objectives without the worst ``floor(sigma_drop_worst·n)``;
+    otherwise it keeps its weights and mutates its own hyperparameters (``"small_gap"``). The
+    hyperparameters mutated after a replacement are, with probability 1/2 each, the
+    candidate's or its own (``coin_hyperparameters``). Nothing happens while at most
+    ``max(2, P // 2)`` objectives are known (``min_known``).
+
+    Every default marked ``None`` takes the selected mode's value; any of them can be set to
+    mix the two rules. Draws from ``generator`` in this order: the top candidate
+    (``randrange``), then the coin (reference mode).
+
+    Examples:
+        >>> import random
+        >>> objs = {0: 9.0, 1: 1.0, 2: 5.0, 3: None, 4: 7.0, 5: 6.0, 6: 2.0, 7: 8.0, 8: 3.0, 9: 4.0}
+        >>> d = pbt_decision(1, objs, generator=random.Random(0))   # ranks 10 members: 3 / 4 / 3
+        >>> d.group, d.action, d.source in (0, 7, 4)
+        ('bottom', 'replace', True)
+        >>> pbt_decision(2, objs, generator=random.Random(0)).action, pbt_decision(0, objs, generator=0).action
+        ('mutate', 'continue')
+    """
+    if selection not in ("paper", "reference"):
+        raise ValueError(f"selection={selection!r}: choose 'paper' or 'reference'.")
+    paper = selection == "paper"
+    if bottom_fraction is None:
+        bottom_fraction = 0.3 if paper else 0.125
+    if mutate_middle is None:
+        mutate_middle = paper
+    if gap_rule is None:
+        gap_rule = not paper
+    if coin_hyperparameters is None:
+        coin_hyperparameters = not paper
+    for name, value in (("top_fraction", top_fraction), ("bottom_fraction", bottom_fraction)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}.")
+    if own_id not in objectives:
+        raise KeyError(f"own_id={own_id} is not in the objectives {sorted(objectives)}; include your own objective.")
+    g = _as_random(generator) if generator is not None else random.Random()
+
+    objs = {int(m): _clean(v) for m, v in objectives.items()}
+    P = len(objs)
+    known = {m: v for m, v in objs.items() if v is not None}
+    if min_known is None:
+        min_known = 0 if paper else max(2, P // 2) + 1
+    num_top = min(P, math.ceil(float(top_fraction) * P - 1e-9))
+    num_bottom = min(P - num_top, math.ceil(float(bottom_fraction) * P - 1e-9))
+
+    def rank_of(m: int) -> int:
+        v = objs[m]
+        if v is None:
+            return P - 1
+        return sum(1 for u in known.values() if u > v)
+
+    ranks = {m: rank_of(m) for m in objs}
+    ranking = sorted(objs, key=lambda m: (ranks[m], m))
+    own_rank = ranks[own_id]
+    own_obj = objs[own_id]
+    group = "top" if own_rank < num_top else ("bottom" if own_rank >= P - num_bottom else "middle")
+    base = dict(group=group, rank=own_rank, ranking=ranking, num_members=P, num_top=num_top,
+                num_bottom=num_bottom, num_known=len(known), objective=own_obj)
+
+    if len(known) < min_known:
+        return PBTDecision(action="continue", reason="not_enough_members", source=None, hyperparameters_from=None, **base)
+    if group == "top":
+        return PBTDecision(action="continue", reason="top", source=None, hyperparameters_from=None, **base)
+    if group == "middle":
+        if mutate_middle:
+            return PBTDecision(action="mutate", reason="middle", source=None, hyperparameters_from=own_id, **base)
+        return PBTDecision(action="continue", reason="middle", source=None, hyperparameters_from=None, **base)
+
+    # bottom: a random top member with a strictly better (known) objective
+    candidates = [m for m in ranking if ranks[m] < num_top and m != own_id and objs[m] is not None
+                  and (own_obj is None or objs[m] > own_obj)]
+    if not candidates:
+        return PBTDecision(action="continue", reason="no_better_top", source=None, hyperparameters_from=None, **base)
+    source = candidates[g.randrange(len(candidates))]
+    src_obj = objs[source]
+    if not gap_rule:
+        return PBTDecision(action="replace", reason="bottom", source=source, hyperparameters_from=source,
+                           source_objective=src_obj, **base)
+    values = sorted(known.values())
+    drop = int(math.floor(float(sigma_drop_worst) * len(values)))
+    sigma = _population_std(values[drop:] if len(values) > drop else values)
+    gap = math.inf if own_obj is None else src_obj - own_obj
+    threshold = max(float(gap_sigma) * sigma, float(gap_abs) * abs(src_obj))
+    if gap > float(gap_sigma) * sigma and gap > float(gap_abs) * abs(src_obj):
+        hp_from = source
+        if coin_hyperparameters and g.random() >= 0.5:
+            hp_from = own_id
+        return PBTDecision(action="replace", reason="gap", source=source, hyperparameters_from=hp_from,
+                           source_objective=src_obj, gap=gap, sigma=sigma, threshold=threshold, **base)
+    return PBTDecision(action="mutate", reason="small_gap", source=None, hyperparameters_from=own_id,
+                       source_objective=src_obj, gap=gap, sigma=sigma, threshold=threshold, **base)
+
+
+# ---------------------------------------------------------------------------------- live hyperparameters
+def _set_scalar(obj: Any, attr: str, value: float) -> None:
+    """Write ``obj.attr = value``; a tensor attribute (a buffer) is filled in place."""
+    current = getattr(obj, attr)
+    if torch.is_tensor(current):
+        with torch.no_grad():
+            current.fill_(value)
+    else:
+        setattr(obj, attr, type(current)(value) if isinstance(current, (int, float)) and not isinstance(current, bool) else value)
+
+
+def _loss_buffer(trainer, name: str) -> torch.Tensor:
+    loss = trainer.loss_module
+    buf = getattr(loss, name, None)
+    if buf is None or not torch.is_tensor(buf):
+        raise AttributeError(
+            f"the loss module {type(loss).__name__} has no tensor {name!r} (ClipPPOLoss / SAPGLoss buffers: "
+            "clip_epsilon, entropy_coeff, critic_coeff; OffPolicyClipPPOLoss adds off_policy_coeff)."
+        )
+    return buf
+
+
+def _estimators(trainer) -> list[Any]:
+    out = []
+    est = getattr(trainer, "value_estimator", None)
+    if est is not None:
+        out.append(est)
+    loss_est = getattr(trainer.loss_module, "_value_estimator", None)
+    if loss_est is not None and all(loss_est is not e for e in out):
+        out.append(loss_est)
+    return out
+
+
+def _env_of(trainer):
+    collector = getattr(trainer, "collector", None)
+    env = getattr(collector, "env", None)
+    if env is None:
+        raise AttributeError("env.* hyperparameters need trainer.collector.env (a TorchRL collector).")
+    return env
+
+
+def _owns(obj, attr: str) -> bool:
+    """``attr`` lives on ``obj`` itself (not reached through a wrapper's ``__getattr__`` forwarding)."""
+    if attr in getattr(obj, "__dict__", {}):
+        return True
+    for store in ("_buffers", "_parameters"):
+        if attr in (getattr(obj, "__dict__", {}).get(store) or {}):
+            return True
+    return any(attr in vars(klass) for klass in type(obj).__mro__)
+
+
+def _walk_env(env, path: list[str]):
+    """The object holding ``path[-1]``: ``env`` or, breadth-first, the envs it wraps."""
+    queue, seen = [env], []
+    while queue and len(seen) < 16:
+        obj = queue.pop(0)
+        if any(obj is s for s in seen):
+            continue
+        seen.append(obj)
+        target = obj
+        try:
+            for part in path[:-1]:
+                target = getattr(target, part)
+        except AttributeError:
+            target = None
+        if target is not None and _owns(target, path[-1]):
+            return target
+        for inner in ("base_env", "_env", "env"):
+            try:
+                child = obj.__dict__.get(inner) if inner != "base_env" else getattr(obj, "base_env", None)
+            except Exception:  # a property that fails on this env type
+                child = None
+            if child is not None:
+                queue.append(child)
+    raise AttributeError(
+        f"no attribute {'.'.join(path)!r} on the collector's env or the envs it wraps "
+        f"(searched {', '.join(type(o).__name__ for o in seen)})."
+    )
+
+
+def get_hyperparameter(trainer, name: str, spec: HyperparameterSpec | None = None) -> float | int:
+    """Read hyperparameter ``name`` from a running :class:`~torchrl_sapg.trainers.OnPolicyTrainer`.
+
+    ``spec.getter`` wins when given. Built-ins (:data:`BUILTIN_HYPERPARAMETERS`):
+
+    * ``lr`` — the first optimiser param group's learning rate (in ``"linear"`` schedule mode the
+      schedule's initial rate ``lr0``, which the schedule scales every iteration);
+    * ``kl_threshold`` — the adaptive schedule's target KL (the paper's "adapt. LR D_KL");
+    * ``clip_epsilon``, ``entropy_coeff``, ``critic_coeff``, ``off_policy_coeff`` — the loss
+      module's buffers;
+    * ``gamma``, ``lmbda`` — the trainer's value estimator (TorchRL's GAE stores them as buffers);
+    * ``num_epochs`` — mini-epochs; ``max_grad_norm`` — the optimisation stepper's clip;
+      ``reward_scale`` — the trainer's reward multiplier;
+    * ``env.<path>`` — an attribute of the collector's env, searched through its wrappers
+      (``TransformedEnv.base_env``, a wrapper's ``_env``), e.g. ``env.cfg.rew_scale_reach``.
+    """
+    if spec is not None and spec.getter is not None:
+        return _resolve_callable(spec.getter, f"{name}.getter")(trainer)
+    if name == "lr":
+        sched = getattr(trainer, "lr_schedule", None)
+        if sched is not None and getattr(sched, "mode", None) == "linear":
+            return float(sched.initial_lrs[0])
+        return float(trainer.optimizer.param_groups[0]["lr"])
+    if name == "kl_threshold":
+        return float(trainer.lr_schedule.kl_threshold)
+    if name in ("clip_epsilon", "entropy_coeff", "critic_coeff", "off_policy_coeff"):
+        if name == "entropy_coeff" and torch.is_tensor(getattr(trainer.loss_module, "entropy_coeffs", None)):
+            raise AttributeError(
+                "SAPGLoss uses per-policy entropy_coeffs ([M] buffer), not a scalar entropy_coeff; give the "
+                "'entropy_coeff' hyperparameter a getter/setter that maps it onto loss.entropy_coeffs."
+            )
+        buf = _loss_buffer(trainer, name)
+        return float(buf.reshape(-1)[0])
+    if name in ("gamma", "lmbda"):
+        for est in _estimators(trainer):
+            if hasattr(est, name):
+                return float(getattr(est, name))
+        if name == "gamma" and isinstance(getattr(trainer.loss_module, "gamma", None), float):
+            return float(trainer.loss_module.gamma)
+        raise AttributeError(f"{name!r}: the trainer has no value estimator (trainer.value_estimator is None).")
+    if name == "num_epochs":
+        return int(trainer.num_epochs)
+    if name == "max_grad_norm":
+        value = trainer.optimization_stepper.max_grad_norm
+        if value is None:
+            raise AttributeError("max_grad_norm: gradient clipping is off (max_grad_norm=None); nothing to mutate.")
+        return float(value)
+    if name == "reward_scale":
+        return float(trainer.reward_scale)
+    if name.startswith("env."):
+        path = name[4:].split(".")
+        holder = _walk_env(_env_of(trainer), path)
+        value = getattr(holder, path[-1])
+        return float(value) if not isinstance(value, int) or isinstance(value, bool) else value
+    raise KeyError(
+        f"hyperparameter {name!r} is not built in ({', '.join(BUILTIN_HYPERPARAMETERS)}, env.<attr>): "
+        "declare a getter (or init) and a setter for it."
+    )
+
+
+def set_hyperparameter(trainer, name: str, value: float | int, spec: HyperparameterSpec | None = None) -> None:
+    """Set hyperparameter ``name`` on a running trainer, effective from the next iteration.
+
+    Tensors are changed **in place** (optimiser learning rates stored as 0-d tensors, loss
+    buffers, GAE's gamma / lmbda buffers), so optimisers, compiled code and the adaptive
+    learning-rate rule keep holding the same objects. ``lr`` is written to every param group
+    (in ``"linear"`` mode: the schedule's ``lr0`` of every group, and the current rate
+    ``lr0·(1 - frames/total)``). ``gamma`` is written to the trainer's value estimator, to the
+    loss's own value estimator if it built one, and to ``SAPGLoss.gamma`` (its one-step
+    off-policy target). ``spec.setter`` wins when given.
+    """
+    if spec is not None and spec.setter is not None:
+        _resolve_callable(spec.setter, f"{name}.setter")(trainer, value)
+        return
+    if name == "lr":
+        value = float(value)
+        sched = getattr(trainer, "lr_schedule", None)
+        linear = sched is not None and getattr(sched, "mode", None) == "linear"
+        scale = 1.0
+        if linear:
+            sched.initial_lrs = [value for _ in sched.initial_lrs]
+            scale = max(0.0, 1.0 - trainer.collected_frames / sched.total_frames)
+        for group in trainer.optimizer.param_groups:
+            lr = group["lr"]
+            if torch.is_tensor(lr):
+                with torch.no_grad():
+                    lr.fill_(value * scale)
+            else:
+                group["lr"] = value * scale
+        return
+    if name == "kl_threshold":
+        trainer.lr_schedule.kl_threshold = float(value)
+        return
+    if name in ("clip_epsilon", "entropy_coeff", "critic_coeff", "off_policy_coeff"):
+        if name == "entropy_coeff":
+            loss = trainer.loss_module
+            if torch.is_tensor(getattr(loss, "entropy_coeffs", None)):
+                get_hyperparameter(trainer, name)  # raises the SAPG explanation
+            if float(value) != 0.0 and getattr(loss, "entropy_bonus", True) is False:
+                warnings.warn(
+                    "entropy_coeff set on a loss built with entropy_bonus=False: the entropy term is not "
+                    "computed. Build ClipPPOLoss with a positive entropy_coeff to let PBT tune it.",
+                    stacklevel=2,
+                )
+        buf = _loss_buffer(trainer, name)
+        with torch.no_grad():
+            buf.fill_(float(value))
+        return
+    if name in ("gamma", "lmbda"):
+        done = False
+        for est in _estimators(trainer):
+            if hasattr(est, name):
+                _set_scalar(est, name, float(value))
+                done = True
+        if name == "gamma" and isinstance(getattr(trainer.loss_module, "gamma", None), float):
+            trainer.loss_module.gamma = float(value)
+            done = True
+        if not done:
+            raise AttributeError(f"{name!r}: the trainer has no value estimator (trainer.value_estimator is None).")
+        return
+    if name == "num_epochs":
+        value = int(round(float(value)))
+        if value < 1:
+            raise ValueError(f"num_epochs must be >= 1, got {value}.")
+        trainer.num_epochs = value
+        return
+    if name == "max_grad_norm":
+        trainer.optimization_stepper.max_grad_norm = float(value)
+        return
+    if name == "reward_scale":
+        trainer.reward_scale = float(value)
+        return
+    if name.startswith("env."):
+        path = name[4:].split(".")
+        holder = _walk_env(_env_of(trainer), path)
+        _set_scalar(holder, path[-1], value)
+        return
+    raise KeyError(
+        f"hyperparameter {name!r} is not built in ({', '.join(BUILTIN_HYPERPARAMETERS)}, env.<attr>): "
+        "declare a setter for it (HyperparameterSpec(setter=...) or 'pkg.module:function' in the config)."
+    )
+
+
+def get_hyperparameters(trainer, specs: Iterable[HyperparameterSpec] | Any) -> dict[str, float | int]:
+    """``{name: value}`` for every spec, read live from ``trainer`` (``spec.init`` for a
+    hyperparameter with a setter but no getter), cast to int for ``"integer"`` specs."""
+    if not isinstance(specs, (list, tuple)) or (specs and not isinstance(specs[0], HyperparameterSpec)):
+        specs = parse_hyperparameter_specs(specs)
+    out = {}
+    for spec in specs:
+        if spec.getter is None and spec.setter is not None and spec.name not in BUILTIN_HYPERPARAMETERS \
+                and not spec.name.startswith("env."):
+            if spec.init is None:
+                raise ValueError(
+                    f"hyperparameter {spec.name!r} has a setter but neither a getter nor an init value."
+                )
+            out[spec.name] = spec.cast(spec.init)
+        else:
+            out[spec.name] = spec.cast(get_hyperparameter(trainer, spec.name, spec))
+    return out
+
+
+def set_hyperparameters(
+    trainer, values: Mapping[str, float | int], specs: Iterable[HyperparameterSpec] | Any = None
+) -> None:
+    """Apply ``values`` with :func:`set_hyperparameter` (each spec's setter when it has one)."""
+    by_name = {}
+    if specs is not None:
+        if not isinstance(specs, (list, tuple)) or (specs and not isinstance(specs[0], HyperparameterSpec)):
+            specs = parse_hyperparameter_specs(specs)
+        by_name = {s.name: s for s in specs}
+    for name, value in values.items():
+        spec = by_name.get(name)
+        set_hyperparameter(trainer, name, spec.cast(value) if spec is not None else value, spec)
