@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_curve(run_dir: Path, algo: str, env: str) -> list[tuple[int, float]]:
-    path = run_dir / f"{algo}-{env}" / "scalars" / "episode" / "return.csv"
+    """The headline training curve: the best member's return for a PBT population, else the headline policy's."""
+    scalars = run_dir / f"{algo}-{env}" / "scalars" / "episode"
+    path = scalars / "best_return.csv" if algo == "pbt" else scalars / "return.csv"
     if not path.is_file():
         return []
     with open(path) as f:

@@ -59,6 +59,24 @@ def epo_memory(lines: list[str]) -> None:
                   f"Memory is the {d['results'][0]['memory_kind']}.", ""]
 
 
+def pbt_memory(lines: list[str]) -> None:
+    d = _load("pbt_memory_cpu.json")
+    if not d:
+        return
+    c, a, b = d["config"], d["in_process"], d["separate_processes"]
+    lines += ["### In-process PBT vs separate processes — CPU", "",
+              f"`python benchmarks/pbt_memory.py` (`pbt_memory_cpu.json`): {c['members']} members × "
+              f"{c['envs_per_member']} envs, T={c['horizon']}, network {c['hidden']}, {c['iters']} timed iterations "
+              "(collection + update); separate processes run concurrently with one torch thread each.", "",
+              "| setup | wall (s) | collection (s) | update (s) | peak memory (MiB) |", "|---|---:|---:|---:|---:|",
+              f"| in-process, 1 process ({a['torch_threads']} threads) | {a['wall_seconds']:.2f} | {a['collect_seconds']:.2f} | "
+              f"{a['update_seconds']:.2f} | {a['peak_rss_bytes'] / 2**20:.1f} |",
+              f"| {b['processes']} processes | {b['wall_seconds_slowest']:.2f} (slowest) | {b['collect_seconds_mean']:.2f} (mean) | "
+              f"{b['update_seconds_mean']:.2f} (mean) | {b['peak_rss_bytes_sum'] / 2**20:.1f} (sum) |", "",
+              f"Separate / in-process: memory **{d['memory_ratio_separate_over_inprocess']:.2f}×**, "
+              f"time **{d['time_ratio_separate_over_inprocess']:.2f}×**.", ""]
+
+
 def comparisons(lines: list[str]) -> None:
     for path in sorted(RESULTS.glob("compare_*.json")):
         d = json.loads(path.read_text())
@@ -89,6 +107,11 @@ def readme_table() -> str:
     upd = _load("learner_update_cpu.json")
     if upd:
         rows += ["", f"Learner update time, SAPG / PPO on one batch: **{upd['sapg_over_ppo']:.2f}×** (CPU)."]
+    pbt = _load("pbt_memory_cpu.json")
+    if pbt:
+        rows += [f"In-process PBT ({pbt['config']['members']} members) vs {pbt['config']['members']} processes: "
+                 f"{pbt['memory_ratio_separate_over_inprocess']:.1f}× less memory, "
+                 f"{pbt['time_ratio_separate_over_inprocess']:.1f}× less time (CPU)."]
     mem = _load("epo_memory_cpu.json")
     if mem:
         rows += [f"EPO peak memory, K = {mem['results'][0]['K']} → {mem['results'][-1]['K']}: "
@@ -114,6 +137,7 @@ def main() -> None:
     env_throughput(lines)
     learner_update(lines)
     epo_memory(lines)
+    pbt_memory(lines)
     comparisons(lines)
     (ROOT / "docs" / "results.md").write_text("\n".join(lines))
     update_readme()

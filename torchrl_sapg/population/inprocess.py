@@ -262,6 +262,11 @@ class PBTTrainer(OnPolicyTrainer):
 
     def optim_steps(self, batch: TensorDictBase) -> TensorDictBase:
         self._pre_optim_hook()
+        m = self.learner.ensemble.num_members
+        rows = batch.numel() // m
+        self.batch_layout = {"rows_per_member": rows, "num_minibatches": self.learner.num_minibatches,
+                             "minibatch_size_per_member": rows // self.learner.num_minibatches,
+                             "max_num_epochs": int(self.learner.hp_num_epochs.max())}
         per_member = self.learner.update(batch)
         self._optim_count += self.learner.num_minibatches * int(self.learner.hp_num_epochs.max())
         self._last_member_losses = per_member
@@ -275,6 +280,7 @@ class PBTTrainer(OnPolicyTrainer):
 
     def _metrics(self, losses: TensorDictBase, fps: float) -> dict[str, float]:
         metrics = super()._metrics(losses, fps)
+        metrics["train/lr"] = float(self.learner.hp_lr.mean())  # the members' mean; each one's is policy/<i>/lr
         for name, value in self._last_member_losses.items():
             for i, v in enumerate(value.tolist()):
                 metrics[f"policy/{i}/{name}"] = float(v)
