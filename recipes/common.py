@@ -9,7 +9,7 @@ from torchrl.objectives.value import GAE
 from torchrl_sapg.envs import make_env
 from torchrl_sapg.modules import ActorCritic, make_actor_critic
 from torchrl_sapg.objectives import SAPGLoss
-from torchrl_sapg.population import GeneticLatentScheduler
+from torchrl_sapg.population import GeneticLatentScheduler, PBTMember
 from torchrl_sapg.population.ensemble import EnsembleActor, PolicyEnsemble
 from torchrl_sapg.population.inprocess import PBTTrainer, PopulationLearner
 from torchrl_sapg.population.inprocess_pbt import InProcessPBT
@@ -133,6 +133,10 @@ def register_algorithm_hooks(cfg: DictConfig, trainer, loss, agent: ActorCritic,
             log_std_mode=e.log_std_mode,
             seed=cfg.seed,
         ).register(trainer)
+    pbt = cfg.get("pbt")
+    if pbt is not None and pbt.get("enabled", False):
+        # last: a member checkpoints every hook registered before it, and resumes them from the workspace
+        PBTMember.from_config(pbt, seed=cfg.seed).register(trainer)
 
 
 def device_of(cfg: DictConfig) -> torch.device:

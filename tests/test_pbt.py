@@ -150,6 +150,8 @@ def test_specs_are_data():
     assert [(s.name, s.kind) for s in specs] == [("gamma", "discount"), ("num_epochs", "integer"),
                                                  ("alpha_reach", "multiplicative")]
     assert parse_hyperparameter_specs([{"name": "lr"}])[0].kind == "multiplicative"
+    nested = parse_hyperparameter_specs({"env": {"cfg": {"alpha_reach": {"kind": "multiplicative", "min": 1.0}}}})
+    assert [(s.name, s.min) for s in nested] == [("env.cfg.alpha_reach", 1.0)]
     with pytest.raises(ValueError, match="kind"):
         parse_hyperparameter_specs({"lr": "additive"})
     with pytest.raises(ValueError, match="declared twice"):

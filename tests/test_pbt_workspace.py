@@ -21,7 +21,7 @@ from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from torchrl_sapg import OnPolicyTrainer, PopulationCollector, make_actor_critic, make_env
-from torchrl_sapg.population.pbt import HyperparameterSpec, get_hyperparameters, set_hyperparameters
+from torchrl_sapg.population.pbt import get_hyperparameters, set_hyperparameters
 from torchrl_sapg.population.workspace import (
     RECORD_FORMAT,
     PBTMember,

@@ -9,7 +9,14 @@ from torchrl_sapg.modules import (
     make_actor_critic,
 )
 from torchrl_sapg.objectives import OffPolicyClipPPOLoss, SAPGLoss
-from torchrl_sapg.population import GeneticLatentScheduler, GeneticStepReport
+from torchrl_sapg.population import (
+    GeneticLatentScheduler,
+    GeneticStepReport,
+    InProcessPBT,
+    PBTMember,
+    PBTWorkspace,
+    PolicyEnsemble,
+)
 from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
 __version__ = "0.1.0"
@@ -17,6 +24,10 @@ __version__ = "0.1.0"
 __all__ = [
     "GeneticLatentScheduler",
     "GeneticStepReport",
+    "InProcessPBT",
+    "PBTMember",
+    "PBTWorkspace",
+    "PolicyEnsemble",
     "OffPolicyClipPPOLoss",
     "SAPGLoss",
     "LatentConditionedActor",

@@ -148,34 +148,45 @@ def parse_hyperparameter_specs(specs: Any) -> list[HyperparameterSpec]:
     """Specs from data: a list of dicts (each with ``name``) or a mapping ``name -> dict``.
 
     A mapping value may also be a bare kind string (``{"gamma": "discount"}``) or ``None``
-    (the key is switched off, e.g. ``pbt.hyperparameters.lr=null`` on the command line).
+    (the key is switched off, e.g. ``pbt.hyperparameters.lr=null`` on the command line). A
+    mapping none of whose keys is a spec field is a namespace: ``{"env": {"cfg": {"alpha": {...}}}}``
+    declares ``"env.cfg.alpha"`` (what Hydra makes of ``+pbt.hyperparameters.env.cfg.alpha={...}``).
     Hydra / OmegaConf containers work as they are.
 
     Examples:
         >>> specs = parse_hyperparameter_specs({"gamma": "discount", "num_epochs": {"kind": "integer", "min": 1, "max": 8}})
         >>> [(s.name, s.kind, s.max) for s in specs]
         [('gamma', 'discount', None), ('num_epochs', 'integer', 8)]
+        >>> parse_hyperparameter_specs({"env": {"cfg": {"alpha_reach": {"kind": "multiplicative"}}}})[0].name
+        'env.cfg.alpha_reach'
     """
     if specs is None:
         return []
     out: list[HyperparameterSpec] = []
-    if isinstance(specs, Mapping):
+    fields = {f.name for f in dataclasses.fields(HyperparameterSpec)}
+
+    def flatten(mapping: Mapping, prefix: str) -> list:
         items = []
-        for name, value in specs.items():
+        for name, value in mapping.items():
+            name = f"{prefix}{name}"
             if value is None:
                 continue
             if isinstance(value, HyperparameterSpec):
                 items.append(value)
             elif isinstance(value, str):
-                items.append({"name": str(name), "kind": value})
+                items.append({"name": name, "kind": value})
             elif isinstance(value, Mapping):
                 d = {str(k): v for k, v in value.items()}
-                d.setdefault("name", str(name))
+                if d and not set(d) & fields:  # a namespace: env: {cfg: {alpha: {...}}} -> "env.cfg.alpha"
+                    items.extend(flatten(d, f"{name}."))
+                    continue
+                d.setdefault("name", name)
                 items.append(d)
             else:
                 raise TypeError(f"hyperparameter {name!r}: expected a dict or a kind string, got {value!r}.")
-    else:
-        items = list(specs)
+        return items
+
+    items = flatten(specs, "") if isinstance(specs, Mapping) else list(specs)
     names = set()
     for item in items:
         if isinstance(item, HyperparameterSpec):

@@ -336,10 +336,6 @@ class PBTWorkspace:
 
 
 # ---------------------------------------------------------------------------------- adoption
-#: what :func:`adopt_checkpoint` takes from the peer, for documentation and reports
-ADOPTED = ("loss_module", "optimizer", "registered hooks except PBT", "collector policy weights")
-
-
 def adopt_checkpoint(trainer, state: Mapping[str, Any], *, keep_modules: Iterable[str] = ("pbt",)) -> list[str]:
     """Replace ``trainer``'s learned state with a peer's checkpoint, keeping its own identity.
 
