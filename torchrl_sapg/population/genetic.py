@@ -561,6 +561,11 @@ class GeneticLatentScheduler(TrainerHookBase):
             "epo/num_genetic_steps": float(self.num_steps),
             "epo/num_replaced_total": float(self.num_replaced_total),
         }
+        if r and r.elites:  # the elites of the last genetic step: how many, and their fitness
+            fit = [r.fitness[i] for i in r.elites]
+            out["epo/num_elites"] = float(len(r.elites))
+            out["epo/elite_fitness_min"] = float(min(fit))
+            out["epo/elite_fitness_mean"] = float(sum(fit) / len(fit))
         for reason, count in self.num_skipped.items():
             out[f"epo/num_skipped_{reason}"] = float(count)
         return out

@@ -922,21 +922,8 @@ class PBTMember(TrainerHookBase):
         return loaded
 
     def _load_trainer_state(self, state: dict[str, Any], path: str) -> None:
-        """``trainer.load`` from an in-memory state (the same steps as OnPolicyTrainer.load)."""
-        trainer = self._trainer
-        if hasattr(trainer, "load") and path is not None and _dist_rank_world()[1] == 1:
-            trainer.load(path)
-            return
-        from torchrl_sapg.trainers.checkpoint import set_rng_state
-
-        trainer.load_state_dict(state["trainer"])
-        trainer.collected_frames = state["frames"]
-        trainer._last_save_frames = state["frames"]
-        trainer.iteration = state["iteration"]
-        trainer._optim_count = state["optim_count"]
-        trainer.generator.set_state(state["generator"])
-        set_rng_state(state["rng"])
-        trainer.history = list(state.get("history", []))
+        """``OnPolicyTrainer.restore`` of a state already read (every rank has it in memory)."""
+        self._trainer.restore(state, source=str(path))
 
     # ------------------------------------------------------------------ trainer hook
     def register(self, trainer, name: str = "pbt") -> None:

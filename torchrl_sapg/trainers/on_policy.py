@@ -443,16 +443,19 @@ class OnPolicyTrainer(Trainer):
 
     def load(self, path: str) -> None:
         """Restore a checkpoint written by :meth:`save` so :meth:`train` continues exactly."""
-        state = load_checkpoint(path)
+        self.restore(load_checkpoint(path), source=path)
+
+    def restore(self, state: Mapping[str, Any], *, source: str = "<in-memory state>") -> None:
+        """Restore from a :meth:`checkpoint_state` dict already in memory (what :meth:`load` does)."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise RuntimeError(
-                f"{path!r} is not a {CHECKPOINT_FORMAT} checkpoint (format={state.get('format')!r})."
+                f"{source!r} is not a {CHECKPOINT_FORMAT} checkpoint (format={state.get('format')!r})."
             )
         try:
             self.load_state_dict(state["trainer"])
         except (RuntimeError, KeyError, ValueError) as err:
             raise RuntimeError(
-                f"checkpoint {path!r} does not match this run's model/optimiser ({err}). Resume with "
+                f"checkpoint {source!r} does not match this run's model/optimiser ({err}). Resume with "
                 "the same algo, env and network config the checkpoint was written with."
             ) from err
         self.collected_frames = state["frames"]
