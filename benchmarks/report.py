@@ -19,12 +19,15 @@ def _load(name: str) -> dict | None:
 def env_throughput(lines: list[str]) -> None:
     for path in sorted(RESULTS.glob("env_throughput_*.json")):
         d = json.loads(path.read_text())
+        load = d.get("load_average_1_5_15min_before")
         lines += [f"### Embedded env throughput — {d['device']} ({d['device_name']}, {d['cpu_count']} cores)", "",
-                  f"`python benchmarks/env_throughput.py` (`{path.name}`, {d['timestamp']}): "
+                  f"`python benchmarks/env_throughput.py --threads 1 2` (`{path.name}`, {d['timestamp']}"
+                  + (f", load average before: {load[0]:.2f}" if load else "") + f", OMP env {d.get('omp_env', {})}): "
                   "`env.step_and_maybe_reset` with auto-reset, float32.", "",
-                  "| task | N | env-steps/s | ms/step |", "|---|---:|---:|---:|"]
+                  "| task | N | torch threads | env-steps/s | ms/step |", "|---|---:|---:|---:|---:|"]
         for r in d["results"]:
-            lines.append(f"| {r['task']} | {r['num_envs']} | {r['env_steps_per_s']:,.0f} | {r['ms_per_step']:.3f} |")
+            lines.append(f"| {r['task']} | {r['num_envs']} | {r.get('threads', '')} | {r['env_steps_per_s']:,.0f} | "
+                         f"{r['ms_per_step']:.3f} |")
         lines.append("")
 
 
@@ -99,11 +102,19 @@ def comparisons(lines: list[str]) -> None:
 def readme_table() -> str:
     """The README's compact results table (between the results markers), from the same JSON."""
     rows = ["| task | frames | algo | headline eval return (mean ± std, seeds) |", "|---|---:|---|---:|"]
+    seen = set()
+    labels = {"sapg": "sapg (leader)", "epo": "epo (master)", "pbt": "pbt (best member)",
+              "sapg-paper": "sapg, lambda=1 (paper)", "sapg-ref": "sapg, reference clip"}
     for path in sorted(RESULTS.glob("compare_*.json")):
         d = json.loads(path.read_text())
         frames = d["runs"][0]["frames"]
         for t in d["table"]:
-            rows.append(f"| {d['env']} | {frames:,} | {t['algo']} | {t['eval_mean']:.1f} ± {t['eval_std']:.1f} ({t['seeds']}) |")
+            key = (d["env"], frames, t["algo"])
+            if key in seen:  # the same deterministic runs appear in several comparison files
+                continue
+            seen.add(key)
+            rows.append(f"| {d['env']} | {frames:,} | {labels.get(t['algo'], t['algo'])} | "
+                        f"{t['eval_mean']:.1f} ± {t['eval_std']:.1f} ({t['seeds']}) |")
     upd = _load("learner_update_cpu.json")
     if upd:
         rows += ["", f"Learner update time, SAPG / PPO on one batch: **{upd['sapg_over_ppo']:.2f}×** (CPU)."]
