@@ -35,6 +35,14 @@ def make_env(
     """
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive int, got {num_envs!r}.")
+    if name.lower().startswith("envpool:"):  # optional EnvPool backend, e.g. "envpool:HalfCheetah-v4"
+        from torchrl_sapg.envs.envpool_env import EnvPoolEnv
+
+        return EnvPoolEnv(name[len("envpool:"):], num_envs, device=device, seed=seed, **kwargs)
+    if name.lower().startswith("isaaclab:"):  # optional Isaac Lab backend, e.g. "isaaclab:allegro"
+        from torchrl_sapg.envs.isaaclab import make_isaaclab_env
+
+        return make_isaaclab_env(name[len("isaaclab:"):], num_envs, device=device, seed=seed, **kwargs)
     key = name.lower().replace("-", "_")
     if key in EMBEDDED_TASKS:
         return EMBEDDED_TASKS[key](num_envs, device=device, seed=seed, **kwargs)
