@@ -41,9 +41,12 @@ def build_agent(cfg: DictConfig, env) -> ActorCritic:
             device=cfg.device,
         )
         return ActorCritic(EnsembleActor(ensemble), None, None, None)
+    critic_key = "critic_observation" if "critic_observation" in env.observation_spec.keys() else None
     return make_actor_critic(
         obs_dim,
         act_dim,
+        critic_observation_key=critic_key,
+        critic_observation_dim=env.observation_spec[critic_key].shape[-1] if critic_key else None,
         num_policies=cfg.algo.num_policies,
         latent_dim=cfg.algo.latent_dim,
         actor_hidden_sizes=list(cfg.model.hidden_sizes),

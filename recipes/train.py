@@ -88,7 +88,8 @@ def main(cfg: DictConfig) -> dict:
             lr_schedule=schedule,
             kl_actor=agent.actor,
             reward_scale=t.reward_scale,
-            obs_normalizers=[agent.obs_normalizer] if agent.obs_normalizer is not None else [],
+            obs_normalizers=[n for n in (agent.obs_normalizer,) if n is not None]
+            + ([(agent.critic_obs_normalizer, "critic_observation")] if agent.critic_obs_normalizer is not None else []),
             **common,
         )
         register_algorithm_hooks(cfg, trainer, loss, agent, optimizer)

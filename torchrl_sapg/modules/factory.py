@@ -16,6 +16,7 @@ class ActorCritic(NamedTuple):
     critic: LatentConditionedValue
     latents: PolicyLatents | None
     obs_normalizer: ObservationNormalizer | None
+    critic_obs_normalizer: ObservationNormalizer | None = None  # asymmetric critic only
 
 
 def make_actor_critic(
@@ -32,11 +33,15 @@ def make_actor_critic(
     device: torch.device | str = "cpu",
     observation_key: NestedKey = "observation",
     policy_id_key: NestedKey = "policy_id",
+    critic_observation_key: NestedKey | None = None,
+    critic_observation_dim: int | None = None,
 ) -> ActorCritic:
     """Actor and critic sharing one :class:`PolicyLatents` table and one observation normaliser.
 
     With ``num_policies=1, latent_dim=0`` this is the plain PPO actor-critic. SAPG uses
-    ``num_policies=M`` and ``latent_dim`` 16 or 32 (Sec. 4.2).
+    ``num_policies=M`` and ``latent_dim`` 16 or 32 (Sec. 4.2). An asymmetric critic (Isaac
+    Lab's ``"critic"`` observation group, mapped to ``"critic_observation"``) reads
+    ``critic_observation_key`` of size ``critic_observation_dim`` with its own normaliser.
 
     Examples:
         >>> ac = make_actor_critic(3, 1, num_policies=6, latent_dim=32)
@@ -56,7 +61,14 @@ def make_actor_critic(
     actor = LatentConditionedActor(
         observation_dim, action_dim, hidden_sizes=tuple(actor_hidden_sizes), init_log_std=init_log_std, **common
     )
+    critic_norm = None
+    if critic_observation_key is not None:
+        if critic_observation_dim is None:
+            raise ValueError("critic_observation_key needs critic_observation_dim (the critic input size).")
+        critic_norm = ObservationNormalizer((critic_observation_dim,)) if normalize_observations else None
+        common.update(observation_key=critic_observation_key, obs_normalizer=critic_norm)
+        observation_dim = critic_observation_dim
     critic = LatentConditionedValue(
         observation_dim, hidden_sizes=tuple(critic_hidden_sizes or actor_hidden_sizes), **common
     )
-    return ActorCritic(actor.to(device), critic.to(device), latents, norm)
+    return ActorCritic(actor.to(device), critic.to(device), latents, norm, critic_norm)

@@ -154,8 +154,9 @@ class OnPolicyTrainer(Trainer):
         kl_actor: the Gaussian actor; the adaptive schedule then reads the analytic KL of each
             minibatch (:func:`gaussian_kl`), as rl_games and rsl_rl do. Recommended: the sample
             estimate ``kl_approx`` is too noisy per minibatch to drive the rule.
-        obs_normalizers: :class:`~torchrl_sapg.modules.ObservationNormalizer` s to update.
-        observation_key: the key the normalisers read.
+        obs_normalizers: :class:`~torchrl_sapg.modules.ObservationNormalizer` s to update, each
+            reading ``observation_key``, or ``(normalizer, key)`` pairs (an asymmetric critic's).
+        observation_key: the key the normalisers read by default.
         logger: a TorchRL logger (CSV, wandb, tensorboard).
         log_interval: log every that many iterations.
         checkpoint_path: where ``last.pt`` is written (``None``: no checkpoints).
@@ -192,7 +193,7 @@ class OnPolicyTrainer(Trainer):
         kl_actor=None,
         reward_scale: float = 1.0,
         reward_key: NestedKey = ("next", "reward"),
-        obs_normalizers: Iterable[nn.Module] = (),
+        obs_normalizers: Iterable[nn.Module | tuple[nn.Module, NestedKey]] = (),
         observation_key: NestedKey = "observation",
         logger: Logger | None = None,
         log_interval: int = 1,
@@ -370,10 +371,9 @@ class OnPolicyTrainer(Trainer):
         self._shutdown_hook()
 
     def _update_normalizers(self, collected: TensorDictBase) -> None:
-        if not self.obs_normalizers:
-            return
-        obs = collected.get(self.observation_key)
-        for norm in self.obs_normalizers:
+        for entry in self.obs_normalizers:
+            norm, key = entry if isinstance(entry, tuple) else (entry, self.observation_key)
+            obs = collected.get(key)
             norm.update(obs.reshape(-1, *obs.shape[collected.batch_dims :]))
 
     # ------------------------------------------------------------------ logging
