@@ -34,7 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def read_curve(run_dir: Path, algo: str, env: str) -> list[tuple[int, float]]:
     """The headline training curve: the best member's return for a PBT population, else the headline policy's."""
-    scalars = run_dir / f"{algo}-{env}" / "scalars" / "episode"
+    # the logger's folder is "<algo>-<env.name>", and env.name may differ from the config group
+    found = sorted(run_dir.glob(f"{algo}-*/scalars/episode"))
+    if not found:
+        return []
+    scalars = found[0]
     path = scalars / "best_return.csv" if algo == "pbt" else scalars / "return.csv"
     if not path.is_file():
         return []
@@ -106,10 +110,11 @@ def main() -> None:
     table = []
     for algo, _, _ in variants:
         ev = [r["eval_return"] for r in runs if r["algo"] == algo]
-        tr = [r["final_train_return"] for r in runs if r["algo"] == algo]
+        tr = [r["final_train_return"] for r in runs if r["algo"] == algo and r["final_train_return"] is not None]
         table.append({"algo": algo, "eval_mean": statistics.fmean(ev), "eval_std": statistics.pstdev(ev),
-                      "eval_min": min(ev), "eval_max": max(ev), "train_mean": statistics.fmean(tr),
-                      "train_std": statistics.pstdev(tr), "seeds": len(ev)})
+                      "eval_min": min(ev), "eval_max": max(ev),
+                      "train_mean": statistics.fmean(tr) if tr else float("nan"),
+                      "train_std": statistics.pstdev(tr) if tr else float("nan"), "seeds": len(ev)})
     print(f"\n{args.env}, {runs[0]['frames']} frames, {len(args.seeds)} seeds (mean ± std over seeds, [min, max])")
     print(f"{'algo':<10} {'eval return':>22} {'last train return':>22}")
     for t in table:

@@ -8,6 +8,7 @@ from torchrl.objectives.value import GAE
 
 from torchrl_sapg.envs import make_env
 from torchrl_sapg.modules import ActorCritic, make_actor_critic
+from torchrl_sapg.modules.recurrent import make_recurrent_actor_critic
 from torchrl_sapg.objectives import SAPGLoss
 from torchrl_sapg.population import GeneticLatentScheduler, PBTMember
 from torchrl_sapg.population.ensemble import EnsembleActor, PolicyEnsemble
@@ -23,6 +24,14 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = N
         seed=cfg.seed if seed is None else seed,
         **dict(cfg.env.get("kwargs") or {}),
     )
+
+
+def is_recurrent_config(cfg: DictConfig) -> bool:
+    """``model.lstm_hidden > 0``: a recurrent (MLP + LSTM) actor-critic trained on whole env-rows."""
+    recurrent = int(cfg.model.get("lstm_hidden", 0) or 0) > 0
+    if recurrent and cfg.algo.name == "pbt":
+        raise ValueError("model.lstm_hidden > 0 is not supported with algo=pbt (in-process ensembles are MLP-only).")
+    return recurrent
 
 
 def build_agent(cfg: DictConfig, env) -> ActorCritic:
@@ -42,6 +51,22 @@ def build_agent(cfg: DictConfig, env) -> ActorCritic:
         )
         return ActorCritic(EnsembleActor(ensemble), None, None, None)
     critic_key = "critic_observation" if "critic_observation" in env.observation_spec.keys() else None
+    if is_recurrent_config(cfg):
+        if critic_key is not None:
+            raise ValueError("model.lstm_hidden > 0 does not support an asymmetric critic (critic_observation) yet.")
+        return make_recurrent_actor_critic(
+            obs_dim,
+            act_dim,
+            num_policies=cfg.algo.num_policies,
+            latent_dim=cfg.algo.latent_dim,
+            mlp_sizes=list(cfg.model.hidden_sizes),
+            lstm_hidden=int(cfg.model.lstm_hidden),
+            critic_mlp_sizes=list(cfg.model.critic_hidden_sizes) if cfg.model.critic_hidden_sizes else None,
+            activation=cfg.model.activation,
+            normalize_observations=cfg.model.normalize_observations,
+            init_log_std=cfg.model.init_log_std,
+            device=cfg.device,
+        )
     return make_actor_critic(
         obs_dim,
         act_dim,
@@ -103,7 +128,11 @@ def build_loss(cfg: DictConfig, agent: ActorCritic):
         average_gae = False
     else:
         raise ValueError(f"algo.name={cfg.algo.name!r} is unknown; choose ppo, sapg or epo.")
-    value_estimator = GAE(gamma=t.gamma, lmbda=t.lmbda, value_network=agent.critic, average_gae=average_gae)
+    # a recurrent critic's sequence pass has data-dependent control flow (resets): no vmap
+    value_estimator = GAE(
+        gamma=t.gamma, lmbda=t.lmbda, value_network=agent.critic, average_gae=average_gae,
+        deactivate_vmap=is_recurrent_config(cfg),
+    )
     return loss, value_estimator
 
 

@@ -26,10 +26,12 @@ from common import (  # noqa: E402
     build_loss,
     build_pbt_trainer,
     headline_policy,
+    is_recurrent_config,
     register_algorithm_hooks,
 )
 
 from torchrl_sapg.collectors import PopulationCollector  # noqa: E402
+from torchrl_sapg.modules.recurrent import add_recurrent_transforms, collection_policy  # noqa: E402
 from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer  # noqa: E402
 from torchrl_sapg.trainers.evaluation import evaluate_policies  # noqa: E402
 from torchrl_sapg.trainers.logging import make_logger  # noqa: E402
@@ -49,8 +51,11 @@ def main(cfg: DictConfig) -> dict:
     agent = build_agent(cfg, env)
     t = cfg.train
     num_envs = cfg.env.num_envs
+    recurrent = is_recurrent_config(cfg)
+    if recurrent:  # InitTracker + the LSTM hidden-state primers; collect with actor and critic
+        env = add_recurrent_transforms(env, agent)
     collector = PopulationCollector(
-        env, agent.actor, num_policies=cfg.algo.num_policies, frames_per_batch=num_envs * t.horizon
+        env, collection_policy(agent) if recurrent else agent.actor, num_policies=cfg.algo.num_policies, frames_per_batch=num_envs * t.horizon
     )
     logger = make_logger(
         cfg.logger.backend, run_dir, exp_name=f"{cfg.algo.name}-{cfg.env.name}", project=cfg.logger.project,
@@ -87,6 +92,7 @@ def main(cfg: DictConfig) -> dict:
             max_grad_norm=t.max_grad_norm,
             lr_schedule=schedule,
             kl_actor=agent.actor,
+            sequence_minibatches=recurrent,  # whole env-rows, TorchRL's recurrent mode
             reward_scale=t.reward_scale,
             obs_normalizers=[n for n in (agent.obs_normalizer,) if n is not None]
             + ([(agent.critic_obs_normalizer, "critic_observation")] if agent.critic_obs_normalizer is not None else []),
@@ -112,6 +118,8 @@ def main(cfg: DictConfig) -> dict:
     }
     if cfg.eval_episodes > 0:
         eval_env = build_env(cfg, num_envs=cfg.algo.num_policies * cfg.eval_episodes, seed=cfg.seed + 10_000)
+        if recurrent:
+            eval_env = add_recurrent_transforms(eval_env, agent)
         stats = evaluate_policies(eval_env, agent.actor, num_policies=cfg.algo.num_policies)
         summary["eval_return"] = stats["return"].tolist()
         if cfg.algo.name == "pbt":  # a population's headline is its best member

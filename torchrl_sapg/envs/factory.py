@@ -43,6 +43,14 @@ def make_env(
         from torchrl_sapg.envs.isaaclab import make_isaaclab_env
 
         return make_isaaclab_env(name[len("isaaclab:"):], num_envs, device=device, seed=seed, **kwargs)
+    if name.lower().startswith("playground:"):  # optional MuJoCo Playground backend, e.g. "playground:CheetahRun"
+        from torchrl_sapg.envs.playground import make_playground_env
+
+        return make_playground_env(name[len("playground:"):], num_envs, device=device, seed=seed, **kwargs)
+    if name.lower().startswith("isaacgym:"):  # optional Isaac Gym Preview 4 backend, e.g. "isaacgym:AllegroHand"
+        from torchrl_sapg.envs.isaacgym import make_isaacgym_env
+
+        return make_isaacgym_env(name[len("isaacgym:"):], num_envs, device=device, seed=seed, **kwargs)
     key = name.lower().replace("-", "_")
     if key in EMBEDDED_TASKS:
         return EMBEDDED_TASKS[key](num_envs, device=device, seed=seed, **kwargs)

@@ -1,6 +1,7 @@
 """The on-policy training loop every algorithm of the library shares (PPO, SAPG, EPO, PBT)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any, Callable, Iterable, Mapping
@@ -166,6 +167,11 @@ class OnPolicyTrainer(Trainer):
         seed: seeds torch and the minibatch generator.
         checkpoint_extra: a callable returning extra picklable data stored in each checkpoint
             (e.g. the resolved config).
+        sequence_minibatches: recurrent policies: minibatches are whole env-rows (``[N', T]``
+            sequences, never flattened; ``num_minibatches`` / ``minibatch_size`` count env-rows),
+            and value estimation, ``batch_process`` hooks (SAPG's ``aggregate``) and the loss run
+            in TorchRL's recurrent mode (``set_recurrent_mode(True)``): each row is replayed from
+            its stored initial hidden state, with resets at ``"is_init"``.
 
     Examples:
         See ``docs/trainer.md`` and ``recipes/train.py``; a complete run::
@@ -203,6 +209,7 @@ class OnPolicyTrainer(Trainer):
         progress_bar: bool = True,
         seed: int | None = None,
         checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None,
+        sequence_minibatches: bool = False,
     ):
         if (num_minibatches is None) == (minibatch_size is None):
             raise ValueError(
@@ -248,6 +255,7 @@ class OnPolicyTrainer(Trainer):
         self.headline_policy = headline_policy
         self.show_progress = progress_bar
         self.checkpoint_extra = checkpoint_extra
+        self.sequence_minibatches = bool(sequence_minibatches)
         self.iteration = 0
         self.collected_frames = 0
         self._last_save_frames = 0
@@ -263,32 +271,57 @@ class OnPolicyTrainer(Trainer):
 
     # ------------------------------------------------------------------ batch arithmetic
     def minibatch_layout(self, rows: int) -> tuple[int, int]:
-        """``(num_minibatches, minibatch_size)`` for a batch of ``rows`` rows; raises if uneven."""
+        """``(num_minibatches, minibatch_size)`` for a batch of ``rows`` rows (env-rows, i.e.
+        ``[T]`` sequences, with ``sequence_minibatches``); raises if uneven."""
+        unit = "env-rows ([T] sequences; sequence_minibatches=True)" if self.sequence_minibatches else "rows"
+        fix = "num_envs (plus SAPG's off-policy rows)" if self.sequence_minibatches else "num_envs or the horizon"
         if self.num_minibatches is not None:
             if rows % self.num_minibatches:
                 raise ValueError(
-                    f"a batch of {rows} rows does not split into num_minibatches={self.num_minibatches} "
-                    "equal minibatches; change num_minibatches, num_envs or the horizon."
+                    f"a batch of {rows} {unit} does not split into num_minibatches={self.num_minibatches} "
+                    f"equal minibatches; change num_minibatches or {fix}."
                 )
             return self.num_minibatches, rows // self.num_minibatches
         if rows % self.minibatch_size:
             raise ValueError(
-                f"a batch of {rows} rows does not split into minibatches of minibatch_size="
+                f"a batch of {rows} {unit} does not split into minibatches of minibatch_size="
                 f"{self.minibatch_size}; choose a divisor of {rows}."
             )
         return rows // self.minibatch_size, self.minibatch_size
 
     # ------------------------------------------------------------------ the loop
+    def _recurrent_context(self):
+        """TorchRL's recurrent mode with ``sequence_minibatches``, else a no-op."""
+        if not self.sequence_minibatches:
+            return contextlib.nullcontext()
+        from torchrl.modules import set_recurrent_mode
+
+        return set_recurrent_mode(True)
+
     def optim_steps(self, batch: TensorDictBase) -> TensorDictBase:
-        """Mini-epochs over shuffled minibatches of ``batch`` (flattened to rows)."""
+        """Mini-epochs over shuffled minibatches of ``batch`` (flattened to rows, or whole
+        ``[T]`` env-rows in recurrent mode with ``sequence_minibatches``)."""
+        with self._recurrent_context():
+            return self._optim_steps(batch)
+
+    def _optim_steps(self, batch: TensorDictBase) -> TensorDictBase:
         self._pre_optim_hook()
-        flat = batch.reshape(-1)
+        if self.sequence_minibatches:
+            if batch.batch_dims != 2:
+                raise ValueError(
+                    f"sequence_minibatches=True needs an [N, T] batch of env-rows, got batch_size={tuple(batch.batch_size)}."
+                )
+            flat = batch  # shuffled and split along the env-row dim only: sequences stay whole
+        else:
+            flat = batch.reshape(-1)
         rows = flat.shape[0]
         n_mb, mb = self.minibatch_layout(rows)
         if not self._printed_layout:
             self._printed_layout = True
             self.batch_layout = {"rows": rows, "num_minibatches": n_mb, "minibatch_size": mb,
                                  "optimizer_steps_per_iteration": n_mb * self.num_epochs}
+            if self.sequence_minibatches:
+                self.batch_layout["sequence_length"] = int(flat.shape[1])
         total = None
         for _ in range(self.num_epochs):
             self._pre_epoch_log_hook(flat)
@@ -332,8 +365,9 @@ class OnPolicyTrainer(Trainer):
             for batch in self.collector if self.collected_frames < self.total_frames else ():
                 frames = batch.numel()
                 collected = batch
-                batch = self._estimate_values(batch)
-                batch = self._process_batch_hook(batch)
+                with self._recurrent_context():  # GAE and SAPG's aggregate replay whole env-rows
+                    batch = self._estimate_values(batch)
+                    batch = self._process_batch_hook(batch)
                 self.collected_frames += frames
                 self._pre_steps_log_hook(batch)
                 losses = self.optim_steps(batch)
