@@ -97,6 +97,10 @@ def comparisons(lines: list[str]) -> None:
             lines.append(f"| {t['algo']} | {t['eval_mean']:.1f} ± {t['eval_std']:.1f} | [{t['eval_min']:.1f}, "
                          f"{t['eval_max']:.1f}] | {t['train_mean']:.1f} ± {t['train_std']:.1f} |")
         lines.append("")
+        png = path.with_suffix(".png")
+        if png.is_file():
+            lines += [f"Learning curves (`python benchmarks/plot_curves.py benchmarks/results/{path.name}`):", "",
+                      f"![{d['env']} learning curves](../benchmarks/results/{png.name})", ""]
 
 
 def readme_table() -> str:

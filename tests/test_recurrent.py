@@ -279,12 +279,6 @@ def test_recipe_runs_ppo_and_sapg_with_an_lstm(tmp_path):
         assert all(map(lambda x: x == x, summary["eval_return"]))  # not NaN
 
 
-@pytest.mark.xfail(
-    reason="SAPGLoss._off_policy_rows computes V_old(s') with critic(off['next']): in recurrent mode that "
-    "pass starts from the follower's stored ('next', state) and ignores episode starts inside the row "
-    "(next.is_init is not OR-ed with is_init as TorchRL's GAE does). Needs a SAPGLoss change; see the report.",
-    strict=False,
-)
 def test_sapg_off_policy_one_step_target_bootstraps_from_the_leader_replay():
     M, N, T = 3, 6, 12
     ac = _agent(m=M)

@@ -32,9 +32,8 @@ import torch
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from tensordict.utils import NestedKey
 from torch import nn
-from torchrl.envs import Compose, EnvBase, InitTracker, Transform, TransformedEnv
+from torchrl.envs import EnvBase, InitTracker, Transform, TransformedEnv
 from torchrl.modules import IndependentNormal, LSTMModule, ProbabilisticActor, set_recurrent_mode
-from torchrl.modules.utils import get_primers_from_module
 
 from torchrl_sapg.modules.actor_critic import LatentConditionedMLP, _activation
 from torchrl_sapg.modules.factory import ActorCritic
@@ -291,12 +290,8 @@ def is_recurrent(module: nn.Module | None) -> bool:
 def recurrent_env_transforms(agent: ActorCritic) -> list[Transform]:
     """The env transforms the recurrent actor-critic needs: ``InitTracker`` (``"is_init"``)
     and the ``TensorDictPrimer`` of every LSTM hidden state (actor and critic), zero at reset."""
-    modules = [m for m in (agent.actor, agent.critic) if m is not None]
-    primers = get_primers_from_module(nn.ModuleList(modules))
-    if primers is None:
-        return [InitTracker()]
-    primers = list(primers) if isinstance(primers, Compose) else [primers]
-    return [InitTracker(), *primers]
+    lstms = [m for net in (agent.actor, agent.critic) if net is not None for m in net.modules() if isinstance(m, LSTMModule)]
+    return [InitTracker(), *(lstm.make_tensordict_primer() for lstm in lstms)]
 
 
 def add_recurrent_transforms(env: EnvBase, agent: ActorCritic) -> TransformedEnv:
