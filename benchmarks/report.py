@@ -81,7 +81,7 @@ def pbt_memory(lines: list[str]) -> None:
 
 
 def comparisons(lines: list[str]) -> None:
-    for path in sorted(RESULTS.glob("compare_*.json")):
+    for path in sorted(RESULTS.glob("compare_*.json")) + sorted(RESULTS.glob("sweep_*.json")):
         d = json.loads(path.read_text())
         a = d["args"]
         frames = d["runs"][0]["frames"]
