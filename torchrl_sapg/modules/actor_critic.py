@@ -74,12 +74,17 @@ class LatentConditionedMLP(nn.Module):
         return self.mlp(x)
 
 
-def _backbone(observation_dim, out_dim, num_policies, latents, hidden_sizes, activation, obs_normalizer):
+def check_latents(latents: PolicyLatents | None, num_policies: int) -> None:
+    """Raise if a shared latent table was built for another number of policies."""
     if latents is not None and latents.num_policies != num_policies:
         raise ValueError(
             f"latents has {latents.num_policies} rows but num_policies={num_policies}; "
             "build PolicyLatents with the same num_policies."
         )
+
+
+def _backbone(observation_dim, out_dim, num_policies, latents, hidden_sizes, activation, obs_normalizer):
+    check_latents(latents, num_policies)
     return LatentConditionedMLP(
         observation_dim,
         out_dim,

@@ -35,7 +35,7 @@ from torch import nn
 from torchrl.envs import EnvBase, InitTracker, Transform, TransformedEnv
 from torchrl.modules import IndependentNormal, LSTMModule, ProbabilisticActor, set_recurrent_mode
 
-from torchrl_sapg.modules.actor_critic import LatentConditionedMLP, _activation
+from torchrl_sapg.modules.actor_critic import LatentConditionedMLP, _activation, check_latents
 from torchrl_sapg.modules.factory import ActorCritic
 from torchrl_sapg.modules.latents import PolicyLatents, check_policy_ids
 from torchrl_sapg.modules.normalization import ObservationNormalizer
@@ -137,7 +137,7 @@ class RecurrentLatentActor(ProbabilisticActor):
         policy_id_key: NestedKey = "policy_id",
         action_key: NestedKey = "action",
     ):
-        _check_latents(latents, num_policies)
+        check_latents(latents, num_policies)
         embed = _Embed(observation_dim, tuple(mlp_sizes), latents, activation, obs_normalizer, latent_to_lstm)
         lstm = _lstm(embed.out_dim, lstm_hidden, "actor", recurrent_backend)
         head = _GaussianHead(lstm_hidden, action_dim, num_policies, init_log_std)
@@ -200,7 +200,7 @@ class RecurrentLatentValue(TensorDictSequential):
         policy_id_key: NestedKey = "policy_id",
         value_key: NestedKey = "state_value",
     ):
-        _check_latents(latents, num_policies)
+        check_latents(latents, num_policies)
         embed = _Embed(observation_dim, tuple(mlp_sizes), latents, activation, obs_normalizer, latent_to_lstm)
         lstm = _lstm(embed.out_dim, lstm_hidden, "critic", recurrent_backend)
         h, c = _hidden_keys("critic")
@@ -215,14 +215,6 @@ class RecurrentLatentValue(TensorDictSequential):
     @property
     def lstm(self) -> LSTMModule:
         return self[1]
-
-
-def _check_latents(latents, num_policies):
-    if latents is not None and latents.num_policies != num_policies:
-        raise ValueError(
-            f"latents has {latents.num_policies} rows but num_policies={num_policies}; "
-            "build PolicyLatents with the same num_policies."
-        )
 
 
 def make_recurrent_actor_critic(
