@@ -3,12 +3,18 @@
     python recipes/train.py algo=ppo env=pendulum
     python recipes/train.py algo=ppo env=cartpole logger=wandb seed=1 total_frames=3e6
     python recipes/train.py resume=runs/ppo-pendulum/<date>/checkpoints/last.pt
+    torchrun --nproc_per_node=2 recipes/train.py algo=sapg env=pendulum    # data-parallel ranks
 
 Writes to the run folder: the resolved config (``config.yaml``), the logs (CSV by default),
 ``checkpoints/last.pt`` and ``summary.json``.
+
+Under ``torchrun`` every rank runs ``env.num_envs`` envs of its own (seeded per rank) with the
+full population layout; ``total_frames`` counts all ranks; rank 0 writes everything
+(``docs/distributed.md``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -16,6 +22,7 @@ import time
 
 import hydra
 import torch
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,21 +40,31 @@ from common import (  # noqa: E402
 from torchrl_sapg.collectors import PopulationCollector  # noqa: E402
 from torchrl_sapg.modules.recurrent import add_recurrent_transforms, collection_policy  # noqa: E402
 from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer  # noqa: E402
+from torchrl_sapg.trainers.distributed import init_distributed, rank_seed, world_info  # noqa: E402
 from torchrl_sapg.trainers.evaluation import evaluate_policies  # noqa: E402
 from torchrl_sapg.trainers.logging import make_logger  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
+    rank, local_rank, world_size = world_info()
+    if world_size > 1 and str(cfg.device) == "cuda":
+        cfg.device = f"cuda:{local_rank}"  # one GPU per local rank
+    sync = init_distributed(cfg.device, backend=cfg.dist_backend)
+    is_main = sync is None or sync.is_main
     run_dir = HydraConfig.get().runtime.output_dir
-    os.makedirs(run_dir, exist_ok=True)
-    OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+    if sync is not None:  # rank 0's folder (the ranks' timestamps may differ)
+        run_dir = sync.broadcast_object(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["world_size"] = world_size
+    if is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights everywhere (rank 0's are broadcast anyway)
 
-    env = build_env(cfg)
+    env = build_env(cfg, seed=rank_seed(cfg.seed, rank))  # each rank its own episodes
     agent = build_agent(cfg, env)
     t = cfg.train
     num_envs = cfg.env.num_envs
@@ -58,7 +75,7 @@ def main(cfg: DictConfig) -> dict:
         env, collection_policy(agent) if recurrent else agent.actor, num_policies=cfg.algo.num_policies, frames_per_batch=num_envs * t.horizon
     )
     logger = make_logger(
-        cfg.logger.backend, run_dir, exp_name=f"{cfg.algo.name}-{cfg.env.name}", project=cfg.logger.project,
+        cfg.logger.backend if is_main else "none", run_dir, exp_name=f"{cfg.algo.name}-{cfg.env.name}", project=cfg.logger.project,
         offline=cfg.logger.get("offline", True),
     )
     common = dict(
@@ -67,10 +84,11 @@ def main(cfg: DictConfig) -> dict:
         log_interval=cfg.log_interval,
         checkpoint_path=os.path.join(run_dir, "checkpoints", "last.pt"),
         checkpoint_interval=int(cfg.checkpoint_interval),
-        progress_bar=cfg.progress_bar,
         seed=cfg.seed,
         checkpoint_extra=lambda: {"config": resolved},
         headline_policy=headline_policy(cfg),
+        progress_bar=cfg.progress_bar and is_main,
+        sync=sync,
     )
     if cfg.algo.name == "pbt":
         trainer = build_pbt_trainer(cfg, agent, collector, **common)
@@ -105,6 +123,13 @@ def main(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
+    digests = None
+    if sync is not None:  # a cheap end-of-run check that the ranks really trained one model
+        digests = sync.gather_objects(parameter_digest(trainer.loss_module))
+    if not is_main:  # rank 0 evaluates and writes the summary
+        collector.shutdown()
+        dist.destroy_process_group()
+        return {}
     summary = {
         "algo": cfg.algo.name,
         "env": cfg.env.name,
@@ -115,7 +140,12 @@ def main(cfg: DictConfig) -> dict:
         "headline_policy": headline_policy(cfg),
         "batch_layout": getattr(trainer, "batch_layout", None),
         "run_dir": run_dir,
+        "world_size": world_size,
+        "frames_per_second": trainer.collected_frames / max(wall, 1e-9),
     }
+    if digests is not None:
+        summary["rank_parameter_digests"] = digests
+        summary["ranks_identical"] = len(set(digests)) == 1
     if cfg.eval_episodes > 0:
         eval_env = build_env(cfg, num_envs=cfg.algo.num_policies * cfg.eval_episodes, seed=cfg.seed + 10_000)
         if recurrent:
@@ -128,8 +158,41 @@ def main(cfg: DictConfig) -> dict:
         json.dump(summary, f, indent=2)
     print(json.dumps(summary))
     collector.shutdown()
+    if sync is not None:
+        dist.destroy_process_group()
     return summary
 
 
+def parameter_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer's bytes (equal digests: bit-identical models)."""
+    h = hashlib.sha256()
+    for name, t in (*module.named_parameters(), *module.named_buffers()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def strip_launcher_flags(argv: list[str]) -> list[str]:
+    """Drop the argparse-style flags launchers add (Isaac Lab's ``--distributed``, the legacy
+    ``torch.distributed.launch`` ``--local-rank=N``), which Hydra would reject; torchrun's
+    environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``) is what the recipe reads."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--distributed":
+            continue
+        if arg.startswith(("--local-rank", "--local_rank")):
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else None)
+            skip = "=" not in arg
+            if value is not None:
+                os.environ.setdefault("LOCAL_RANK", value)
+            continue
+        out.append(arg)
+    return out
+
+
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *strip_launcher_flags(sys.argv[1:])]
     main()

@@ -443,3 +443,31 @@ def test_live_isaaclab_task():  # pragma: no cover - not run on CPU machines
     batch = next(iter(collector))
     assert batch.shape == (64, 16) and torch.isfinite(batch["next", "observation"]).all()
     collector.shutdown()
+
+
+def test_torchrun_rank_gets_its_gpu_and_a_distributed_app(fake_isaaclab, monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) rank r's app is launched on cuda:<LOCAL_RANK> with
+    distributed=True, Isaac Lab's own multi-GPU convention."""
+    import torchrl_sapg.envs.isaaclab as il
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def launch(headless=True, device=None, **kw):
+        seen.update(device=device, **kw)
+        raise Stop
+
+    monkeypatch.setattr(il, "launch_isaaclab_app", launch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(Stop):
+        il.make_isaaclab_env("allegro", 8, device="cuda")
+    assert seen == {"device": "cuda:1", "distributed": True}
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    seen.clear()
+    with pytest.raises(Stop):
+        il.make_isaaclab_env("allegro", 8, device="cuda")
+    assert seen == {"device": "cuda:0"}

@@ -304,7 +304,8 @@ def test_multi_rank_member_decides_on_rank_0_and_every_rank_follows(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a child forked after the parent's OpenMP pool ran can hang in its first matmul
+    ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_rank, args=(r, port, str(tmp_path), queue)) for r in range(2)]
     for p in procs:

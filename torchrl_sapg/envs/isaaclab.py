@@ -29,6 +29,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.envs import EnvBase, RenameTransform, RewardSum, StepCounter, Transform, TransformedEnv
+from torchrl_sapg.trainers.distributed import world_info
 
 __all__ = [
     "ISAACLAB_TASK_ALIASES",
@@ -335,10 +336,14 @@ def make_isaaclab_env(
     correct ``("next", "done")`` at Isaac Lab's in-step auto-resets.
     """
     _require_isaaclab()
+    _, local_rank, world_size = world_info()
+    app_kwargs = dict(app_kwargs or {})
     device = str(device)
-    if device == "cuda":
-        device = "cuda:0"
-    launch_isaaclab_app(headless=headless, device=device, **(app_kwargs or {}))
+    if device == "cuda":  # torchrun: one GPU per local rank, and the app told it is distributed
+        device = f"cuda:{local_rank}"
+    if world_size > 1:
+        app_kwargs.setdefault("distributed", True)
+    launch_isaaclab_app(headless=headless, device=device, **app_kwargs)
     import gymnasium as gym
 
     importlib.import_module("isaaclab_tasks")  # registers the task ids

@@ -19,6 +19,7 @@ from torchrl.modules import IndependentNormal, ProbabilisticActor
 from torchrl.objectives.value.functional import generalized_advantage_estimate
 
 from torchrl_sapg.modules.factory import make_actor_critic
+from torchrl_sapg.modules.normalization import batch_moments, merge_moments_
 
 
 class PolicyEnsemble(nn.Module):
@@ -96,23 +97,20 @@ class PolicyEnsemble(nn.Module):
         return self.actor_params["log_std"].squeeze(1)  # [M, action_dim]
 
     @torch.no_grad()
-    def update_normalizers(self, observation: torch.Tensor) -> None:
-        """Fold ``[M, R, obs_dim]`` observations into each member's running statistics."""
+    def update_normalizers(self, observation: torch.Tensor, sync=None) -> None:
+        """Fold ``[M, R, obs_dim]`` observations into each member's running statistics (over
+        every rank's rows with a :class:`~torchrl_sapg.trainers.distributed.DistributedSync`)."""
         if not self.has_normalizer:
             return
         x = observation.reshape(self.num_members, -1, observation.shape[-1]).float()
-        n = x.shape[1]
-        b_mean, b_var = x.mean(1), x.var(1, unbiased=False)
+        if sync is None:
+            n = torch.tensor(float(x.shape[1]), device=x.device)
+            moments = (x.mean(1), x.var(1, unbiased=False), n)
+        else:
+            moments = batch_moments(x, 1, sync)
         for params in (self.actor_params, self.critic_params):
             stats = params["backbone", "obs_normalizer", "stats"] if "backbone" in params.keys() else params["obs_normalizer", "stats"]
-            mean, var, count = stats["mean"], stats["var"], stats["count"]
-            total = count + n
-            delta = b_mean - mean
-            new_mean = mean + delta * (n / total).unsqueeze(-1)
-            m2 = var * count.unsqueeze(-1) + b_var * n + delta.pow(2) * (count * n / total).unsqueeze(-1)
-            mean.copy_(new_mean)
-            var.copy_(m2 / total.unsqueeze(-1))
-            count.copy_(total)
+            merge_moments_(stats["mean"], stats["var"], stats["count"], *moments)
 
     @torch.no_grad()
     def copy_members(self, dst: torch.Tensor, src: torch.Tensor) -> None:

@@ -340,6 +340,7 @@ class GeneticLatentScheduler(TrainerHookBase):
         self.num_replaced_total = 0
         self.num_skipped = {reason: 0 for reason in SKIP_REASONS}
         self._trainer = None
+        self.sync = None  # a DistributedSync under torchrun (set by register): fitness over all ranks
 
     # ------------------------------------------------------------------ fitness
     def _fitness_value_key(self) -> NestedKey:
@@ -384,13 +385,21 @@ class GeneticLatentScheduler(TrainerHookBase):
             t = torch.arange(1, T + 1, device=device, dtype=torch.long)
             valid = valid & (length <= self._since[pid] + t)
         value = batch.get(_next(value_key)).reshape(N, T).to(device=device, dtype=torch.float64)
-        weight = valid.to(torch.float64)
+        add_sum = torch.zeros_like(self._fit_sum).index_add_(0, pid.reshape(-1), torch.where(valid, value, 0.0).reshape(-1))
+        add_count = torch.zeros_like(self._fit_count).index_add_(0, pid.reshape(-1), valid.to(torch.float64).reshape(-1))
+        self._accumulate(add_sum, add_count)
+        self._since.add_(T).clamp_(max=_SINCE_INF)
+
+    def _accumulate(self, add_sum: torch.Tensor, add_count: torch.Tensor) -> None:
+        """Decay the window and add one batch's per-policy sums and counts (every rank's, under
+        torchrun: the window is then the same on all ranks, and so is every checkpoint of it)."""
+        if self.sync is not None:
+            self.sync.sum_([add_sum, add_count])
         if self.fitness_decay != 1.0:
             self._fit_sum.mul_(self.fitness_decay)
             self._fit_count.mul_(self.fitness_decay)
-        self._fit_sum.index_add_(0, pid.reshape(-1), torch.where(valid, value, 0.0).reshape(-1))
-        self._fit_count.index_add_(0, pid.reshape(-1), weight.reshape(-1))
-        self._since.add_(T).clamp_(max=_SINCE_INF)
+        self._fit_sum.add_(add_sum)
+        self._fit_count.add_(add_count)
 
     @torch.no_grad()
     def observe_stats(self, stats: TensorDictBase | Mapping[str, torch.Tensor]) -> None:
@@ -404,16 +413,19 @@ class GeneticLatentScheduler(TrainerHookBase):
         count = torch.as_tensor(stats["count"]).to(self._fit_sum)
         if mean.shape != (self.num_policies,) or count.shape != (self.num_policies,):
             raise ValueError(f"stats must be [M={self.num_policies}] per policy, got {tuple(mean.shape)}.")
-        if self.fitness_decay != 1.0:
-            self._fit_sum.mul_(self.fitness_decay)
-            self._fit_count.mul_(self.fitness_decay)
-        self._fit_sum.add_(torch.where(count > 0, mean * count, 0.0))
-        self._fit_count.add_(count)
+        self._accumulate(torch.where(count > 0, mean * count, 0.0), count.clone())
 
     def fitness(self) -> torch.Tensor:
-        """The ``[M]`` fitness of the current window (float64, CPU; NaN: no episode yet)."""
+        """The ``[M]`` fitness of the current window (float64, CPU; NaN: no episode yet).
+
+        Under torchrun (:attr:`sync`) the window holds every rank's episodes, and rank 0's
+        value is broadcast: every rank ranks the same numbers and takes rank 0's decision.
+        """
         count = self._fit_count.cpu()
-        return torch.where(count > 0, self._fit_sum.cpu() / count.clamp_min(1e-300), float("nan"))
+        fitness = torch.where(count > 0, self._fit_sum.cpu() / count.clamp_min(1e-300), float("nan"))
+        if self.sync is not None:
+            fitness = self.sync.broadcast_([fitness.to(self._fit_sum.device)])[0].cpu()
+        return fitness
 
     def _check_fitness(self, fitness) -> torch.Tensor:
         fitness = torch.as_tensor(fitness).detach().to("cpu", torch.float64)
@@ -533,6 +545,8 @@ class GeneticLatentScheduler(TrainerHookBase):
             diversity_before=diversity_before, diversity_after=self.latent_diversity(),
         )
         self.last_report = report
+        if self.sync is not None:  # rank 0's children everywhere (identical already, by construction)
+            self.sync.broadcast_([weight.data] + ([] if self.log_std is None else [self.log_std.data]))
         return report
 
     def _reset_optimizer_rows(self, param: nn.Parameter, rows: torch.Tensor) -> None:
@@ -590,6 +604,7 @@ class GeneticLatentScheduler(TrainerHookBase):
             if hasattr(collector, attr):
                 setattr(self, attr, getattr(collector, attr))
         self._trainer = trainer
+        self.sync = getattr(trainer, "sync", None)
         trainer.register_module(name, self)
         trainer.register_op("batch_process", self._on_batch)
         trainer.register_op("post_steps", self._on_post_steps)

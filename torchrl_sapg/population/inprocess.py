@@ -144,6 +144,7 @@ class PopulationLearner(nn.Module):
         self.reward_scale = reward_scale
         self.optimizer = StackedAdam(list(ensemble.parameters()), num_members=m, max_grad_norm=max_grad_norm)
         self.generator = generator or torch.Generator(device=device)
+        self.sync = None  # a DistributedSync under torchrun (PBTTrainer sets it): gradients averaged
 
     @property
     def hyper(self) -> dict[str, torch.Tensor]:
@@ -206,6 +207,8 @@ class PopulationLearner(nn.Module):
                 loss = sum(v for k, v in losses.items() if k.startswith("loss_")).sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.sync is not None:
+                    self.sync.average_gradients_(self.optimizer._params())
                 norms = self.optimizer.step(lr=self.hp_lr, active=active)
                 out = losses.detach()
                 out.set("grad_norm", norms)
@@ -254,6 +257,7 @@ class PBTTrainer(OnPolicyTrainer):
             **kwargs,
         )
         self.learner = learner
+        learner.sync = self.sync
 
     def _estimate_values(self, batch: TensorDictBase) -> TensorDictBase:
         if self.reward_scale != 1.0:
@@ -276,7 +280,9 @@ class PBTTrainer(OnPolicyTrainer):
 
     def _update_normalizers(self, collected: TensorDictBase) -> None:
         obs = collected.get(self.observation_key)
-        self.learner.ensemble.update_normalizers(obs.reshape(self.learner.ensemble.num_members, -1, obs.shape[-1]))
+        self.learner.ensemble.update_normalizers(
+            obs.reshape(self.learner.ensemble.num_members, -1, obs.shape[-1]), sync=self.sync
+        )
 
     def _metrics(self, losses: TensorDictBase, fps: float) -> dict[str, float]:
         metrics = super()._metrics(losses, fps)

@@ -88,6 +88,7 @@ class InProcessPBT(TrainerHookBase):
         self._count = torch.zeros(m, dtype=torch.float64, device=device)
         self.last_step_frames = 0
         self.last_change = [-(10**18)] * m
+        self.sync = None  # a DistributedSync under torchrun (set by register): fitness over all ranks
         self.num_steps = 0
         self.last_report: dict[str, Any] = {}
 
@@ -98,12 +99,20 @@ class InProcessPBT(TrainerHookBase):
         done = batch.get(("next", "done")).reshape(-1).to(self._sum.dtype)
         value = batch.get(("next", key)).reshape(-1).to(self._sum.dtype)
         pid = batch.get("policy_id").reshape(-1).to(self._sum.device)
-        self._sum.mul_(self.fitness_decay).index_add_(0, pid, value * done)
-        self._count.mul_(self.fitness_decay).index_add_(0, pid, done)
+        add_sum = torch.zeros_like(self._sum).index_add_(0, pid, value * done)
+        add_count = torch.zeros_like(self._count).index_add_(0, pid, done)
+        if self.sync is not None:  # every rank's episodes: the window is the same on all ranks
+            self.sync.sum_([add_sum, add_count])
+        self._sum.mul_(self.fitness_decay).add_(add_sum)
+        self._count.mul_(self.fitness_decay).add_(add_count)
         return batch
 
     def fitness(self) -> torch.Tensor:
-        return torch.where(self._count > 0, self._sum / self._count.clamp_min(1e-12), float("nan"))
+        """The ``[M]`` fitness window (under torchrun: every rank's episodes; rank 0's value broadcast)."""
+        fitness = torch.where(self._count > 0, self._sum / self._count.clamp_min(1e-12), float("nan"))
+        if self.sync is not None:
+            self.sync.broadcast_([fitness])
+        return fitness
 
     # ------------------------------------------------------------------ the PBT step
     def _hyper_of(self, member: int) -> dict[str, float | int]:
@@ -138,6 +147,8 @@ class InProcessPBT(TrainerHookBase):
             self.last_change[i] = frames
             self._sum[i] = 0.0
             self._count[i] = 0.0
+        if self.sync is not None and changed:  # rank 0's weights and hyperparameters everywhere
+            self.sync.broadcast_module(self.learner)
         self.num_steps += 1
         self.last_step_frames = frames
         self.last_report = {
@@ -172,6 +183,7 @@ class InProcessPBT(TrainerHookBase):
 
     def register(self, trainer, name: str = "pbt") -> None:
         self._trainer = trainer
+        self.sync = getattr(trainer, "sync", None)
         trainer.register_module(name, self)
         trainer.register_op("batch_process", self.observe)
         trainer.register_op("post_steps", self._on_post_steps)

@@ -780,8 +780,9 @@ class PBTMember(TrainerHookBase):
         self.num_rounds += 1
         before = self.current_hyperparameters()
         plan: dict[str, Any] = {}
+        state = trainer.checkpoint_state()  # on every rank: a collective under a torchrun trainer (sync)
         if rank == 0:
-            plan = self._decide(k, frames, objective, before)
+            plan = self._decide(k, frames, objective, before, state)
         plan = _broadcast_object(plan)
         report: PBTReport = plan["report"]
         if plan.get("state") is not None:
@@ -813,14 +814,13 @@ class PBTMember(TrainerHookBase):
         names = [name for name, module in getattr(self._trainer, "_modules", {}).items() if module is self]
         return names or ["pbt"]
 
-    def _decide(self, k: int, frames: int, objective: float | None, before: dict) -> dict[str, Any]:
-        """Rank 0: write, read, decide, and (for a replacement) load the source checkpoint."""
+    def _decide(self, k: int, frames: int, objective: float | None, before: dict, state: dict) -> dict[str, Any]:
+        """Rank 0: write ``state``, read, decide, and (for a replacement) load the source checkpoint."""
         trainer = self._trainer
         ws = self.workspace
         report = PBTReport(iteration=k, frames=frames, objective=objective, action="skip", reason="",
                            hyperparameters_before=dict(before))
         try:
-            state = trainer.checkpoint_state()
             # the round runs in post_steps, before OnPolicyTrainer counts the finished iteration
             if "iteration" in state:
                 state["iteration"] = int(state["iteration"]) + 1

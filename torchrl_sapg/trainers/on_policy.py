@@ -15,6 +15,7 @@ from torchrl.record.loggers import Logger
 from torchrl.trainers import OptimizationStepper, Trainer
 
 from torchrl_sapg.trainers.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from torchrl_sapg.trainers.distributed import rank_seed
 from torchrl_sapg.trainers.lr_schedule import LearningRateSchedule
 
 CHECKPOINT_FORMAT = "torchrl-sapg/1"
@@ -92,6 +93,10 @@ class ClippedGradientStepper(OptimizationStepper):
         self.kl_actor = kl_actor
         self._params: list[nn.Parameter] | None = None
 
+    def _kl(self, losses: TensorDictBase) -> torch.Tensor | None:
+        kl = losses.get("kl") if self.kl_actor is not None else losses.get(self.kl_key, None)
+        return None if kl is None else kl.detach().float().mean().reshape(1)
+
     def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
         optimizer = trainer.optimizer
         if self._params is None:
@@ -102,6 +107,10 @@ class ClippedGradientStepper(OptimizationStepper):
         loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        kl = self._kl(losses) if self.lr_schedule is not None else None
+        sync = getattr(trainer, "sync", None)
+        if sync is not None:  # one all-reduce: the gradients and the KL the learning rate follows
+            sync.average_gradients_(self._params, [] if kl is None else [kl])
         if self.max_grad_norm is not None:
             grad_norm = nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
         else:
@@ -110,7 +119,6 @@ class ClippedGradientStepper(OptimizationStepper):
             )
         optimizer.step()
         if self.lr_schedule is not None:
-            kl = losses.get("kl") if self.kl_actor is not None else losses.get(self.kl_key, None)
             self.lr_schedule.on_minibatch(kl)
         out = losses.detach()
         out.set("grad_norm", grad_norm.detach())
@@ -172,6 +180,11 @@ class OnPolicyTrainer(Trainer):
             and value estimation, ``batch_process`` hooks (SAPG's ``aggregate``) and the loss run
             in TorchRL's recurrent mode (``set_recurrent_mode(True)``): each row is replayed from
             its stored initial hidden state, with resets at ``"is_init"``.
+        sync: a :class:`~torchrl_sapg.trainers.distributed.DistributedSync` for data-parallel
+            training under ``torchrun`` (``docs/distributed.md``): parameters are broadcast from
+            rank 0 here, gradients and the KL are averaged every step, normalisers and episode
+            statistics merged; ``total_frames`` and the frame counter are global (all ranks);
+            only rank 0 logs and writes checkpoints (every rank must call :meth:`save`).
 
     Examples:
         See ``docs/trainer.md`` and ``recipes/train.py``; a complete run::
@@ -210,6 +223,7 @@ class OnPolicyTrainer(Trainer):
         seed: int | None = None,
         checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None,
         sequence_minibatches: bool = False,
+        sync=None,
     ):
         if (num_minibatches is None) == (minibatch_size is None):
             raise ValueError(
@@ -222,6 +236,10 @@ class OnPolicyTrainer(Trainer):
         if total_frames <= 0:
             raise ValueError(f"total_frames must be positive, got {total_frames}.")
         self.lr_schedule = lr_schedule or LearningRateSchedule(optimizer, mode="fixed")
+        self.sync = sync
+        self.world_size = 1 if sync is None else sync.world_size
+        if sync is not None and not sync.is_main:
+            logger, progress_bar = None, False  # rank 0 logs for everyone
         stepper = ClippedGradientStepper(
             max_grad_norm=max_grad_norm, lr_schedule=self.lr_schedule, kl_key=kl_key, kl_actor=kl_actor
         )
@@ -264,10 +282,13 @@ class OnPolicyTrainer(Trainer):
         self.history: list[dict[str, float]] = []
         device = next(iter(loss_module.parameters())).device
         self.generator = torch.Generator(device=device)
-        if seed is not None:
+        if seed is not None:  # under torchrun each rank its own action noise and shuffles
+            seed = seed if sync is None else rank_seed(seed, sync.rank)
             torch.manual_seed(seed)
             self.generator.manual_seed(seed)
         self._printed_layout = False
+        if sync is not None:
+            sync.broadcast_module(loss_module)  # every rank starts from rank 0's weights
 
     # ------------------------------------------------------------------ batch arithmetic
     def minibatch_layout(self, rows: int) -> tuple[int, int]:
@@ -363,7 +384,7 @@ class OnPolicyTrainer(Trainer):
         frames_last = self.collected_frames
         try:
             for batch in self.collector if self.collected_frames < self.total_frames else ():
-                frames = batch.numel()
+                frames = batch.numel() * self.world_size  # global: every rank collects as many
                 collected = batch
                 with self._recurrent_context():  # GAE and SAPG's aggregate replay whole env-rows
                     batch = self._estimate_values(batch)
@@ -408,7 +429,7 @@ class OnPolicyTrainer(Trainer):
         for entry in self.obs_normalizers:
             norm, key = entry if isinstance(entry, tuple) else (entry, self.observation_key)
             obs = collected.get(key)
-            norm.update(obs.reshape(-1, *obs.shape[collected.batch_dims :]))
+            norm.update(obs.reshape(-1, *obs.shape[collected.batch_dims :]), sync=self.sync)
 
     # ------------------------------------------------------------------ logging
     @staticmethod
@@ -425,12 +446,17 @@ class OnPolicyTrainer(Trainer):
         self._check_finite(losses)
         metrics = {f"train/{k}": float(v) for k, v in losses.items() if v.numel() == 1}
         metrics["train/lr"] = float(self.lr_schedule.lr)
-        metrics["train/fps"] = fps
+        metrics["train/fps"] = fps  # all ranks together
+        if self.sync is not None:
+            metrics["train/fps_per_rank"] = fps / self.world_size
+            metrics["train/world_size"] = float(self.world_size)
         metrics["train/frames"] = float(self.collected_frames)
         metrics["train/iteration"] = float(self.iteration)
         stats_fn = getattr(self.collector, "episode_stats", None)
         if stats_fn is not None:
             stats = stats_fn()
+            if self.sync is not None:
+                stats = self.sync.reduce_episode_stats(stats)
             for name, value in stats.items():
                 values = value.tolist()
                 for i, v in enumerate(values):
@@ -462,6 +488,8 @@ class OnPolicyTrainer(Trainer):
             "rng": rng_state(),
             "history": self.history,
         }
+        if self.sync is not None:  # each rank's own random streams (envs and actions differ per rank)
+            state["ranks"] = self.sync.gather_objects({"rng": state["rng"], "generator": state["generator"]})
         if self.checkpoint_extra is not None:
             state["extra"] = dict(self.checkpoint_extra())
         return state
@@ -471,7 +499,9 @@ class OnPolicyTrainer(Trainer):
         path = path or self.checkpoint_path
         if path is None:
             raise ValueError("no checkpoint path: pass checkpoint_path= to the trainer or a path to save().")
-        save_checkpoint(self.checkpoint_state(), path)
+        state = self.checkpoint_state()  # collective under sync: every rank gets here
+        if self.sync is None or self.sync.is_main:
+            save_checkpoint(state, path)
         self._last_save_frames = self.collected_frames
         return str(path)
 
@@ -496,6 +526,13 @@ class OnPolicyTrainer(Trainer):
         self._last_save_frames = state["frames"]
         self.iteration = state["iteration"]
         self._optim_count = state["optim_count"]
-        self.generator.set_state(state["generator"])
-        set_rng_state(state["rng"])
+        ranks = state.get("ranks")
+        if self.sync is not None and ranks is not None and len(ranks) == self.world_size:
+            mine = ranks[self.sync.rank]
+            self.generator.set_state(mine["generator"])
+            set_rng_state(mine["rng"])
+        elif self.sync is None or self.sync.is_main:
+            self.generator.set_state(state["generator"])
+            set_rng_state(state["rng"])
+        # else: a world size other than the checkpoint's: ranks > 0 keep their own seeded streams
         self.history = list(state.get("history", []))
