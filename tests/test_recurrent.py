@@ -299,3 +299,46 @@ def test_sapg_off_policy_one_step_target_bootstraps_from_the_leader_replay():
     target = follower["next", "reward"][:, :-1] + 0.99 * v[:, 1:]
     inside = ~follower["next", "done"][:, :-1]
     torch.testing.assert_close(off["value_target"][:, :-1][inside], target[inside], rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- PBT members with LSTMs
+def _lstm_member(root, member_id: int, objective: float, seed: int):
+    from torchrl_sapg.population import PBTMember
+    from torchrl_sapg.trainers import LearningRateSchedule
+
+    torch.manual_seed(seed)
+    ac = make_recurrent_actor_critic(OBS, ACT, mlp_sizes=[16], lstm_hidden=H)
+    env = add_recurrent_transforms(make_env("pendulum", 8, seed=seed, max_episode_steps=EPISODE), ac)
+    collector = PopulationCollector(env, collection_policy(ac), num_policies=1, frames_per_batch=8 * 12)
+    loss = ClipPPOLoss(ac.actor, ac.critic, clip_epsilon=0.2, critic_coeff=2.0)
+    gae = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic, deactivate_vmap=True)
+    optim = torch.optim.Adam(loss.parameters(), lr=3e-4)
+    trainer = OnPolicyTrainer(
+        collector=collector, loss_module=loss, optimizer=optim, total_frames=8 * 12 * 2, num_epochs=2,
+        num_minibatches=2, value_estimator=gae, lr_schedule=LearningRateSchedule(optim, mode="fixed"),
+        obs_normalizers=[ac.obs_normalizer], progress_bar=False, seed=seed, sequence_minibatches=True,
+    )
+    member = PBTMember(root, member_id, hyperparameters={"lr": {"kind": "multiplicative"}}, interval_frames=8 * 12,
+                       objective=lambda tr: objective, num_members=2, seed=seed, verbose=False)
+    member.register(trainer)
+    return trainer, member, ac
+
+
+def test_decentralised_pbt_member_with_an_lstm_adopts_a_peers_recurrent_weights(tmp_path):
+    """DexPBT with recurrent members: the bottom member takes the top member's LSTM weights
+    (and its normaliser) at a round and keeps training on whole sequences."""
+    from torchrl_sapg.trainers import load_checkpoint
+
+    t0, m0, _ = _lstm_member(tmp_path, 0, objective=10.0, seed=0)
+    t0.train()
+    t1, m1, ac1 = _lstm_member(tmp_path, 1, objective=0.0, seed=1)
+    t1.train()
+    r = m1.last_report
+    assert (r.action, r.source) == ("replace", 0)
+    peer = load_checkpoint(tmp_path / "member_000" / f"ckpt_{r.source_iteration:09d}.pt")["trainer"]["loss_module"]
+    lstm = {k: v for k, v in peer.items() if ".lstm." in k}
+    assert lstm, "the checkpoint holds LSTM weights"
+    own = t1.loss_module.state_dict()
+    for key, value in lstm.items():
+        assert torch.equal(own[key], value), key
+    assert t1.collected_frames == 8 * 12 * 2 and t1.batch_layout["sequence_length"] == 12
