@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from test_trainer import _assert_same as _assert_identical  # bitwise, NaN == NaN
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "distributed_worker.py"
@@ -52,24 +53,6 @@ def _torchrun(script: pathlib.Path, args: list[str], cwd: pathlib.Path, nproc: i
 
 def _load(path: pathlib.Path) -> dict:
     return torch.load(path, weights_only=False)
-
-
-def _assert_identical(a, b, where: str = "") -> None:
-    """Bitwise equality of nested dicts/lists of tensors and numbers (NaN == NaN)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    elif torch.is_tensor(a):
-        assert torch.equal(a.nan_to_num(12345.0), b.nan_to_num(12345.0)) if a.is_floating_point() else torch.equal(a, b), where
-    elif isinstance(a, float) and a != a:
-        assert b != b, where
-    else:
-        assert a == b, where
 
 
 def test_collectives_match_a_hand_computation_on_the_pooled_data(tmp_path):
