@@ -1,0 +1,367 @@
+"""Scaling study: final return vs num_envs (N) for PPO, SAPG, EPO and PBT, under two protocols.
+
+* ``frames``  (``--frames F``): every N gets the same env-frame budget F, so a larger N makes fewer
+  updates (iterations = F / (N * T), rounded up to whole batches).
+* ``updates`` (``--updates U``): every N makes the same number of updates U, i.e.
+  ``total_frames = U * N * T``, so a larger N means more data per update (the regime of the SAPG
+  paper's Figure 2).
+
+Each (algo, N, seed, protocol) is one ordinary ``recipes/train.py`` run, launched and read by
+``benchmarks/compare_algos.py``'s ``run_one``. The figure of merit is the headline policy's
+deterministic evaluation return at the end (PPO: its only policy; SAPG: the leader; EPO: the master;
+PBT: the best member), plus the mean of the last ``--last`` logged training returns of the same
+policy (PBT: the best member's). A run that both protocols need (``F == U * N * T``) runs once.
+
+    python benchmarks/scaling.py --env mountain_car --algos ppo sapg epo=epo:algo.num_policies=6 pbt \\
+        --num-envs 48 192 768 --seeds 0 1 2 3 4 --updates 100 --frames 307200 --solved-at 50
+    python benchmarks/scaling.py --plot benchmarks/results/scaling_mountain_car.json   # figures only
+
+(docs/scaling.md: the protocols, the results and what they say.) A run that ends no episode (a time
+limit longer than the run) has no training return; the tables say how many seeds had one.
+
+Resumable: the JSON (``--out``, default ``benchmarks/results/scaling_<env>.json``) is rewritten
+after every run, and a run already in it (same algo label, N, seed, total_frames, overrides and
+eval episodes) is skipped, so an interrupted study continues where it stopped. N must be a multiple
+of each algorithm's number of policies (SAPG 6, EPO 64 unless overridden, PBT 8): multiples of 24
+suit ``ppo sapg pbt "epo=epo:algo.num_policies=6"``. Writes ``<out>.png`` (final return vs N, one
+panel per protocol) and ``<out>_curves.png`` (learning curves, one panel per protocol and N).
+Every subprocess gets ``PYTHONPATH=<this checkout>`` so the recipe and the library come from the
+same tree, and ``OMP_NUM_THREADS=--threads`` with ``threads=--threads``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_algos import ROOT, parse_variant, run_one  # noqa: E402
+
+CONF_DIR = ROOT / "recipes" / "conf"
+PROTOCOLS = ("frames", "updates")
+MAX_CURVE_POINTS = 300
+
+
+def compose(algo: str, env: str, overrides: list[str]):
+    """The recipe's resolved Hydra config for ``algo=<algo> env=<env> <overrides>``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=[f"algo={algo}", f"env={env}", *overrides])
+
+
+def run_key(label: str, num_envs: int, seed: int, total_frames: int) -> str:
+    return f"{label}|n{num_envs}|s{seed}|f{total_frames}"
+
+
+def thin(curve: list, limit: int = MAX_CURVE_POINTS) -> list:
+    """At most ``limit`` points, evenly strided, always keeping the last one."""
+    if len(curve) <= limit:
+        return list(curve)
+    stride = math.ceil(len(curve) / limit)
+    out = curve[::stride]
+    return out if out[-1] == curve[-1] else [*out, curve[-1]]
+
+
+def plan(args, variants) -> list[dict]:
+    """Every run the requested protocols need, deduplicated; each names the protocols it serves."""
+    jobs: dict[str, dict] = {}
+    for label, algo, overrides in variants:
+        cfg = compose(algo, args.env, [*overrides, *args.overrides])
+        horizon, num_policies = int(cfg.train.horizon), int(cfg.algo.num_policies)
+        for n in args.num_envs:
+            if n % num_policies:
+                raise SystemExit(f"{label}: num_envs={n} is not a multiple of its {num_policies} policies; "
+                                 f"choose N divisible by {num_policies} or set algo.num_policies")
+        for seed in args.seeds:
+            for n in args.num_envs:
+                for protocol in PROTOCOLS:
+                    if protocol == "frames" and args.frames is None or protocol == "updates" and args.updates is None:
+                        continue
+                    total = args.frames if protocol == "frames" else args.updates * n * horizon
+                    key = run_key(label, n, seed, total)
+                    job = jobs.setdefault(key, {"key": key, "label": label, "algo": algo, "num_envs": n, "seed": seed,
+                                                "total_frames": total, "horizon": horizon,
+                                                "num_policies": num_policies, "protocols": [],
+                                                "overrides": [*overrides, *args.overrides]})
+                    job["protocols"].append(protocol)
+    # seed-major order: an interrupted study has every (algo, N) for its first seeds
+    return sorted(jobs.values(), key=lambda j: (j["seed"], j["num_envs"], [v[0] for v in variants].index(j["label"]),
+                                                j["total_frames"]))
+
+
+def members(run: dict, protocols: dict) -> list[str]:
+    """The protocols a run belongs to: ``frames`` if it ran F frames, ``updates`` if it ran U * N * T."""
+    out = []
+    if "frames" in protocols and run["total_frames"] == protocols["frames"]["frames"]:
+        out.append("frames")
+    if "updates" in protocols and run["total_frames"] == protocols["updates"]["updates"] * run["num_envs"] * run["horizon"]:
+        out.append("updates")
+    return out
+
+
+def summarise(runs: list[dict], labels: list[str], solved_at: float | None = None) -> list[dict]:
+    """Mean ± std over seeds of each (protocol, algo, N); ``solved``: seeds whose eval return >= ``solved_at``."""
+    table = []
+    labels = [*labels, *sorted({r["algo"] for r in runs} - set(labels))]
+    for protocol in PROTOCOLS:
+        for label in labels:
+            for n in sorted({r["num_envs"] for r in runs}):
+                rs = [r for r in runs if protocol in r["protocols"] and r["algo"] == label and r["num_envs"] == n]
+                if not rs:
+                    continue
+                ev = [r["eval_return"] for r in rs if r["eval_return"] is not None]
+                tr = [r["final_train_return"] for r in rs if r["final_train_return"] is not None]
+                row = {"protocol": protocol, "algo": label, "num_envs": n, "seeds": sorted(r["seed"] for r in rs),
+                       "iterations": rs[0]["iterations"], "frames": rs[0]["frames"],
+                       "eval_mean": statistics.fmean(ev) if ev else None,
+                       "eval_std": statistics.pstdev(ev) if ev else None,
+                       "eval_min": min(ev) if ev else None, "eval_max": max(ev) if ev else None,
+                       "train_mean": statistics.fmean(tr) if tr else None,
+                       "train_std": statistics.pstdev(tr) if tr else None, "train_seeds": len(tr),
+                       "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in rs)}
+                if solved_at is not None:
+                    row["solved"] = sum(v >= solved_at for v in ev)
+                table.append(row)
+    return table
+
+
+def markdown(d: dict) -> str:
+    """The tables of a scaling JSON as Markdown, one per protocol."""
+    fmt = lambda m, s: "–" if m is None else f"{m:.1f} ± {s:.1f}"  # noqa: E731
+    out = []
+    for protocol in PROTOCOLS:
+        rows = [r for r in d["table"] if r["protocol"] == protocol]
+        if not rows:
+            continue
+        p = d["protocols"][protocol]
+        what = f"{p['frames']:,} frames each" if protocol == "frames" else f"{p['updates']} updates each"
+        solved = d.get("solved_at")
+        out += [f"**{protocol}** protocol ({what}, T = {p['horizon']}):", "",
+                "| algo | N | iterations | frames | eval return | last train return | seeds |"
+                + (f" eval ≥ {solved:g} |" if solved is not None else ""),
+                "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if solved is not None else "")]
+        for r in rows:
+            out.append(f"| {r['algo']} | {r['num_envs']} | {r['iterations']} | {r['frames']:,} | "
+                       f"{fmt(r['eval_mean'], r['eval_std'])} | {fmt(r['train_mean'], r['train_std'])}"
+                       + (f" ({r['train_seeds']}/{len(r['seeds'])} seeds ended an episode)" if 0 < r["train_seeds"] < len(r["seeds"]) else "")
+                       + " | "
+                       f"{len(r['seeds'])} |" + (f" {r['solved']}/{len(r['seeds'])} |" if solved is not None else ""))
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(path: str | Path) -> list[Path]:
+    """``<json>.png``: eval return vs N (mean ± std over seeds, seeds as dots), one panel per protocol;
+    ``<json>_curves.png``: training return of the headline policy, one panel per (protocol, N)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    d = json.loads(path.read_text())
+    protocols = [p for p in PROTOCOLS if any(r["protocol"] == p for r in d["table"])]
+    labels = list(dict.fromkeys(r["algo"] for r in d["table"]))
+    colour = {label: f"C{i}" for i, label in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 4.5), squeeze=False)
+    for ax, protocol in zip(axes[0], protocols):
+        p = d["protocols"][protocol]
+        for i, label in enumerate(labels):
+            rows = [r for r in d["table"] if r["protocol"] == protocol and r["algo"] == label and r["eval_mean"] is not None]
+            if not rows:
+                continue
+            dodge = 1.0 + 0.05 * (i - (len(labels) - 1) / 2)  # side by side, so the error bars stay apart
+            ns = [r["num_envs"] * dodge for r in rows]
+            ax.errorbar(ns, [r["eval_mean"] for r in rows], yerr=[r["eval_std"] for r in rows], color=colour[label],
+                        marker="o", capsize=3, label=label)
+            for r in d["runs"]:
+                if protocol in r["protocols"] and r["algo"] == label and r["eval_return"] is not None:
+                    ax.scatter(r["num_envs"] * dodge, r["eval_return"], color=colour[label], s=10, alpha=0.4)
+        ax.set_xscale("log", base=2)
+        all_ns = sorted({r["num_envs"] for r in d["table"]})
+        ax.set_xticks(all_ns, [str(n) for n in all_ns])
+        ax.minorticks_off()
+        ax.set_xlabel("num_envs N")
+        ax.set_ylabel("final eval return (headline policy)")
+        what = f"{p['frames']:,} frames" if protocol == "frames" else f"{p['updates']} updates (frames = U·N·T)"
+        ax.set_title(f"{d['env']}: fixed {what}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out1 = path.with_suffix(".png")
+    fig.savefig(out1, dpi=110)
+    plt.close(fig)
+
+    ns = sorted({r["num_envs"] for r in d["table"]})
+    fig, axes = plt.subplots(len(protocols), len(ns), figsize=(4 * len(ns), 3.3 * len(protocols)), squeeze=False,
+                             sharey=True)
+    for i, protocol in enumerate(protocols):
+        for j, n in enumerate(ns):
+            ax = axes[i][j]
+            seen = set()
+            for r in d["runs"]:
+                if protocol not in r["protocols"] or r["num_envs"] != n or not r["curve"]:
+                    continue
+                frames, returns = zip(*r["curve"])
+                x = [f / (n * r["horizon"]) for f in frames] if protocol == "updates" else [f / 1e6 for f in frames]
+                ax.plot(x, returns, color=colour.get(r["algo"], "k"), alpha=0.7, lw=1,
+                        label=None if r["algo"] in seen else r["algo"])
+                seen.add(r["algo"])
+            ax.set_title(f"{protocol}, N = {n}", fontsize=9)
+            ax.set_xlabel("iteration" if protocol == "updates" else "env frames (millions)")
+            if not seen:
+                ax.text(0.5, 0.5, "no episode ended", transform=ax.transAxes, ha="center", fontsize=8)
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("training return")
+            if seen:
+                ax.legend(fontsize=7)
+    fig.suptitle(f"{d['env']}: learning curves of the headline policy (one line per seed)")
+    fig.tight_layout()
+    out2 = path.with_name(path.stem + "_curves.png")
+    fig.savefig(out2, dpi=100)
+    plt.close(fig)
+    print(f"wrote {out1} and {out2}")
+    return [out1, out2]
+
+
+def git_state() -> dict:
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="pendulum")
+    p.add_argument("--algos", nargs="+", default=["ppo", "sapg", "epo=epo:algo.num_policies=6", "pbt"],
+                   help="NAME or LABEL=NAME:override,override (as compare_algos.py)")
+    p.add_argument("--num-envs", nargs="+", type=int, default=[48, 192, 768])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--frames", type=int, default=None, help="fixed-frame protocol: env frames per run")
+    p.add_argument("--updates", type=int, default=None, help="fixed-updates protocol: iterations per run")
+    p.add_argument("--eval-episodes", type=int, default=16)
+    p.add_argument("--solved-at", type=float, default=None,
+                   help="count the seeds whose eval return reaches this (e.g. 50 on mountain_car: 0 = standing still)")
+    p.add_argument("--last", type=int, default=5, help="logged training returns averaged at the end")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (and OMP_NUM_THREADS)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--runs-dir", default=None, help="where the recipe runs write (default: runs/<out stem>/)")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--plot", metavar="JSON", default=None, help="only redraw the figures of an existing JSON")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
+    args = p.parse_args(argv)
+    if args.plot:
+        plot(args.plot)
+        return None
+    if args.frames is None and args.updates is None:
+        p.error("give --frames F, --updates U, or both")
+    variants = [parse_variant(a) for a in args.algos]
+    out_path = Path(args.out or ROOT / "benchmarks" / "results" / f"scaling_{args.env}.json")
+    runs_dir = Path(args.runs_dir or ROOT / "runs" / out_path.stem)
+    # the recipe and the library from this checkout, whatever else is installed
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+
+    jobs = plan(args, variants)
+    previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    done = {r["key"]: r for r in previous.get("runs", [])}
+    # a protocol not asked for this time keeps the parameters it had, so its runs stay in the table
+    protocols = dict(previous.get("protocols", {}))
+    for protocol, value in (("frames", args.frames), ("updates", args.updates)):
+        if value is not None:
+            horizons = sorted({j["horizon"] for j in jobs})
+            protocols[protocol] = {protocol: value, "horizon": horizons[0] if len(horizons) == 1 else horizons}
+    solved_at = args.solved_at if args.solved_at is not None else previous.get("solved_at")
+    command = "python benchmarks/scaling.py " + " ".join(
+        a if all(c.isalnum() or c in "=.-_/[],:" for c in a) else f'"{a}"' for a in (argv if argv is not None else sys.argv[1:]))
+    commands = [c for c in previous.get("commands", []) if c != command] + [command]  # every call that wrote here
+    lock = threading.Lock()
+    # runs of earlier calls that this call does not plan (other seeds, N, algos) are kept
+    planned = {j["key"] for j in jobs}
+    runs: dict[str, dict] = {k: r for k, r in done.items() if k not in planned}
+    started = time.perf_counter()
+
+    def same(old: dict, job: dict) -> bool:
+        return old.get("overrides") == job["overrides"] and old.get("eval_episodes") == args.eval_episodes
+
+    def write() -> dict:
+        rs = sorted(runs.values(), key=lambda r: (r["algo"], r["num_envs"], r["seed"], r["total_frames"]))
+        for r in rs:
+            r["protocols"] = members(r, protocols)
+        out = {"benchmark": "scaling with num_envs (benchmarks/scaling.py)",
+               "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "env": args.env,
+               "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+               "code": git_state(), "args": {k: v for k, v in vars(args).items() if k != "plot"},
+               "commands": commands, "protocols": protocols, "solved_at": solved_at,
+               "table": summarise(rs, [v[0] for v in variants], solved_at),
+               "total_wall_seconds": sum(r["wall_seconds"] for r in rs), "runs": rs}
+        tmp = out_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(out, indent=1))
+        tmp.replace(out_path)
+        return out
+
+    todo = []
+    for job in jobs:
+        old = done.get(job["key"])
+        if old is not None and same(old, job):
+            runs[job["key"]] = old
+        else:
+            todo.append(job)
+    print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already in {out_path}, {len(todo)} to run", flush=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def work(job: dict) -> None:
+        extra = [f"env.num_envs={job['num_envs']}", f"threads={args.threads}", *job["overrides"]]
+        r = run_one(job["label"], job["algo"], args.env, job["seed"], job["total_frames"], args.eval_episodes, extra,
+                    runs_dir / f"n{job['num_envs']}-f{job['total_frames']}", args.threads)
+        run_dir = runs_dir / f"n{job['num_envs']}-f{job['total_frames']}" / f"{job['label']}-{args.env}-s{job['seed']}"
+        success = sorted(run_dir.glob(f"{job['algo']}-*/scalars/episode/success.csv"))
+        tail = [v for _, v in r["curve"][-args.last:]]
+        rec = {**job, "algo": job["label"], "algo_name": job["algo"], "eval_episodes": args.eval_episodes,
+               "frames": r["frames"], "iterations": r["frames"] // (job["num_envs"] * job["horizon"]),
+               "wall_seconds": r["wall_seconds"], "eval_return": r["eval_return"],
+               "final_train_return": statistics.fmean(tail) if tail else None,
+               "curve": thin(r["curve"]), "command": r["command"]}
+        if success and job["algo"] != "pbt":
+            vals = [float(line.split(",")[1]) for line in success[0].read_text().split()[-args.last:]]
+            rec["final_train_success"] = statistics.fmean(vals) if vals else None
+        fmt = lambda v: "nan" if v is None else f"{v:9.1f}"  # noqa: E731
+        with lock:
+            runs[job["key"]] = rec
+            write()
+            print(f"{job['label']:<6} N={job['num_envs']:<5} seed {job['seed']} {'+'.join(job['protocols']):<14} "
+                  f"{rec['iterations']:>5} it {rec['frames']:>10,} fr: eval {fmt(rec['eval_return'])} "
+                  f"last-{args.last} train {fmt(rec['final_train_return'])} ({rec['wall_seconds']:.0f} s; "
+                  f"{time.perf_counter() - started:.0f} s so far)", flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(work, todo))
+    out = write()
+    print(markdown(out))
+    print(f"wrote {out_path} ({out['total_wall_seconds']:.0f} s of runs in it)")
+    if not args.no_plot:
+        try:
+            plot(out_path)
+        except ImportError:
+            print("matplotlib is not installed: no figures")
+    return out
+
+
+if __name__ == "__main__":
+    main()
