@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +97,40 @@ def distributed_fps(lines: list[str]) -> None:
         lines += ["", "Commands of the three runs:", ""] + [f"- `{r['command']}`" for r in d["rows"]] + [""]
 
 
+def _scaling_grid(d: dict, protocol: str, cell) -> list[str]:
+    rows = [t for t in d["table"] if t["protocol"] == protocol]
+    ns = sorted({t["num_envs"] for t in rows})
+    algos = list(dict.fromkeys(t["algo"] for t in rows))
+    by = {(t["algo"], t["num_envs"]): t for t in rows}
+    out = ["| algo | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
+    for a in algos:
+        out.append(f"| {a} | " + " | ".join(cell(by[(a, n)]) if (a, n) in by else "—" for n in ns) + " |")
+    return out
+
+
+def scaling(lines: list[str]) -> None:
+    for path in sorted(RESULTS.glob("scaling_*.json")):
+        d = json.loads(path.read_text())
+        solved = d.get("solved_at")
+
+        def cell(t):
+            tail = f" ({t['solved']}/{len(t['seeds'])})" if solved is not None else ""
+            return f"{t['eval_mean']:.1f} ± {t['eval_std']:.1f}{tail}"
+
+        command = re.sub(r" --(out|runs-dir) \S+", "", d["commands"][-1])  # machine-local paths
+        lines += [f"### Scaling with num_envs — {d['env']}", "", f"`{command}` (`{path.name}`). Headline "
+                  "policy's deterministic eval return, mean ± std over seeds"
+                  + (f" (seeds with eval ≥ {solved})" if solved is not None else "") + "; details in "
+                  "[scaling.md](scaling.md).", ""]
+        for protocol, title in (("updates", f"fixed {d['protocols']['updates']['updates']} updates"),
+                                ("frames", f"fixed {d['protocols']['frames']['frames']:,} frames")):
+            if protocol in d["protocols"]:
+                lines += [f"**{title}**", "", *_scaling_grid(d, protocol, cell), ""]
+        png = path.with_suffix(".png")
+        if png.is_file():
+            lines += [f"![{d['env']} scaling](../benchmarks/results/{png.name})", ""]
+
+
 def comparisons(lines: list[str]) -> None:
     for path in sorted(RESULTS.glob("compare_*.json")) + sorted(RESULTS.glob("sweep_*.json")):
         d = json.loads(path.read_text())
@@ -147,6 +182,18 @@ def readme_table() -> str:
     if mem:
         rows += [f"EPO peak memory, K = {mem['results'][0]['K']} → {mem['results'][-1]['K']}: "
                  f"**{100 * mem['memory_growth_first_to_last']:+.1f}%** (CPU)."]
+    for path in sorted(RESULTS.glob("scaling_*.json")):
+        d = json.loads(path.read_text())
+        if d.get("solved_at") is None or "updates" not in d["protocols"]:
+            continue
+        rows_u = [t for t in d["table"] if t["protocol"] == "updates"]
+        ns = sorted({t["num_envs"] for t in rows_u})
+        per_algo = "; ".join(
+            f"{a} " + "/".join(str(next(t["solved"] for t in rows_u if t["algo"] == a and t["num_envs"] == n)) for n in ns)
+            for a in dict.fromkeys(t["algo"] for t in rows_u))
+        rows += [f"Scaling, {d['env']}, fixed {d['protocols']['updates']['updates']} updates, seeds solved (of "
+                 f"{len(rows_u[0]['seeds'])}) at N = {'/'.join(map(str, ns))}: {per_algo} "
+                 "([docs/scaling.md](docs/scaling.md))."]
     dist = _load("distributed_fps_cpu.json")
     if dist:
         ranks = dist["rows"][-1]
@@ -176,6 +223,7 @@ def main() -> None:
     epo_memory(lines)
     pbt_memory(lines)
     distributed_fps(lines)
+    scaling(lines)
     comparisons(lines)
     (ROOT / "docs" / "results.md").write_text("\n".join(lines))
     update_readme()
