@@ -1,0 +1,700 @@
+"""Learner-update and end-to-end throughput of PPO, SAPG and EPO against TorchRL's own PPO loop.
+
+Four variants, each at every grid cell (N envs, M policies; horizon T; same network sizes):
+
+* ``torchrl``: the baseline. TorchRL's ``ClipPPOLoss`` and ``GAE`` in a plain hand-written loop
+  (GAE, then ``epochs`` x shuffled ``minibatches``: sum of the ``loss_*`` terms, Adam,
+  ``clip_grad_norm_``, fixed learning rate), on a plain TorchRL network of the same sizes
+  (``torchrl.modules.MLP`` actor with a state-independent log-std, ``MLP`` critic, ELU; no
+  observation normaliser). No code of this library in the learner.
+* ``ppo``: our PPO exactly as ``recipes/train.py`` builds it (``recipes/common.py``: one policy,
+  TorchRL's ``ClipPPOLoss`` + ``GAE``) inside ``OnPolicyTrainer`` (observation normaliser,
+  analytic-KL adaptive learning rate, grad clip, hooks, per-iteration log).
+* ``sapg``: the recipe's ``SAPGLoss`` with M policies; ``aggregate`` runs as a ``batch_process``
+  hook (the leader's off-policy rows join the training batch).
+* ``epo``: ``sapg`` plus the recipe's ``GeneticLatentScheduler``, registered in the trainer with
+  ``trigger="interval"``, ``interval_frames=1``, ``warmup_frames=0``: one genetic step after
+  every update, so its cost is counted. Every variant's env ends its episodes after exactly T
+  steps (``max_episode_steps=T``) so every follower has a fitness in every batch.
+* ``ppo_nokl`` (opt-in, ``--variants ppo_nokl``): ``ppo`` without the per-minibatch analytic KL
+  (``kl_actor=None``) and with a fixed learning rate: what the KL-adaptive schedule costs.
+
+Measured for every (variant, N, M):
+
+1. **Learner update.** One subprocess per cell collects one ``[N, T]`` batch from the embedded
+   Pendulum (``make_env("pendulum", N)`` + ``PopulationCollector``, the cell's M-policy SAPG
+   actor) and every variant learns from that same batch (PPO and the baseline first re-score
+   its log-probs with their own actor, untimed). Timed: value estimation, (SAPG/EPO)
+   aggregation, ``epochs`` x ``minibatches`` optimiser steps, and for our variants everything
+   else ``OnPolicyTrainer.train()`` does per iteration (it is fed the stored batch). After
+   the warm-up the variants are timed round-robin, ``--repeats`` rounds, so a change in the
+   machine's load hits them alike; the median is reported. Rates: ``samples_per_s`` = rows the
+   optimiser consumes per second (training-batch rows x epochs; SAPG/EPO train on N + N/M
+   env-rows, the leader's off-policy rows included) and ``env_frames_per_s`` = N x T /
+   ``update_s`` (collected frames the learner absorbs per second).
+2. **End to end**, in the same subprocess afterwards: collection + update, one warm-up
+   iteration per variant, then ``--e2e-iters`` round-robin rounds (ours: one iteration of
+   ``OnPolicyTrainer.train()`` with the recipe's ``PopulationCollector``; baseline: TorchRL's
+   ``Collector`` + the plain loop); frames/s = N x T / median iteration seconds.
+3. **Memory**, one subprocess per eager variant and cell (its own high-water mark), over two
+   end-to-end iterations: CPU, the process's peak RSS and its increase over those iterations
+   (peak minus the RSS just before); CUDA, ``torch.cuda.max_memory_allocated``.
+4. **torch.compile** (cells with N in ``--compile-num-envs``): the learner update again with the
+   loss module's ``forward`` compiled (``torch.compile``, default mode), timed in the same
+   rounds as the eager variants after ``--compile-warmup`` warm-up updates (the first compiles,
+   the second absorbs a recompile). A failure is recorded as ``unsupported`` with the error's
+   first line, a compile past ``--compile-timeout`` seconds as ``timeout``.
+
+Every figure comes with its ratio to the eager ``torchrl`` baseline of the same cell in the same
+run (``*_vs_torchrl``; time ratios > 1 are slower, rate ratios < 1 are slower), and every cell
+with the overheads ``sapg_over_ppo`` and ``epo_over_ppo`` (update time, end-to-end time per
+frame). N is rounded to the nearest multiple of M (printed).
+
+    # the committed CPU run (results/throughput_cpu.json, ~25 min on 1 thread): 2 epochs at
+    # N=16384 and torch.compile at N=4096 only, to fit the time
+    python benchmarks/throughput.py --threads 1 --epochs-for 16384:2 --compile-num-envs 4096
+    python benchmarks/throughput.py --device cuda       # full grid, 5 epochs -> results/throughput_cuda.json
+    python benchmarks/throughput.py --num-envs 16384 --num-policies 64 --no-compile   # one cell
+    python benchmarks/throughput.py --quick --out /tmp/t.json   # tiny smoke run, in-process, no compile
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "recipes"))
+from env_throughput import _device_name, _sync  # noqa: E402
+
+VARIANTS = ("torchrl", "ppo", "sapg", "epo")
+#: opt-in diagnostic: our PPO without the per-minibatch analytic KL (kl_actor=None, fixed lr)
+EXTRA_VARIANTS = ("ppo_nokl",)
+BASELINE = "torchrl"
+
+
+# ---------------------------------------------------------------------------- building
+def nearest_multiple(n: int, m: int) -> int:
+    """The multiple of ``m`` nearest to ``n`` (ties go up), at least ``m``."""
+    return max(m, m * int(n / m + 0.5))
+
+
+def recipe_config(algo: str, n: int, m: int, args):
+    """The recipe's Hydra config (``recipes/conf``) at this benchmark's sizes."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [
+        f"algo={algo}", "env=pendulum", f"env.num_envs={n}", f"+env.kwargs.max_episode_steps={args.horizon}",
+        f"model.hidden_sizes=[{','.join(map(str, args.hidden))}]", f"train.horizon={args.horizon}",
+        f"train.num_epochs={args.epochs}", f"train.num_minibatches={args.minibatches}",
+        f"device={args.device}", "seed=0", "progress_bar=false", "logger=none",
+    ]
+    if algo != "ppo":
+        overrides.append(f"algo.num_policies={m}")
+    if algo == "epo":  # one genetic step after every update: its cost is part of the figure
+        overrides += ["algo.epo.trigger=interval", "algo.epo.warmup_frames=0", "algo.epo.interval_frames=1"]
+    with initialize_config_dir(config_dir=str(ROOT / "recipes" / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def build_ours(variant: str, n: int, m: int, args, collector=None, agent_state=None):
+    """``(trainer, agent)`` as ``recipes/train.py`` builds them (no logger, no checkpoints).
+
+    ``collector=None`` builds the recipe's env and ``PopulationCollector``."""
+    from common import build_agent, build_env, build_loss, register_algorithm_hooks
+
+    from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
+
+    single = variant.startswith("ppo")
+    cfg = recipe_config("ppo" if single else variant, n, m, args)
+    torch.manual_seed(0)
+    env = build_env(cfg) if collector is None else None
+    agent = build_agent(cfg, env if env is not None else build_env(cfg, num_envs=cfg.algo.num_policies))
+    if agent_state is not None:
+        agent.actor.load_state_dict(agent_state["actor"])
+        agent.critic.load_state_dict(agent_state["critic"])
+    if collector is None:
+        from torchrl_sapg.collectors import PopulationCollector
+
+        collector = PopulationCollector(env, agent.actor, num_policies=cfg.algo.num_policies,
+                                        frames_per_batch=n * args.horizon)
+    t = cfg.train
+    loss, value_estimator = build_loss(cfg, agent)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=t.lr)
+    schedule = LearningRateSchedule(optimizer, mode="fixed" if variant == "ppo_nokl" else t.lr_schedule,
+                                    kl_threshold=t.kl_threshold, min_lr=t.min_lr, max_lr=t.max_lr,
+                                    total_frames=int(cfg.total_frames))
+    trainer = OnPolicyTrainer(
+        collector=collector, loss_module=loss, optimizer=optimizer, total_frames=n * args.horizon,
+        num_epochs=t.num_epochs, num_minibatches=t.num_minibatches, value_estimator=value_estimator,
+        max_grad_norm=t.max_grad_norm, lr_schedule=schedule, reward_scale=t.reward_scale,
+        kl_actor=None if variant == "ppo_nokl" else agent.actor,
+        obs_normalizers=[agent.obs_normalizer] if agent.obs_normalizer is not None else [],
+        log_interval=1, progress_bar=False, seed=0,
+    )
+    register_algorithm_hooks(cfg, trainer, loss, agent, optimizer)
+    return trainer, agent
+
+
+class _GaussianMLP(torch.nn.Module):
+    """Plain actor network: ``loc = MLP(obs)``, ``scale = exp(log_std)`` (state-independent)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden):
+        super().__init__()
+        from torchrl.modules import MLP
+
+        self.mlp = MLP(in_features=obs_dim, out_features=act_dim, num_cells=list(hidden), activation_class=torch.nn.ELU)
+        self.log_std = torch.nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, observation):
+        loc = self.mlp(observation)
+        return loc, self.log_std.exp().expand_as(loc)
+
+
+def build_torchrl(args, device):
+    """The baseline: TorchRL's actor, critic, ``ClipPPOLoss``, ``GAE`` and Adam (recipe hyperparameters)."""
+    from tensordict.nn import TensorDictModule
+    from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, ValueOperator
+    from torchrl.objectives import ClipPPOLoss
+    from torchrl.objectives.value import GAE
+
+    t = recipe_config("ppo", 1, 1, args).train
+    torch.manual_seed(0)
+    actor = ProbabilisticActor(
+        TensorDictModule(_GaussianMLP(3, 1, args.hidden), in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"], out_keys=["action"], distribution_class=IndependentNormal, return_log_prob=True,
+    ).to(device)
+    critic = ValueOperator(MLP(in_features=3, out_features=1, num_cells=list(args.hidden), activation_class=torch.nn.ELU),
+                           in_keys=["observation"]).to(device)
+    loss = ClipPPOLoss(actor, critic, clip_epsilon=t.clip_epsilon, entropy_bonus=False, critic_coeff=t.critic_coeff,
+                       loss_critic_type=t.loss_critic_type)
+    gae = GAE(gamma=t.gamma, lmbda=t.lmbda, value_network=critic, average_gae=True)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=t.lr)
+    return actor, loss, gae, optimizer, t.max_grad_norm
+
+
+def torchrl_update(batch, loss, gae, optimizer, max_grad_norm, args, generator) -> float:
+    """One learner update the plain TorchRL way: GAE, then epochs of shuffled minibatches."""
+    with torch.no_grad():
+        batch = gae(batch)
+    flat = batch.reshape(-1)
+    rows = flat.shape[0]
+    mb = rows // args.minibatches
+    params = list(loss.parameters())
+    for _ in range(args.epochs):
+        perm = torch.randperm(rows, generator=generator, device=generator.device)
+        for i in range(args.minibatches):
+            out = loss(flat[perm[i * mb:(i + 1) * mb]])
+            total = sum(v for k, v in out.items() if k.startswith("loss_"))
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+    return float(total.detach())  # the update is done when its result is on the host
+
+
+@torch.no_grad()
+def rescore(batch, actor, log_prob_key):
+    """``batch`` as if ``actor`` (one policy) had collected it: policy id 0, its own
+    ``loc``/``scale`` and log-prob of the stored actions (PPO needs an on-policy batch)."""
+    batch = batch.clone()
+    for key in batch.keys(True, True):
+        if (key if isinstance(key, str) else key[-1]) == "policy_id":
+            batch.set(key, torch.zeros_like(batch.get(key)))
+    td = batch.copy()
+    dist = actor.get_dist(td)
+    batch.set("loc", td.get("loc"))
+    batch.set("scale", td.get("scale"))
+    lp = batch.get(log_prob_key)
+    batch.set(log_prob_key, dist.log_prob(batch.get("action")).reshape(lp.shape).to(lp.dtype))
+    return batch
+
+
+class ReplayCollector:
+    """Feeds ``OnPolicyTrainer.train()`` clones of one stored batch and times each iteration.
+
+    An iteration starts when its batch is handed over and ends when the trainer asks for the
+    next one (the clone lies outside both marks); the caller closes the last one.
+    """
+
+    def __init__(self, device):
+        self.batch, self.device = None, device
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+    def __iter__(self):
+        while True:
+            batch = self.batch.clone()
+            _sync(self.device)
+            self.starts.append(time.perf_counter())
+            yield batch
+            _sync(self.device)
+            self.ends.append(time.perf_counter())
+
+
+class Learner:
+    """One variant's learner update on a cell's batch, ready to be timed (:meth:`update`)."""
+
+    def __init__(self, variant: str, n: int, m: int, args, batch, agent_state, use_compile: bool):
+        self.variant, self.device, self.args = variant, torch.device(args.device), args
+        self.frames = batch.numel()
+        if variant == BASELINE:
+            actor, self.loss, self.gae, self.optimizer, self.max_grad_norm = build_torchrl(args, self.device)
+            self.batch = rescore(batch, actor, self.loss.tensor_keys.sample_log_prob)
+            self.generator = torch.Generator(device=self.device).manual_seed(0)
+            self.rows = self.frames
+        else:
+            self.replay = ReplayCollector(self.device)
+            self.trainer, agent = build_ours(variant, n, m, args, collector=self.replay,
+                                             agent_state=None if variant.startswith("ppo") else agent_state)
+            self.loss = self.trainer.loss_module
+            self.replay.batch = (rescore(batch, agent.actor, self.loss.tensor_keys.sample_log_prob)
+                                 if variant.startswith("ppo") else batch)
+        if use_compile:
+            self.loss.forward = torch.compile(self.loss.forward)
+
+    def update(self) -> float:
+        """Seconds of one learner update (ours: one iteration of ``OnPolicyTrainer.train()``)."""
+        if self.variant == BASELINE:
+            data = self.batch.clone()
+            _sync(self.device)
+            t0 = time.perf_counter()
+            torchrl_update(data, self.loss, self.gae, self.optimizer, self.max_grad_norm, self.args, self.generator)
+            _sync(self.device)
+            return time.perf_counter() - t0
+        trainer, replay = self.trainer, self.replay
+        replay.starts.clear()
+        replay.ends.clear()
+        trainer.total_frames = trainer.collected_frames + self.frames
+        trainer.train()
+        _sync(self.device)
+        replay.ends.append(time.perf_counter())
+        return replay.ends[0] - replay.starts[0]
+
+    def details(self) -> dict:
+        if self.variant == BASELINE:
+            return {"rows_per_update": self.rows}
+        out = {"rows_per_update": self.trainer.batch_layout["rows"], "batch_layout": self.trainer.batch_layout}
+        if self.variant == "epo":
+            sched = self.trainer._modules["genetic_scheduler"]
+            out.update(genetic_steps=sched.num_steps, genetic_decisions=sched.num_decisions)
+        return out
+
+
+# ---------------------------------------------------------------------------- measurements
+def _first_line(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip()
+    return next((line for line in text.splitlines() if line.strip()), type(err).__name__)[:300]
+
+
+class _Deadline:
+    """Raise ``TimeoutError`` in the main thread after ``seconds`` (SIGALRM; no-op without it)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def _fire(self, *_):
+        raise TimeoutError(f"compile exceeded --compile-timeout={self.seconds:g}s")
+
+    def __enter__(self):
+        self.armed = hasattr(signal, "SIGALRM") and self.seconds > 0
+        if self.armed:
+            self.previous = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+
+
+def _unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def time_cell(n: int, m: int, args, with_compile: bool) -> list[dict]:
+    """Learner-update timings of every variant (eager, and compiled if asked) on one batch."""
+    device = torch.device(args.device)
+    trainer, agent = build_ours("sapg", n, m, args)  # the cell's M-policy actor collects the batch
+    t0 = time.perf_counter()
+    batch = next(iter(trainer.collector)).detach()
+    collect_s = time.perf_counter() - t0
+    trainer.collector.shutdown()
+    state = {"actor": copy.deepcopy(agent.actor.state_dict()), "critic": copy.deepcopy(agent.critic.state_dict())}
+    del trainer, agent
+    if with_compile:  # four losses share tensordict's code objects: room for all their graphs
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    configs = [(v, c) for c in ((False, True) if with_compile else (False,)) for v in args.variants]
+    rows, learners = {}, {}
+    for v, c in configs:
+        rows[v, c] = {"variant": v, "num_envs": n, "num_policies": m, "compile": c, "epochs": args.epochs,
+                      "batch_collect_s": collect_s}
+        learners[v, c] = Learner(v, n, m, args, batch, state, c)
+    # warm-up, round-robin too: compiled graphs guard on tensordict's global class memo, which
+    # grows while the other variants run their first updates (a recompile, not a timed one)
+    budget = {key: args.compile_timeout for key in learners if key[1]}
+    for key in learners:
+        rows[key]["warmup_s"] = []
+    for w in range(max(args.warmup, args.compile_warmup if with_compile else 0)):
+        for key, learner in list(learners.items()):
+            if w >= (max(args.warmup, args.compile_warmup) if key[1] else args.warmup):
+                continue
+            t0 = time.perf_counter()
+            try:
+                with _Deadline(budget[key] if key[1] else 0):
+                    rows[key]["warmup_s"].append(learner.update())
+            except Exception as err:  # noqa: BLE001 - a compile failure is a result
+                if not key[1]:
+                    raise
+                timed_out = isinstance(err, TimeoutError) or time.perf_counter() - t0 >= budget[key]
+                rows[key].update(status="timeout" if timed_out else "unsupported", error=_first_line(err))
+                del learners[key]
+                continue
+            if key[1]:
+                budget[key] = max(1e-3, budget[key] - (time.perf_counter() - t0))
+    graphs_before = _unique_graphs()
+    for key in learners:
+        rows[key]["update_s_all"] = []
+    for _ in range(args.repeats):  # round-robin: load changes hit every variant alike
+        for key, learner in learners.items():
+            rows[key]["update_s_all"].append(learner.update())
+    for key, learner in learners.items():
+        r = rows[key]
+        r.update(learner.details())
+        med = statistics.median(r["update_s_all"])
+        r.update(status="ok", update_s=med, samples_per_s=r["rows_per_update"] * args.epochs / med,
+                 env_frames_per_s=learner.frames / med)
+    if with_compile:
+        from torch._dynamo.utils import counters
+
+        for key in learners:
+            if key[1]:  # process-wide counts (all compiled variants together)
+                rows[key].update(graph_breaks_all_variants=int(sum(counters["graph_break"].values())),
+                                 unique_graphs_all_variants=_unique_graphs(),
+                                 graphs_compiled_while_timed=_unique_graphs() - graphs_before)
+    learners.clear()
+    return list(rows.values())
+
+
+def _rss_now() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return _rss_peak()
+
+
+def _rss_peak() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class EndToEnd:
+    """One variant's collection + update, one iteration per :meth:`step` (ours: one iteration of
+    ``OnPolicyTrainer.train()`` with the recipe's ``PopulationCollector``; the baseline: TorchRL's
+    ``Collector`` and the plain loop)."""
+
+    def __init__(self, variant: str, n: int, m: int, args):
+        self.variant, self.device, self.args = variant, torch.device(args.device), args
+        self.frames = n * args.horizon
+        if variant == BASELINE:
+            from torchrl.collectors import Collector
+
+            from torchrl_sapg.envs import make_env
+
+            actor, self.loss, self.gae, self.optimizer, self.max_grad_norm = build_torchrl(args, self.device)
+            env = make_env("pendulum", n, device=self.device, seed=0, max_episode_steps=args.horizon)
+            self.collector = Collector(env, actor, frames_per_batch=self.frames, auto_register_policy_transforms=False)
+            self.iterator = iter(self.collector)
+            self.generator = torch.Generator(device=self.device).manual_seed(0)
+        else:
+            self.trainer, _ = build_ours(variant, n, m, args)
+            self.collector = self.trainer.collector
+
+    def step(self) -> float:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        if self.variant == BASELINE:
+            torchrl_update(next(self.iterator), self.loss, self.gae, self.optimizer, self.max_grad_norm,
+                           self.args, self.generator)
+        else:
+            self.trainer.total_frames = self.trainer.collected_frames + self.frames
+            self.trainer.train()
+        _sync(self.device)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.collector.shutdown()
+
+
+def time_e2e(n: int, m: int, args, rows: list[dict]) -> None:
+    """End-to-end frames/s of every eager variant: one warm-up iteration each, then
+    ``e2e_iters`` round-robin rounds (median reported); written into ``rows``."""
+    runners = {r["variant"]: EndToEnd(r["variant"], n, m, args) for r in rows if not r["compile"]}
+    times = {v: [] for v in runners}
+    for rnd in range(args.e2e_iters + 1):
+        for v, runner in runners.items():
+            seconds = runner.step()
+            if rnd:
+                times[v].append(seconds)
+    for r in rows:
+        if r["variant"] in times and not r["compile"]:
+            t = statistics.median(times[r["variant"]])
+            r.update(e2e_s=t, e2e_s_all=times[r["variant"]], e2e_frames_per_s=runners[r["variant"]].frames / t)
+    for runner in runners.values():
+        runner.close()
+
+
+def measure_memory(variant: str, n: int, m: int, args) -> dict:
+    """Peak memory of two end-to-end iterations (the second holds the previous batch while it
+    collects) in a fresh process: CPU peak RSS and its increase, or CUDA max_memory_allocated."""
+    device = torch.device(args.device)
+    runner = EndToEnd(variant, n, m, args)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _rss_now()
+    for _ in range(2):
+        runner.step()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_peak()
+    runner.close()
+    return {"memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process RSS",
+            "train_memory_increase_bytes": max(0, peak - base), "peak_memory_bytes": peak}
+
+
+# ---------------------------------------------------------------------------- orchestration
+def worker(job: dict, args) -> object:
+    if job["kind"] == "time":
+        rows = time_cell(job["num_envs"], job["num_policies"], args, job["compile"])
+        if args.e2e_iters > 0:
+            time_e2e(job["num_envs"], job["num_policies"], args, rows)
+        return rows
+    return measure_memory(job["variant"], job["num_envs"], job["num_policies"], args)
+
+
+def run_job(job: dict, args, argv: list[str]):
+    """Run :func:`worker` in a fresh subprocess (its own memory high-water mark) or in-process."""
+    if args.in_process:
+        return worker(job, copy.copy(args))
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--epochs", str(args.epochs), "--worker", json.dumps(job)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if out.returncode:
+        raise RuntimeError(f"worker {job} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def add_ratios(rows: list[dict]) -> dict:
+    """Ratios of every figure to the eager ``torchrl`` baseline of the same cell; overheads vs PPO."""
+    eager = {r["variant"]: r for r in rows if not r["compile"] and r.get("status") == "ok"}
+    base = eager[BASELINE]
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        r["update_time_vs_torchrl"] = r["update_s"] / base["update_s"]
+        r["samples_per_s_vs_torchrl"] = r["samples_per_s"] / base["samples_per_s"]
+        r["env_frames_per_s_vs_torchrl"] = r["env_frames_per_s"] / base["env_frames_per_s"]
+        if "e2e_frames_per_s" in r:
+            r["e2e_frames_per_s_vs_torchrl"] = r["e2e_frames_per_s"] / base["e2e_frames_per_s"]
+            r["e2e_time_vs_torchrl"] = r["e2e_s"] / base["e2e_s"]
+        if "peak_memory_bytes" in r:
+            r["peak_memory_vs_torchrl"] = r["peak_memory_bytes"] / base["peak_memory_bytes"]
+            r["train_memory_increase_vs_torchrl"] = (r["train_memory_increase_bytes"]
+                                                    / max(1, base["train_memory_increase_bytes"]))
+        if r["compile"] and r["variant"] in eager:
+            r["compile_speedup"] = eager[r["variant"]]["update_s"] / r["update_s"]
+    over = {}
+    if "ppo" in eager:
+        over["ppo_over_torchrl_update_time"] = eager["ppo"]["update_s"] / base["update_s"]
+        for v in ("sapg", "epo"):
+            if v in eager:
+                over[f"{v}_over_ppo_update_time"] = eager[v]["update_s"] / eager["ppo"]["update_s"]
+                if "e2e_frames_per_s" in eager[v]:
+                    over[f"{v}_over_ppo_e2e_time"] = eager["ppo"]["e2e_frames_per_s"] / eager[v]["e2e_frames_per_s"]
+    return over
+
+
+def markdown(cells: list[dict]) -> str:
+    """The per-variant table and the overhead table."""
+    def f(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    lines = [
+        "| N | M | epochs | variant | compile | update s | x torchrl | samples/s | x torchrl | "
+        "e2e frames/s | x torchrl | peak MiB | train +MiB |",
+        "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for cell in cells:
+        for r in cell["results"]:
+            head = (f"| {r['num_envs']} | {r['num_policies']} | {r['epochs']} | {r['variant']} | "
+                    f"{'yes' if r['compile'] else 'no'} |")
+            if r.get("status") != "ok":
+                lines.append(f"{head} {r.get('status')}: {r.get('error', '')[:100]} | | | | | | | |")
+                continue
+            mib = {k: (r[k] / 2**20 if k in r else None) for k in ("peak_memory_bytes", "train_memory_increase_bytes")}
+            lines.append(
+                f"{head} {r['update_s']:.3f} | {r['update_time_vs_torchrl']:.2f} | {r['samples_per_s']:,.0f} | "
+                f"{r['samples_per_s_vs_torchrl']:.2f} | {f(r.get('e2e_frames_per_s'), ',.0f')} | "
+                f"{f(r.get('e2e_frames_per_s_vs_torchrl'), '.2f')} | {f(mib['peak_memory_bytes'], '.0f')} | "
+                f"{f(mib['train_memory_increase_bytes'], '.0f')} |"
+            )
+    lines += ["", "| N | M | PPO / torchrl update time | SAPG / PPO update time | EPO / PPO update time | "
+                  "SAPG / PPO e2e time | EPO / PPO e2e time |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for cell in cells:
+        o = cell["overheads"]
+        lines.append(
+            f"| {cell['num_envs']} | {cell['num_policies']} | {f(o.get('ppo_over_torchrl_update_time'), '.2f')} | "
+            f"{f(o.get('sapg_over_ppo_update_time'), '.2f')} | {f(o.get('epo_over_ppo_update_time'), '.2f')} | "
+            f"{f(o.get('sapg_over_ppo_e2e_time'), '.2f')} | {f(o.get('epo_over_ppo_e2e_time'), '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-envs", type=int, nargs="+", default=[4096, 16384], help="N (rounded to a multiple of M)")
+    p.add_argument("--num-policies", type=int, nargs="+", default=[6, 64], help="M of SAPG / EPO")
+    p.add_argument("--horizon", type=int, default=16, help="T")
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 128, 64])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs-for", nargs="*", default=[], metavar="N:EPOCHS",
+                   help="other epochs for some requested N, e.g. 16384:2 (recorded per cell)")
+    p.add_argument("--minibatches", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1, help="untimed learner updates per variant first")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds over the variants (median reported)")
+    p.add_argument("--e2e-iters", type=int, default=2, help="timed end-to-end rounds after a warm-up one (0: skip)")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="peak memory of each eager variant, one subprocess each")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + EXTRA_VARIANTS,
+                   help="torchrl is always included; ppo_nokl (opt-in): our PPO without the per-minibatch "
+                        "analytic KL and with a fixed learning rate")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="also time torch.compile'd losses")
+    p.add_argument("--compile-num-envs", type=int, nargs="*", default=None,
+                   help="requested N at which to time compiled losses (default: every N)")
+    p.add_argument("--compile-warmup", type=int, default=2, help="warm-up updates of a compiled loss")
+    p.add_argument("--compile-timeout", type=float, default=600, help="seconds for a compiled loss's warm-up")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (and the workers' OMP_NUM_THREADS)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--in-process", action="store_true", help="no subprocesses (memory figures then accumulate)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run: N=32, M=4, T=4, small net, in-process, no compile")
+    p.add_argument("--out", default=None)
+    p.add_argument("--note", default=None, help="free text stored in the JSON")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.num_envs, args.num_policies, args.horizon, args.hidden = [32], [4], 4, [32, 32]
+        args.epochs, args.minibatches, args.warmup, args.repeats, args.e2e_iters = 1, 2, 1, 1, 1
+        args.compile, args.in_process = False, True
+    if BASELINE not in args.variants:
+        args.variants = [BASELINE, *args.variants]  # every ratio needs it
+    args.epochs_for = {int(k): int(v) for k, v in (s.split(":") for s in args.epochs_for)}
+    return args
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker is not None:
+        try:
+            print(json.dumps(worker(json.loads(args.worker), args)))
+        except Exception:
+            traceback.print_exc()
+            raise
+        return {}
+    import torchrl
+
+    device = torch.device(args.device)
+    start = time.perf_counter()
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    cells = []
+    for n0 in args.num_envs:
+        for m in args.num_policies:
+            n = nearest_multiple(n0, m)
+            if n != n0:
+                print(f"N={n0} is not a multiple of M={m}: using N={n}", flush=True)
+            cargs = copy.copy(args)
+            cargs.epochs = args.epochs_for.get(n0, args.epochs)
+            with_compile = args.compile and (args.compile_num_envs is None or n0 in args.compile_num_envs)
+            t0 = time.perf_counter()
+            rows = run_job({"kind": "time", "num_envs": n, "num_policies": m, "compile": with_compile}, cargs, argv)
+            for r in rows:
+                msg = (f"update {r['update_s']:.3f} s, {r['samples_per_s']:,.0f} samples/s"
+                       if r.get("status") == "ok" else f"{r.get('status')}: {r.get('error')}")
+                print(f"[N={n} M={m} epochs={cargs.epochs}] {r['variant']:<8} compile={r['compile']!s:<5} {msg}", flush=True)
+            for r in rows:
+                if "e2e_frames_per_s" in r:
+                    print(f"[N={n} M={m}] {r['variant']:<8} e2e {r['e2e_frames_per_s']:,.0f} frames/s", flush=True)
+            print(f"[N={n} M={m}] learner updates and end to end timed in {time.perf_counter() - t0:.0f} s", flush=True)
+            if args.memory:
+                for r in rows:
+                    if r["compile"]:
+                        continue
+                    t0 = time.perf_counter()
+                    r.update(run_job({"kind": "memory", "variant": r["variant"], "num_envs": n, "num_policies": m},
+                                     cargs, argv))
+                    print(f"[N={n} M={m}] {r['variant']:<8} peak {r['peak_memory_bytes'] / 2**20:,.0f} MiB, training "
+                          f"+{r['train_memory_increase_bytes'] / 2**20:,.0f} MiB ({time.perf_counter() - t0:.0f} s)", flush=True)
+            cells.append({"num_envs": n, "num_envs_requested": n0, "num_policies": m, "epochs": cargs.epochs,
+                          "compile_timed": with_compile, "results": rows, "overheads": add_ratios(rows)})
+    table = markdown(cells)
+    print(table)
+    wall = time.perf_counter() - start
+    out = {
+        "benchmark": "learner-update and end-to-end throughput vs TorchRL's ClipPPOLoss loop (benchmarks/throughput.py)",
+        "command": shlex.join(["python", "benchmarks/throughput.py", *argv]),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device), "device_name": _device_name(device), "cpu_model": _device_name(torch.device("cpu")),
+        "cpu_count": os.cpu_count(), "torch_num_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__, "torchrl_version": torchrl.__version__,
+        "python_version": platform.python_version(), "wall_seconds": wall, "note": args.note,
+        "load_average_start": load_start, "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "config": {k: v for k, v in vars(args).items() if k != "worker"},
+        "definitions": {
+            "update_s": "median seconds of one learner update (value estimation, aggregation, epochs x minibatches; "
+                        "ours: one OnPolicyTrainer.train() iteration on the stored batch)",
+            "samples_per_s": "training-batch rows x epochs / update_s (SAPG/EPO rows include the leader's off-policy rows)",
+            "env_frames_per_s": "N x T / update_s",
+            "e2e_frames_per_s": "N x T / e2e_s; e2e_s: median seconds of one collection + update iteration "
+                                "(variants round-robin, after a warm-up iteration each)",
+            "peak_memory_bytes": "own process per variant, two end-to-end iterations: peak RSS (CPU) or "
+                                 "cuda max_memory_allocated",
+            "train_memory_increase_bytes": "that peak minus the memory just before the two iterations",
+            "*_vs_torchrl": "the figure / the same figure of the cell's eager torchrl baseline",
+            "*_over_ppo_*_time": "time ratio to our eager PPO of the cell (> 1: slower)",
+        },
+        "cells": cells,
+        "table_markdown": table,
+    }
+    path = Path(args.out or ROOT / "benchmarks" / "results" / f"throughput_{device.type}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path} ({wall:.0f} s)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
