@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def _free_port() -> int:
 
 
 def run(label: str, ranks: int, num_envs: int, args, out: Path) -> dict:
-    run_dir = out / label.replace(" ", "_").replace(",", "")
+    run_dir = out / re.sub(r"[^A-Za-z0-9]+", "_", label)  # Hydra's override grammar rejects "(", ","
     overrides = [f"algo={args.algo}", f"env={args.env}", f"env.num_envs={num_envs}", f"total_frames={args.frames}",
                  "threads=1", "progress_bar=false", "logger=none", "checkpoint_interval=1e12",
                  f"seed={args.seed}", f"hydra.run.dir={run_dir}", *args.overrides]
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distributed_fps_cpu.json"))
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = p.parse_args(argv)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [
             run("1 process", 1, args.num_envs, args, Path(tmp)),
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
+        "load_average_1_5_15min_before": list(load_before),
         "algo": args.algo,
         "env": args.env,
         "command": "python benchmarks/distributed_fps.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -97,6 +97,38 @@ def distributed_fps(lines: list[str]) -> None:
         lines += ["", "Commands of the three runs:", ""] + [f"- `{r['command']}`" for r in d["rows"]] + [""]
 
 
+def throughput(lines: list[str]) -> None:
+    for path in sorted(RESULTS.glob("throughput_*.json")):
+        d = json.loads(path.read_text())
+        command = re.sub(r" --note ('[^']*'|\S+)", "", d["command"])
+        lines += [f"### Learner and end-to-end throughput vs TorchRL's ClipPPOLoss loop — {d['device']} "
+                  f"({d['device_name']}, {d['torch_num_threads']} thread)", "",
+                  f"`{command}` (`{path.name}`, {d['timestamp']}); T = {d['config']['horizon']}, network "
+                  f"{d['config']['hidden']}, {d['config']['minibatches']} minibatches; every ratio is against the "
+                  "TorchRL baseline timed in the same cell; details in [throughput.md](throughput.md). "
+                  + (f"Note: {d['note']}" if d.get("note") else ""), "",
+                  "| N | M | epochs | variant | compile | update (s) | × torchrl | samples/s | × torchrl | "
+                  "end-to-end frames/s | × torchrl |", "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+        for cell in d["cells"]:
+            for r in cell["results"]:
+                if r.get("status") != "ok":
+                    continue
+                e2e = r.get("e2e_frames_per_s")
+                lines.append(
+                    f"| {cell['num_envs']} | {cell['num_policies']} | {cell['epochs']} | {r['variant']} | "
+                    f"{'yes' if r['compile'] else 'no'} | {r['update_s']:.3f} | {r['update_time_vs_torchrl']:.2f} | "
+                    f"{r['samples_per_s']:,.0f} | {r['samples_per_s_vs_torchrl']:.2f} | "
+                    + (f"{e2e:,.0f} | {r['e2e_frames_per_s_vs_torchrl']:.2f} |" if e2e else "— | — |"))
+        lines += ["", "| N | M | PPO / torchrl update | SAPG / PPO update | EPO / PPO update | SAPG / PPO end-to-end | "
+                  "EPO / PPO end-to-end |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for cell in d["cells"]:
+            o = cell["overheads"]
+            lines.append(f"| {cell['num_envs']} | {cell['num_policies']} | {o['ppo_over_torchrl_update_time']:.2f}× | "
+                         f"{o['sapg_over_ppo_update_time']:.2f}× | {o['epo_over_ppo_update_time']:.2f}× | "
+                         f"{o['sapg_over_ppo_e2e_time']:.2f}× | {o['epo_over_ppo_e2e_time']:.2f}× |")
+        lines.append("")
+
+
 def _scaling_grid(d: dict, protocol: str, cell) -> list[str]:
     rows = [t for t in d["table"] if t["protocol"] == protocol]
     ns = sorted({t["num_envs"] for t in rows})
@@ -182,6 +214,13 @@ def readme_table() -> str:
     if mem:
         rows += [f"EPO peak memory, K = {mem['results'][0]['K']} → {mem['results'][-1]['K']}: "
                  f"**{100 * mem['memory_growth_first_to_last']:+.1f}%** (CPU)."]
+    tp = _load("throughput_cpu.json")
+    if tp:
+        o = {(c["num_envs"], c["num_policies"]): c["overheads"] for c in tp["cells"]}
+        rows += ["Update-time overhead vs PPO on one batch (CPU, " + ", ".join(
+            f"N={n} M={m}: SAPG {v['sapg_over_ppo_update_time']:.2f}×, EPO {v['epo_over_ppo_update_time']:.2f}×"
+            for (n, m), v in o.items()) + "); our PPO vs TorchRL's plain loop: " + ", ".join(
+            f"{v['ppo_over_torchrl_update_time']:.2f}×" for v in o.values()) + " ([docs/throughput.md](docs/throughput.md))."]
     for path in sorted(RESULTS.glob("scaling_*.json")):
         d = json.loads(path.read_text())
         if d.get("solved_at") is None or "updates" not in d["protocols"]:
@@ -222,6 +261,7 @@ def main() -> None:
     learner_update(lines)
     epo_memory(lines)
     pbt_memory(lines)
+    throughput(lines)
     distributed_fps(lines)
     scaling(lines)
     comparisons(lines)
