@@ -628,6 +628,23 @@ def test_kl_actor_drives_the_adaptive_lr_with_the_analytic_kl():
     assert "train/kl" in trainer.history[-1]
 
 
+def test_a_fixed_schedule_skips_the_analytic_kl_pass():
+    """Only the adaptive rule reads the KL: with a fixed schedule the extra actor pass is skipped."""
+    torch.manual_seed(0)
+    env = make_env("pendulum", N_ENVS, seed=0)
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=FPB)
+    loss = ClipPPOLoss(ac.actor, ac.critic)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=3e-4)
+    trainer = OnPolicyTrainer(
+        collector=collector, loss_module=loss, optimizer=optimizer, total_frames=FPB, num_epochs=1,
+        num_minibatches=2, value_estimator=GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic),
+        lr_schedule=LearningRateSchedule(optimizer, mode="fixed"), kl_actor=ac.actor, progress_bar=False, seed=0,
+    )
+    trainer.train()
+    assert "train/kl" not in trainer.history[-1] and "train/kl_approx" in trainer.history[-1]
+
+
 # ----------------------------------------------------------------------------- TorchRL log hooks
 def test_torchrl_log_hooks_reach_the_logger_at_frame_steps(tmp_path):
     from torchrl.trainers import LogScalar

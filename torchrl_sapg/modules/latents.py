@@ -25,9 +25,10 @@ def check_policy_ids(policy_id: torch.Tensor, num_policies: int, *, name: str = 
             f"{name} must be an integer tensor (int64), got {policy_id.dtype}. Ids are never "
             "floats matched by equality; write them with PolicyIdTransform."
         )
-    if policy_id.numel() == 0 or is_functorch_wrapped_tensor(policy_id):
+    if torch.compiler.is_compiling() or policy_id.numel() == 0 or is_functorch_wrapped_tensor(policy_id):
         # inside torch.vmap / torch.func (TorchRL's value estimators vmap the critic) a host-side
-        # check is impossible; those calls re-evaluate ids already checked at collection
+        # check is impossible, and under torch.compile it would break the graph; those calls
+        # re-evaluate ids already checked at collection
         return
     if policy_id.device.type == "cpu":
         lo, hi = int(policy_id.min()), int(policy_id.max())

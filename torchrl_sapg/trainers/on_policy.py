@@ -74,9 +74,10 @@ class ClippedGradientStepper(OptimizationStepper):
         max_grad_norm: global L2 clip (paper: 1.0); ``None`` disables clipping.
         lr_schedule: a :class:`LearningRateSchedule` told the minibatch's KL after each step.
         kl_key: the loss output holding the KL when ``kl_actor`` is not given.
-        kl_actor: a Gaussian actor; when given, the KL fed to the schedule is the analytic
-            :func:`gaussian_kl` of the minibatch before the step (rl_games / rsl_rl), reported
-            as ``"kl"``.
+        kl_actor: a Gaussian actor; when given and the schedule is adaptive, the KL fed to the
+            schedule is the analytic :func:`gaussian_kl` of the minibatch before the step
+            (rl_games / rsl_rl), reported as ``"kl"``. It costs one extra no-grad actor pass per
+            minibatch, so a fixed or linear schedule skips it.
     """
 
     def __init__(
@@ -93,8 +94,13 @@ class ClippedGradientStepper(OptimizationStepper):
         self.kl_actor = kl_actor
         self._params: list[nn.Parameter] | None = None
 
+    @property
+    def _analytic_kl(self) -> bool:
+        """Only the adaptive rule reads the KL: the analytic one costs an extra actor pass."""
+        return self.kl_actor is not None and self.lr_schedule is not None and self.lr_schedule.mode == "adaptive"
+
     def _kl(self, losses: TensorDictBase) -> torch.Tensor | None:
-        kl = losses.get("kl") if self.kl_actor is not None else losses.get(self.kl_key, None)
+        kl = losses.get("kl") if self._analytic_kl else losses.get(self.kl_key, None)
         return None if kl is None else kl.detach().float().mean().reshape(1)
 
     def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
@@ -102,7 +108,7 @@ class ClippedGradientStepper(OptimizationStepper):
         if self._params is None:
             self._params = [p for g in optimizer.param_groups for p in g["params"]]
         losses = trainer.compute_loss(sub_batch)
-        if self.kl_actor is not None:
+        if self._analytic_kl:
             losses.set("kl", gaussian_kl(self.kl_actor, sub_batch))
         loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
         optimizer.zero_grad(set_to_none=True)
