@@ -171,7 +171,10 @@ def comparisons(lines: list[str]) -> None:
         extra = " -- " + " ".join(a["overrides"]) if a.get("overrides") else ""
         lines += [f"### {d['env']}: algorithms at {frames:,} frames, seeds {a['seeds']}", "",
                   f"`python benchmarks/compare_algos.py --env {d['env']} --jobs {a.get('jobs', 1)} --algos "
-                  + " ".join(f'"{x}"' if "=" in x else x for x in a["algos"]) + f"{extra}` (`{path.name}`). "
+                  + " ".join(f'"{x}"' if "=" in x else x for x in a["algos"])
+                  + (f" --frames {a['frames']}" if a.get("frames") else "")
+                  + (f" --seeds {' '.join(map(str, a['seeds']))}" if a.get("seeds") not in (None, [0, 1, 2]) else "")
+                  + f"{extra}` (`{path.name}`). "
                   f"Eval: the headline policy (SAPG: the leader), {a['eval_episodes']} deterministic episodes; "
                   f"train: mean of the last {a['last']} logged returns.", "",
                   "| algo | eval return, mean ± std | [min, max] | last train return, mean ± std |",
