@@ -154,9 +154,10 @@ def scaling(lines: list[str]) -> None:
                   "policy's deterministic eval return, mean ± std over seeds"
                   + (f" (seeds with eval ≥ {solved})" if solved is not None else "") + "; details in "
                   "[scaling.md](scaling.md).", ""]
-        for protocol, title in (("updates", f"fixed {d['protocols']['updates']['updates']} updates"),
-                                ("frames", f"fixed {d['protocols']['frames']['frames']:,} frames")):
+        for protocol in ("updates", "frames"):
             if protocol in d["protocols"]:
+                size = d["protocols"][protocol][protocol]
+                title = f"fixed {size} updates" if protocol == "updates" else f"fixed {size:,} frames"
                 lines += [f"**{title}**", "", *_scaling_grid(d, protocol, cell), ""]
         png = path.with_suffix(".png")
         if png.is_file():
@@ -226,16 +227,21 @@ def readme_table() -> str:
             f"{v['ppo_over_torchrl_update_time']:.2f}×" for v in o.values()) + " ([docs/throughput.md](docs/throughput.md))."]
     for path in sorted(RESULTS.glob("scaling_*.json")):
         d = json.loads(path.read_text())
-        if d.get("solved_at") is None or "updates" not in d["protocols"]:
+        if "updates" not in d["protocols"]:
             continue
         rows_u = [t for t in d["table"] if t["protocol"] == "updates"]
         ns = sorted({t["num_envs"] for t in rows_u})
+        solved = d.get("solved_at") is not None
+
+        def value(t):
+            return f"{t['solved']}/{len(t['seeds'])}" if solved else f"{t['eval_mean']:.0f}"
+
         per_algo = "; ".join(
-            f"{a} " + "/".join(str(next(t["solved"] for t in rows_u if t["algo"] == a and t["num_envs"] == n)) for n in ns)
+            f"{a} " + " / ".join(next((value(t) for t in rows_u if t["algo"] == a and t["num_envs"] == n), "—") for n in ns)
             for a in dict.fromkeys(t["algo"] for t in rows_u))
-        rows += [f"Scaling, {d['env']}, fixed {d['protocols']['updates']['updates']} updates, seeds solved (of "
-                 f"{len(rows_u[0]['seeds'])}) at N = {'/'.join(map(str, ns))}: {per_algo} "
-                 "([docs/scaling.md](docs/scaling.md))."]
+        what = "seeds solved" if solved else "mean eval return"
+        rows += [f"Scaling, {d['env']}, fixed {d['protocols']['updates']['updates']} updates, {what} at "
+                 f"N = {' / '.join(map(str, ns))}: {per_algo} ([docs/scaling.md](docs/scaling.md))."]
     dist = _load("distributed_fps_cpu.json")
     if dist:
         ranks = dist["rows"][-1]
