@@ -589,17 +589,22 @@ def test_gaussian_kl_matches_torch_kl_divergence_and_skips_off_policy_rows():
     assert float(gaussian_kl(ac.actor, td)) == pytest.approx(float(per_row[keep].mean()), rel=1e-5)
 
 
-def test_kl_actor_drives_the_adaptive_lr_with_the_analytic_kl():
-    """Replay the adaptive rule by hand on the analytic KL of every minibatch (before its step)."""
-    from torchrl_sapg.trainers.on_policy import gaussian_kl
-
-    thr = 0.016
+def _small_ppo(lr: float):
+    """A tiny seeded PPO setup: actor-critic, collector, ClipPPOLoss and Adam."""
     torch.manual_seed(0)
     env = make_env("pendulum", N_ENVS, seed=0)
     ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
     collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=FPB)
     loss = ClipPPOLoss(ac.actor, ac.critic)
-    optimizer = torch.optim.Adam(loss.parameters(), lr=3e-3)
+    return ac, collector, loss, torch.optim.Adam(loss.parameters(), lr=lr)
+
+
+def test_kl_actor_drives_the_adaptive_lr_with_the_analytic_kl():
+    """Replay the adaptive rule by hand on the analytic KL of every minibatch (before its step)."""
+    from torchrl_sapg.trainers.on_policy import gaussian_kl
+
+    thr = 0.016
+    ac, collector, loss, optimizer = _small_ppo(lr=3e-3)
     schedule = LearningRateSchedule(optimizer, mode="adaptive", kl_threshold=thr)
     trainer = OnPolicyTrainer(
         collector=collector, loss_module=loss, optimizer=optimizer, total_frames=2 * FPB, num_epochs=2,
@@ -630,12 +635,7 @@ def test_kl_actor_drives_the_adaptive_lr_with_the_analytic_kl():
 
 def test_a_fixed_schedule_skips_the_analytic_kl_pass():
     """Only the adaptive rule reads the KL: with a fixed schedule the extra actor pass is skipped."""
-    torch.manual_seed(0)
-    env = make_env("pendulum", N_ENVS, seed=0)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
-    collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=FPB)
-    loss = ClipPPOLoss(ac.actor, ac.critic)
-    optimizer = torch.optim.Adam(loss.parameters(), lr=3e-4)
+    ac, collector, loss, optimizer = _small_ppo(lr=3e-4)
     trainer = OnPolicyTrainer(
         collector=collector, loss_module=loss, optimizer=optimizer, total_frames=FPB, num_epochs=1,
         num_minibatches=2, value_estimator=GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic),
