@@ -194,13 +194,16 @@ def readme_table() -> str:
     """The README's compact results table (between the results markers), from the same JSON."""
     rows = ["| task | frames | algo | headline eval return (mean ± std, seeds) |", "|---|---:|---|---:|"]
     seen = set()
-    labels = {"sapg": "sapg (leader)", "epo": "epo (master)", "pbt": "pbt (best member)",
-              "sapg-paper": "sapg, lambda=1 (paper)", "sapg-ref": "sapg, reference clip"}
+    # runs measured before the recipe switched to V-trace used TD(0) targets and lambda = 0.25
+    labels = {"sapg": "sapg (leader), TD(0), lambda=0.25", "epo": "epo (master), TD(0), lambda=0.25",
+              "pbt": "pbt (best member)", "sapg-paper": "sapg, TD(0), lambda=1 (paper)",
+              "sapg-ref": "sapg, TD(0), lambda=1, reference clip",
+              "sapg-vtrace": "**sapg (leader), recipe default: V-trace, lambda=1**", "sapg-vtrace-l0.25": "sapg, V-trace, lambda=0.25"}
     for path in sorted(RESULTS.glob("compare_*.json")):
         d = json.loads(path.read_text())
         frames = d["runs"][0]["frames"]
         for t in d["table"]:
-            key = (d["env"], frames, t["algo"])
+            key = (d["env"], frames, t["algo"], t["seeds"])
             if key in seen:  # the same deterministic runs appear in several comparison files
                 continue
             seen.add(key)

@@ -3,15 +3,23 @@ from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
+from torchrl.envs import TransformedEnv
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from torchrl_sapg.envs import make_env
 from torchrl_sapg.modules import ActorCritic, make_actor_critic
-from torchrl_sapg.modules.recurrent import make_recurrent_actor_critic
+from torchrl_sapg.modules.recurrent import add_recurrent_transforms, collection_policy, make_recurrent_actor_critic
 from torchrl_sapg.objectives import SAPGLoss
 from torchrl_sapg.population import GeneticLatentScheduler, PBTMember
-from torchrl_sapg.population.ensemble import EnsembleActor, PolicyEnsemble
+from torchrl_sapg.population.ensemble import (
+    EnsembleActor,
+    PolicyEnsemble,
+    RecurrentEnsembleActor,
+    RecurrentEnsembleValue,
+    RecurrentPolicyEnsemble,
+    ensemble_collection_policy,
+)
 from torchrl_sapg.population.inprocess import PBTTrainer, PopulationLearner
 from torchrl_sapg.population.inprocess_pbt import InProcessPBT
 
@@ -27,20 +35,34 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = N
 
 
 def is_recurrent_config(cfg: DictConfig) -> bool:
-    """``model.lstm_hidden > 0``: a recurrent (MLP + LSTM) actor-critic trained on whole env-rows."""
-    recurrent = int(cfg.model.get("lstm_hidden", 0) or 0) > 0
-    if recurrent and cfg.algo.name == "pbt":
-        raise ValueError("model.lstm_hidden > 0 is not supported with algo=pbt (in-process ensembles are MLP-only).")
-    return recurrent
+    """``model.lstm_hidden > 0``: a recurrent (MLP + LSTM) actor-critic trained on whole env-rows
+    (for ``algo=pbt``: every member of the in-process population)."""
+    return int(cfg.model.get("lstm_hidden", 0) or 0) > 0
+
+
+def add_recurrent_env_transforms(cfg: DictConfig, env, agent: ActorCritic):
+    """``InitTracker`` and the LSTM hidden-state primers: the single network's, or the population's."""
+    if cfg.algo.name != "pbt":
+        return add_recurrent_transforms(env, agent)
+    for t in agent.actor.ensemble.env_transforms():
+        env = env.append_transform(t) if isinstance(env, TransformedEnv) else TransformedEnv(env, t)
+    return env
+
+
+def build_collection_policy(cfg: DictConfig, agent: ActorCritic):
+    """The collector's policy: the actor, or actor then critic for recurrent nets (both hidden states recorded)."""
+    if not is_recurrent_config(cfg):
+        return agent.actor
+    if cfg.algo.name == "pbt":
+        return ensemble_collection_policy(agent.actor, agent.critic)
+    return collection_policy(agent)
 
 
 def build_agent(cfg: DictConfig, env) -> ActorCritic:
     obs_dim = env.observation_spec["observation"].shape[-1]
     act_dim = env.action_spec.shape[-1]
     if cfg.algo.name == "pbt":
-        ensemble = PolicyEnsemble(
-            obs_dim,
-            act_dim,
+        members = dict(
             num_members=cfg.algo.num_policies,
             hidden_sizes=list(cfg.model.hidden_sizes),
             critic_hidden_sizes=list(cfg.model.critic_hidden_sizes) if cfg.model.critic_hidden_sizes else None,
@@ -49,6 +71,10 @@ def build_agent(cfg: DictConfig, env) -> ActorCritic:
             init_log_std=cfg.model.init_log_std,
             device=cfg.device,
         )
+        if is_recurrent_config(cfg):  # every member MLP -> LSTM, hidden states per env row
+            ensemble = RecurrentPolicyEnsemble(obs_dim, act_dim, lstm_hidden=int(cfg.model.lstm_hidden), **members)
+            return ActorCritic(RecurrentEnsembleActor(ensemble), RecurrentEnsembleValue(ensemble), None, None)
+        ensemble = PolicyEnsemble(obs_dim, act_dim, **members)
         return ActorCritic(EnsembleActor(ensemble), None, None, None)
     critic_key = "critic_observation" if "critic_observation" in env.observation_spec.keys() else None
     if is_recurrent_config(cfg):
@@ -119,6 +145,7 @@ def build_loss(cfg: DictConfig, agent: ActorCritic):
             bounds_loss_coeff=a.bounds_loss_coeff,
             mu_correction=a.mu_correction,
             critic_target=a.critic_target,
+            off_policy_target=a.get("off_policy_target") or "td0",
             n_steps=a.n_steps,
             gamma=t.gamma,
             advantage_normalization=a.get("advantage_normalization") or t.normalize_advantage,
@@ -178,7 +205,7 @@ def device_of(cfg: DictConfig) -> torch.device:
 def build_pbt_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer_kwargs) -> PBTTrainer:
     """The in-process population (algo=pbt): one learner for all members plus the PBT hook."""
     t, a = cfg.train, cfg.algo
-    ensemble = agent.actor.module[0].ensemble
+    ensemble = agent.actor.ensemble
     learner = PopulationLearner(
         ensemble,
         {"lr": t.lr, "clip_epsilon": t.clip_epsilon, "entropy_coeff": t.entropy_coeff, "critic_coeff": t.critic_coeff,

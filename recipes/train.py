@@ -28,7 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
+    add_recurrent_env_transforms,
     build_agent,
+    build_collection_policy,
     build_env,
     build_loss,
     build_pbt_trainer,
@@ -38,7 +40,6 @@ from common import (  # noqa: E402
 )
 
 from torchrl_sapg.collectors import PopulationCollector  # noqa: E402
-from torchrl_sapg.modules.recurrent import add_recurrent_transforms, collection_policy  # noqa: E402
 from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer  # noqa: E402
 from torchrl_sapg.trainers.distributed import init_distributed, rank_seed, world_info  # noqa: E402
 from torchrl_sapg.trainers.evaluation import evaluate_policies  # noqa: E402
@@ -70,9 +71,9 @@ def main(cfg: DictConfig) -> dict:
     num_envs = cfg.env.num_envs
     recurrent = is_recurrent_config(cfg)
     if recurrent:  # InitTracker + the LSTM hidden-state primers; collect with actor and critic
-        env = add_recurrent_transforms(env, agent)
+        env = add_recurrent_env_transforms(cfg, env, agent)
     collector = PopulationCollector(
-        env, collection_policy(agent) if recurrent else agent.actor, num_policies=cfg.algo.num_policies, frames_per_batch=num_envs * t.horizon
+        env, build_collection_policy(cfg, agent), num_policies=cfg.algo.num_policies, frames_per_batch=num_envs * t.horizon
     )
     logger = make_logger(
         cfg.logger.backend if is_main else "none", run_dir, exp_name=f"{cfg.algo.name}-{cfg.env.name}", project=cfg.logger.project,
@@ -149,7 +150,7 @@ def main(cfg: DictConfig) -> dict:
     if cfg.eval_episodes > 0:
         eval_env = build_env(cfg, num_envs=cfg.algo.num_policies * cfg.eval_episodes, seed=cfg.seed + 10_000)
         if recurrent:
-            eval_env = add_recurrent_transforms(eval_env, agent)
+            eval_env = add_recurrent_env_transforms(cfg, eval_env, agent)
         stats = evaluate_policies(eval_env, agent.actor, num_policies=cfg.algo.num_policies)
         summary["eval_return"] = stats["return"].tolist()
         if cfg.algo.name == "pbt":  # a population's headline is its best member

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -200,3 +201,150 @@ def test_evaluate_reports_every_policy_and_rejects_out_of_range(trained, tmp_pat
     assert f"{M} policies" in res_bad.stderr
     # no checkpoint: usage message
     assert res_usage.returncode != 0 and "usage" in res_usage.stderr
+
+
+# ============================================================================= recurrent checkpoints
+# model.lstm_hidden > 0: the collector runs actor + critic (both hidden states recorded), so the
+# checkpoint's collector weights are not the actor's; evaluate.py loads the trained model's own
+# weights and gives the eval env InitTracker + the hidden-state primers, as train.py does.
+RECURRENT = [
+    "env=pendulum", "env.num_envs=16", "+env.kwargs.max_episode_steps=30", "train.horizon=20",
+    "train.num_minibatches=2", "model.hidden_sizes=[16]", "model.lstm_hidden=8", "total_frames=640",
+    "eval_episodes=2", "threads=1", "logger=none", "progress_bar=false",
+]
+SAME_EVAL = ["seed=10000", "episodes=2"]  # train.py's own eval: env seed = seed + 10000, eval_episodes per policy
+
+
+@pytest.fixture(scope="module")
+def evaluate_main():
+    """``recipes/evaluate.py``'s ``main(argv) -> report`` run in this process (an interpreter
+    start less per call; the CLI itself is exercised by the subprocess tests above)."""
+    import importlib.util
+
+    path, modules = list(sys.path), set(sys.modules)
+    spec = importlib.util.spec_from_file_location("_evaluate_recipe", EVALUATE)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)  # puts recipes/ on sys.path to import its `common`
+    finally:
+        sys.path[:] = path
+        if "common" not in modules:
+            sys.modules.pop("common", None)
+    return module.main
+
+
+@pytest.mark.parametrize(
+    "algo, extra",
+    [
+        ("ppo", ["algo.num_policies=2", "algo.latent_dim=4"]),
+        ("sapg", ["algo.num_policies=2", "algo.latent_dim=4"]),
+        ("pbt", ["algo.num_policies=2"]),
+        pytest.param("epo", ["algo.num_policies=4", "algo.latent_dim=4"], marks=pytest.mark.slow),  # EPO needs M >= 4
+    ],
+)
+def test_evaluate_recurrent_checkpoint_reproduces_the_recipes_own_eval(algo, extra, tmp_path, evaluate_main, capsys):
+    run_dir = tmp_path / "run"
+    _ok(_run(TRAIN, [f"algo={algo}", *extra, *RECURRENT, f"hydra.run.dir={run_dir}"], tmp_path))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    m = len(summary["eval_return"])
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    capsys.readouterr()
+    everyone = evaluate_main([f"checkpoint={ckpt}", "policy=all", *SAME_EVAL])
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):]) == everyone
+    assert everyone["recurrent"] is True and everyone["weights"] == "loss_module"
+    assert everyone["frames"] == 640 and everyone["deterministic"] is True
+    # the deterministic policy's return on train.py's eval episodes is train.py's eval_return
+    returns = [everyone["policies"][str(i)]["return"] for i in range(m)]
+    assert returns == pytest.approx(summary["eval_return"], rel=1e-5, abs=1e-4)
+    assert all(everyone["policies"][str(i)]["length"] == 30.0 for i in range(m))
+    # by default only the headline policy (SAPG/EPO: the leader, policy 0)
+    default = evaluate_main([f"checkpoint={ckpt}", *SAME_EVAL])
+    assert list(default["policies"]) == ["0"] and default["policies"]["0"] == everyone["policies"]["0"]
+    # the same checkpoint without the loss module's weights: evaluate.py falls back to the
+    # collector's (actor + critic) policy weights and takes the actor's part
+    state = torch.load(ckpt, weights_only=False)
+    del state["trainer"]["loss_module"]
+    torch.save(state, tmp_path / "no_loss_module.pt")
+    fallback = evaluate_main([f"checkpoint={tmp_path / 'no_loss_module.pt'}", "policy=all", *SAME_EVAL])
+    assert fallback["weights"] == "collector policy" and fallback["policies"] == everyone["policies"]
+
+
+def test_evaluate_mlp_checkpoint_reproduces_the_recipes_own_eval(tmp_path, evaluate_main):
+    """The MLP path: the same equality (the shared ``trained`` run has no end-of-run eval)."""
+    run_dir = tmp_path / "run"
+    _ok(_run(TRAIN, TINY + [f"total_frames={FPB}", "eval_episodes=2", "logger=none", f"hydra.run.dir={run_dir}"],
+             tmp_path))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    report = evaluate_main([f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}", "policy=all", *SAME_EVAL])
+    assert report["recurrent"] is False and report["weights"] == "loss_module"
+    assert [report["policies"][str(i)]["return"] for i in range(M)] == pytest.approx(summary["eval_return"], rel=1e-5)
+
+
+class _Recorder(torch.nn.Module):
+    """Runs ``actor`` and records, per step, ``"is_init"``, the hidden state entering the step and
+    the one it writes to ``("next", key)``."""
+
+    def __init__(self, actor, key: str = "recurrent_state_h_actor"):
+        super().__init__()
+        self.actor, self.key, self.steps = actor, key, []
+
+    def forward(self, td):
+        is_init, entering = td.get("is_init").reshape(-1).clone(), td.get(self.key).clone()
+        td = self.actor(td)
+        n = is_init.shape[0]
+        self.steps.append((is_init, entering.reshape(n, -1), td.get(("next", self.key)).reshape(n, -1).clone()))
+        return td
+
+
+def _check_hidden_state_flow(steps) -> None:
+    assert len(steps) > 2
+    restarts = 0
+    for t, (is_init, entering, out) in enumerate(steps):
+        if t == 0:
+            assert bool(is_init.all())  # the first reset
+        assert torch.all(entering[is_init] == 0)  # episode start: the LSTM starts from zeros
+        assert not torch.equal(out, entering)  # the step moves the state
+        if t > 0:
+            carried = ~is_init
+            assert torch.equal(entering[carried], steps[t - 1][2][carried])  # carried from the previous step
+            restarts += int(is_init.sum())
+    assert restarts > 0  # some env finished early, was reset and restarted from zeros mid-run
+
+
+@pytest.mark.parametrize("population", [False, True])
+def test_evaluate_policies_carries_and_resets_the_hidden_state(population):
+    """CartPole episodes end at different steps, so envs restart while others go on."""
+    from torchrl.envs import Compose, TransformedEnv
+
+    from torchrl_sapg.envs import make_env
+    from torchrl_sapg.modules.recurrent import make_recurrent_actor_critic
+    from torchrl_sapg.population import RecurrentEnsembleActor, RecurrentPolicyEnsemble
+    from torchrl_sapg.trainers.evaluation import evaluate_policies
+
+    torch.manual_seed(0)
+    env = make_env("cartpole", 8, seed=0)
+    if population:
+        ens = RecurrentPolicyEnsemble(4, 1, num_members=2, hidden_sizes=(16,), lstm_hidden=8)
+        env = TransformedEnv(env, Compose(*ens.env_transforms()))  # what recipes/evaluate.py adds
+        recorder = _Recorder(RecurrentEnsembleActor(ens))
+    else:  # no transforms given: evaluate_policies appends InitTracker and the primers itself
+        recorder = _Recorder(make_recurrent_actor_critic(4, 1, num_policies=2, latent_dim=4, mlp_sizes=(16,),
+                                                         lstm_hidden=8).actor)
+    stats = evaluate_policies(env, recorder, num_policies=2)
+    assert torch.isfinite(stats["return"]).all()
+    assert len(recorder.steps) >= int(stats["length"].max())  # ran until every first episode ended
+    _check_hidden_state_flow(recorder.steps)
+
+
+def test_evaluate_policies_rejects_half_of_the_recurrent_transforms():
+    """``"is_init"`` without the primers would silently restart the LSTM from zeros every step."""
+    from torchrl.envs import InitTracker, TransformedEnv
+
+    from torchrl_sapg.envs import make_env
+    from torchrl_sapg.modules.recurrent import make_recurrent_actor_critic
+    from torchrl_sapg.trainers.evaluation import evaluate_policies
+
+    actor = make_recurrent_actor_critic(3, 1, mlp_sizes=(8,), lstm_hidden=4).actor
+    with pytest.raises(ValueError, match="hidden-state primers"):
+        evaluate_policies(TransformedEnv(make_env("pendulum", 2, seed=0), InitTracker()), actor, num_policies=1)

@@ -466,3 +466,73 @@ def test_aggregate_split_advantage_normalisation():
     on, off = a[:N], a[N:]
     torch.testing.assert_close(norm["advantage"][:N], (on - on.mean()) / on.std(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(norm["advantage"][N:], (off - off.mean()) / off.std(), rtol=1e-5, atol=1e-5)
+
+
+def test_aggregate_split_centre_advantage_normalisation():
+    """"split_centre" subtracts each group's own mean and divides by one pooled within-group std."""
+    ac, batch = _setup(3)
+    raw = _loss(ac, 3, advantage_normalization="none").aggregate(batch)
+    norm = _loss(ac, 3, advantage_normalization="split_centre").aggregate(batch)  # same generator seed
+    _leaves_equal(raw, norm, skip={"advantage"})
+    a = raw["advantage"].double()
+    on, off = a[:N] - a[:N].mean(), a[N:] - a[N:].mean()
+    pooled = ((on.pow(2).sum() + off.pow(2).sum()) / (a.numel() - 2)).sqrt()
+    torch.testing.assert_close(norm["advantage"][:N].double(), on / pooled, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm["advantage"][N:].double(), off / pooled, rtol=1e-5, atol=1e-5)
+    # the two groups keep their relative scale (unlike "split")
+    ratio = norm["advantage"][N:].std() / norm["advantage"][:N].std()
+    torch.testing.assert_close(ratio, off.std().float() / on.std().float(), rtol=1e-4, atol=1e-6)
+
+
+def _vtrace_loop(r, v, v_next, rho, done, term, gamma):
+    """IMPALA's V-trace target (rho_bar = c_bar = 1), literally, per env and step, float64:
+    v_t = V(s_t) + sum_{k>=t} gamma^(k-t) (prod_{i<k} c_i) rho_k delta_k, stopping at episode ends."""
+    NN, TT = r.shape
+    vs = torch.zeros(NN, TT, dtype=torch.float64)
+    for e in range(NN):
+        for t in range(TT):
+            acc, coef = float(v[e, t]), 1.0
+            for k in range(t, TT):
+                delta = float(r[e, k]) + gamma * float(v_next[e, k]) * (1 - float(term[e, k])) - float(v[e, k])
+                acc += coef * min(1.0, float(rho[e, k])) * delta
+                if bool(done[e, k]):
+                    break
+                coef *= gamma * min(1.0, float(rho[e, k]))
+            vs[e, t] = acc
+    return vs
+
+
+def test_aggregate_vtrace_off_policy_target():
+    """off_policy_target="vtrace": critic target = V-trace v_t, advantage = r + gamma v_{t+1} - V(s_t)
+    (v_{t+1} = V(s'_t) at episode ends and after the last step), against a per-step loop."""
+    M = 3
+    ac, batch = _setup(M)
+    td0 = _loss(ac, M).aggregate(batch)
+    out = _loss(ac, M, off_policy_target="vtrace").aggregate(batch)  # same generator: same rows
+    _leaves_equal(td0[:N], out[:N])  # on-policy rows are untouched
+    _leaves_equal(td0[N:], out[N:], skip={"advantage", "value_target"})
+    off = out[N:]
+    K = off.shape[0]
+    lid = torch.zeros(K, T, dtype=torch.long)
+    with torch.no_grad():
+        v = _V(ac, off["observation"], lid).double()
+        v_next = _V(ac, off["next", "observation"], lid).double()
+    r = off["next", "reward"].squeeze(-1).double()
+    done = off["next", "done"].squeeze(-1)
+    term = off["next", "terminated"].squeeze(-1).double()
+    assert done.any() and term.any() and (done & ~term.bool()).any()
+    rho = (off["target_log_prob"] - off["action_log_prob"]).double().exp()
+    assert (rho > 1).any() and (rho < 1).any(), "both truncated and untruncated weights are exercised"
+    vs = _vtrace_loop(r, v, v_next, rho, done, term, GAMMA)
+    torch.testing.assert_close(off["value_target"].squeeze(-1).double(), vs, rtol=1e-4, atol=1e-4)
+    nxt = torch.cat([vs[:, 1:], v_next[:, -1:]], 1)
+    last = torch.zeros_like(done)
+    last[:, -1] = True
+    nxt = torch.where(done | last, v_next, nxt)
+    adv = r + GAMMA * nxt * (1 - term) - v
+    torch.testing.assert_close(off["advantage"].squeeze(-1).double(), adv, rtol=1e-4, atol=1e-4)
+    # with the collector's own policy (rho = 1, no truncation) inside an episode, v_t is the
+    # n-step return to the episode end / rollout end: not the one-step target
+    assert not torch.allclose(off["value_target"], td0[N:]["value_target"])
+    with pytest.raises(ValueError, match="off_policy_target"):
+        _loss(ac, M, off_policy_target="retrace")

@@ -6,9 +6,10 @@ from typing import Literal, Sequence
 import torch
 from tensordict import TensorDictBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.objectives.value.functional import vtrace_advantage_estimate
 
 from torchrl_sapg.modules.latents import check_policy_ids
-from torchrl_sapg.objectives.off_policy_ppo import OffPolicyClipPPOLoss
+from torchrl_sapg.objectives.off_policy_ppo import OffPolicyClipPPOLoss, _masked_mean
 
 Aggregation = Literal["leader_follower", "symmetric", "none"]
 
@@ -104,13 +105,25 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         critic_target: ``"gae"`` (GAE returns, the reference code) or ``"nstep"`` (Eq. 5, on-policy
             rows get the ``n_steps`` return bootstrapped with the collecting policy's old critic).
         n_steps, gamma: for the n-step and the one-step (Eq. 6) targets.
+        off_policy_target: how relabelled rows get their critic target and advantage:
+            ``"td0"`` (paper Eq. 6 and the reference code): ``r + gamma·V_old(s')`` and its TD
+            error; ``"vtrace"``: the V-trace target ``v_t`` of IMPALA (Espeholt et al. 2018,
+            TorchRL's ``vtrace_advantage_estimate``, truncation ``rho_bar = c_bar = 1``) over
+            the follower's recorded row, and the advantage ``r_t + gamma·v_{t+1} - V_old(s_t)``
+            (without V-trace's own ``rho_t`` factor: the surrogate's ratio already importance-
+            weights the row). A multi-step estimate: the TD(0) error only sees the action's
+            effect through one step of the critic, which on Pendulum gave leader gradients
+            pointing away from the GAE ones (docs/sapg.md).
         advantage_normalization: how :meth:`aggregate` standardises advantages (use GAE with
             ``average_gae=False``): ``"split"`` standardises on-policy rows (GAE) and off-policy
             rows (one-step TD errors) separately; ``"batch"`` over the whole aggregated batch (the
-            reference code); ``"minibatch"`` per minibatch in the loss; ``"none"``. The two
-            estimators have different means and scales (measured on Pendulum: GAE mean 2.4,
-            std 2.5; TD(0) mean 0.3, std 0.2), so ``"batch"`` gives every off-policy row a large
-            common negative offset, which the heavy-tailed mu weights turn into noise.
+            reference code); ``"split_centre"`` subtracts each group's own mean (a per-group
+            baseline, which leaves the importance-sampled gradient unbiased) and divides both by
+            one pooled within-group std, so the TD(0) rows keep their natural, smaller scale;
+            ``"minibatch"`` per minibatch in the loss; ``"none"``. The two estimators have
+            different means and scales (measured on Pendulum: GAE mean 2.4, std 2.5; TD(0) mean
+            0.3, std 0.2), so ``"batch"`` gives every off-policy row a large common negative
+            offset, which the heavy-tailed mu weights turn into noise.
         generator: a ``torch.Generator`` for the off-policy row sampling (reproducible runs).
 
     Examples:
@@ -151,8 +164,9 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         mu_correction: bool = True,
         critic_target: Literal["gae", "nstep"] = "gae",
         n_steps: int = 3,
+        off_policy_target: Literal["td0", "vtrace"] = "td0",
         gamma: float = 0.99,
-        advantage_normalization: Literal["split", "batch", "minibatch", "none"] = "batch",
+        advantage_normalization: Literal["split", "split_centre", "batch", "minibatch", "none"] = "batch",
         generator: torch.Generator | None = None,
         **kwargs,
     ):
@@ -172,9 +186,12 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             )
         if critic_target not in ("gae", "nstep"):
             raise ValueError(f"critic_target={critic_target!r}: choose 'gae' or 'nstep'.")
-        if advantage_normalization not in ("split", "batch", "minibatch", "none"):
+        if off_policy_target not in ("td0", "vtrace"):
+            raise ValueError(f"off_policy_target={off_policy_target!r}: choose 'td0' (paper Eq. 6) or 'vtrace'.")
+        if advantage_normalization not in ("split", "split_centre", "batch", "minibatch", "none"):
             raise ValueError(
-                f"advantage_normalization={advantage_normalization!r}: choose 'split', 'batch', 'minibatch' or 'none'."
+                f"advantage_normalization={advantage_normalization!r}: choose 'split', 'split_centre', "
+                "'batch', 'minibatch' or 'none'."
             )
         if entropy_coeffs is not None and entropy_sigma is not None:
             raise ValueError("give entropy_coeffs or entropy_sigma, not both.")
@@ -211,6 +228,7 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         self.bounds_loss_coeff = float(bounds_loss_coeff)
         self.bounds = float(bounds)
         self.critic_target = critic_target
+        self.off_policy_target = off_policy_target
         self.n_steps = int(n_steps)
         self.gamma = float(gamma)
         self.advantage_normalization = advantage_normalization
@@ -290,6 +308,10 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         elif self.advantage_normalization == "split":
             off = out.get(keys.off_policy).reshape(adv.shape)
             out.set(keys.advantage, torch.where(off, _standardize(adv, off), _standardize(adv, ~off)))
+        elif self.advantage_normalization == "split_centre":
+            off = out.get(keys.off_policy).reshape(adv.shape)
+            centred = torch.where(off, adv - _masked_mean(adv, off), adv - _masked_mean(adv, ~off))
+            out.set(keys.advantage, centred / centred.pow(2).sum().div(max(centred.numel() - 2, 1)).sqrt().clamp_min(1e-8))
         return out
 
     def _critic_values(self, td: TensorDictBase) -> torch.Tensor:
@@ -339,12 +361,27 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         off.set(keys.target_log_prob, target_lp.reshape(off.get(keys.sample_log_prob).shape))
         value = self._critic_values(off)
         next_value = self._next_values(off, value)
-        reward = off.get(("next", keys.reward))
+        reward = off.get(("next", keys.reward)).reshape(value.shape)
         not_term = 1.0 - off.get(("next", keys.terminated)).to(value.dtype).reshape(value.shape)
-        target = reward.reshape(value.shape) + self.gamma * next_value * not_term
+        if self.off_policy_target == "td0":
+            target = reward + self.gamma * next_value * not_term
+            advantage = target - value
+        else:
+            done = off.get(("next", keys.done)).reshape(value.shape).to(torch.bool)
+            terminated = off.get(("next", keys.terminated)).reshape(value.shape).to(torch.bool)
+            behaviour_lp = off.get(keys.sample_log_prob).reshape(value.shape)
+            # TorchRL's argument names are swapped: rho = exp(log_pi - log_mu) = target / behaviour
+            _, target = vtrace_advantage_estimate(
+                self.gamma, target_lp.reshape(value.shape), behaviour_lp, value, next_value, reward, done, terminated
+            )
+            # v_{t+1}: the next step's V-trace target inside an episode, V_old(s'_t) at its end and after the last step
+            last = torch.zeros_like(done)
+            last[:, -1] = True
+            next_target = torch.where(done | last, next_value, torch.cat([target[:, 1:], target[:, -1:]], dim=1))
+            advantage = reward + self.gamma * next_target * not_term - value
         off.set(keys.value, value)
         off.set(keys.value_target, target.reshape(off.get(keys.value_target).shape))
-        off.set(keys.advantage, (target - value).reshape(off.get(keys.advantage).shape))
+        off.set(keys.advantage, advantage.reshape(off.get(keys.advantage).shape))
         off.set(keys.off_policy, torch.ones(off.shape, dtype=torch.bool, device=off.device))
         return off
 

@@ -1,5 +1,13 @@
 """Population methods: EPO's genetic latent scheduler and DexPBT (decentralised and in-process)."""
-from torchrl_sapg.population.ensemble import EnsembleActor, PolicyEnsemble, ensemble_gae
+from torchrl_sapg.population.ensemble import (
+    EnsembleActor,
+    PolicyEnsemble,
+    RecurrentEnsembleActor,
+    RecurrentEnsembleValue,
+    RecurrentPolicyEnsemble,
+    ensemble_collection_policy,
+    ensemble_gae,
+)
 from torchrl_sapg.population.genetic import GeneticLatentScheduler, GeneticStepReport, latent_diversity
 from torchrl_sapg.population.inprocess import PBTTrainer, PopulationLearner, StackedAdam
 from torchrl_sapg.population.inprocess_pbt import InProcessPBT
@@ -37,9 +45,13 @@ __all__ = [
     "PBTWorkspace",
     "PolicyEnsemble",
     "PopulationLearner",
+    "RecurrentEnsembleActor",
+    "RecurrentEnsembleValue",
+    "RecurrentPolicyEnsemble",
     "StackedAdam",
     "adopt_checkpoint",
     "atomic_write_json",
+    "ensemble_collection_policy",
     "ensemble_gae",
     "get_hyperparameter",
     "get_hyperparameters",

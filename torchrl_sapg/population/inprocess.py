@@ -6,7 +6,9 @@ coefficients, gamma, lambda, mini-epochs). One update processes all members at o
 GAE, per-member advantage standardisation, per-member shuffled minibatches of each member's own
 rows, the clipped PPO loss summed over members (so member i's gradient is its own loss's),
 per-member gradient-norm clipping and learning rates, and per-member mini-epoch counts (members
-with fewer epochs are masked out of the later ones). ``PBTTrainer`` plugs it into
+with fewer epochs are masked out of the later ones). With a :class:`RecurrentPolicyEnsemble`
+the minibatches are whole env-rows of each member's block, replayed from the hidden states
+recorded at collection. ``PBTTrainer`` plugs it into
 :class:`~torchrl_sapg.trainers.OnPolicyTrainer`. (DexPBT, Petrenko et al. 2023, Sec. III.)
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from torchrl_sapg.population.ensemble import PolicyEnsemble, ensemble_gae
+from torchrl_sapg.population.ensemble import PolicyEnsemble, RecurrentPolicyEnsemble, ensemble_gae
 from torchrl_sapg.trainers.on_policy import OnPolicyTrainer
 
 HYPERPARAMETERS = ("lr", "clip_epsilon", "entropy_coeff", "critic_coeff", "gamma", "lmbda", "num_epochs")
@@ -97,8 +99,13 @@ class StackedAdam(torch.optim.Optimizer):
 class PopulationLearner(nn.Module):
     """Per-member PPO updates of a :class:`PolicyEnsemble` with per-member hyperparameters.
 
+    With a :class:`RecurrentPolicyEnsemble` each member's minibatches are whole ``[T]`` env-rows
+    of its own block (``num_minibatches`` then divides its number of env-rows), every row
+    replayed from its recorded initial hidden states with resets at ``"is_init"``, and the value
+    estimation replays the critic the same way.
+
     Args:
-        ensemble: the M members.
+        ensemble: the M members (:class:`PolicyEnsemble` or :class:`RecurrentPolicyEnsemble`).
         hyperparameters: initial value of each of ``HYPERPARAMETERS`` (a scalar for every member
             or a length-M sequence).
         num_minibatches: minibatches per mini-epoch, taken from each member's own rows.
@@ -115,7 +122,7 @@ class PopulationLearner(nn.Module):
 
     def __init__(
         self,
-        ensemble: PolicyEnsemble,
+        ensemble: PolicyEnsemble | RecurrentPolicyEnsemble,
         hyperparameters: Mapping[str, float | list],
         *,
         num_minibatches: int,
@@ -129,7 +136,7 @@ class PopulationLearner(nn.Module):
             raise KeyError(f"hyperparameters is missing {missing}; give each of {HYPERPARAMETERS}.")
         m = ensemble.num_members
         self.ensemble = ensemble
-        device = ensemble.actor_params["log_std"].device
+        device = next(ensemble.parameters()).device
         for name in HYPERPARAMETERS:
             dtype = torch.long if name == "num_epochs" else torch.float32
             value = torch.as_tensor(hyperparameters[name], dtype=dtype, device=device).flatten()
@@ -155,19 +162,24 @@ class PopulationLearner(nn.Module):
         return ensemble_gae(self.ensemble, batch, self.hp_gamma, self.hp_lmbda)
 
     def member_losses(self, sub: TensorDictBase) -> TensorDict:
-        """Per-member PPO loss terms on ``[M, B]`` rows (each member on its own rows)."""
+        """Per-member PPO loss terms on ``[M, B]`` rows, or ``[M, B, T]`` env-rows with a
+        recurrent ensemble (each member on its own rows; means over all its steps)."""
         ens = self.ensemble
-        loc, scale = ens.heads(sub.get("observation"))
-        dist = torch.distributions.Normal(loc, scale)
-        log_prob = dist.log_prob(sub.get("action")).sum(-1)
-        log_ratio = log_prob - sub.get("action_log_prob")
+        m = ens.num_members
+
+        def flat(x: torch.Tensor) -> torch.Tensor:  # [M, B(, T), D] -> [M, B * T, D]
+            return x.reshape(m, -1, x.shape[-1])
+
+        loc, scale, value = ens.policy_and_value(sub)
+        dist = torch.distributions.Normal(flat(loc), flat(scale))
+        log_prob = dist.log_prob(flat(sub.get("action"))).sum(-1)
+        log_ratio = log_prob - sub.get("action_log_prob").reshape(m, -1)
         ratio = log_ratio.exp()
-        adv = sub.get("advantage").squeeze(-1)
+        adv = sub.get("advantage").reshape(m, -1)
         eps = self.hp_clip_epsilon.view(-1, 1)
         gain = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
         entropy = dist.entropy().sum(-1)
-        value = ens.values(sub.get("observation"))
-        critic = (value - sub.get("value_target")).pow(2).squeeze(-1)
+        critic = (flat(value) - flat(sub.get("value_target"))).pow(2).squeeze(-1)
         with torch.no_grad():
             clip_fraction = ((ratio - 1).abs() > eps).float().mean(1)
             kl = (-log_ratio).mean(1)
@@ -186,14 +198,20 @@ class PopulationLearner(nn.Module):
     def update(self, batch: TensorDictBase) -> TensorDict:
         """Mini-epochs of every member on its own rows of a ``[N, T]`` batch (after :meth:`estimate`)."""
         m = self.ensemble.num_members
-        data = batch.reshape(m, -1)  # member i's env block -> row i
+        if self.ensemble.is_recurrent:  # member i's env block -> [N/M, T] whole env-rows
+            data = batch.reshape(m, batch.shape[0] // m, *batch.shape[1:])
+        else:  # member i's env block -> row i, flattened
+            data = batch.reshape(m, -1)
         adv = data.get("advantage")
-        mean, std = adv.mean(1, keepdim=True), adv.std(1, keepdim=True).clamp_min(1e-8)
+        per_member = adv.reshape(m, -1)
+        shape = (m,) + (1,) * (adv.dim() - 1)
+        mean, std = per_member.mean(1).view(shape), per_member.std(1).clamp_min(1e-8).view(shape)
         data.set("advantage", (adv - mean) / std)
         rows = data.shape[1]
         if rows % self.num_minibatches:
+            unit = "env-rows ([T] sequences)" if self.ensemble.is_recurrent else "rows"
             raise ValueError(
-                f"each member's {rows} rows do not split into num_minibatches={self.num_minibatches} equal minibatches."
+                f"each member's {rows} {unit} do not split into num_minibatches={self.num_minibatches} equal minibatches."
             )
         mb = rows // self.num_minibatches
         member = torch.arange(m, device=adv.device).unsqueeze(1)
@@ -267,10 +285,13 @@ class PBTTrainer(OnPolicyTrainer):
     def optim_steps(self, batch: TensorDictBase) -> TensorDictBase:
         self._pre_optim_hook()
         m = self.learner.ensemble.num_members
-        rows = batch.numel() // m
+        recurrent = self.learner.ensemble.is_recurrent
+        rows = batch.shape[0] // m if recurrent else batch.numel() // m  # env-rows ([T] sequences) or steps
         self.batch_layout = {"rows_per_member": rows, "num_minibatches": self.learner.num_minibatches,
                              "minibatch_size_per_member": rows // self.learner.num_minibatches,
                              "max_num_epochs": int(self.learner.hp_num_epochs.max())}
+        if recurrent:
+            self.batch_layout["sequence_length"] = int(batch.shape[1])
         per_member = self.learner.update(batch)
         self._optim_count += self.learner.num_minibatches * int(self.learner.hp_num_epochs.max())
         self._last_member_losses = per_member
