@@ -43,7 +43,10 @@ def learner_update(lines: list[str]) -> None:
                   "| algo | rows trained | update (s) | samples/s |", "|---|---:|---:|---:|"]
         for r in d["results"]:
             lines.append(f"| {r['algo']} | {r['rows_trained']} | {r['seconds_median']:.3f} | {r['samples_per_s']:,.0f} |")
-        lines += ["", f"SAPG / PPO update time: **{d['sapg_over_ppo']:.3f}×** (goal ≤ 1.3×).", ""]
+        vt = d.get("sapg_vtrace_over_ppo")
+        vt_text = f", with the recipe's V-trace targets **{vt:.3f}×**" if vt is not None else ""
+        lines += ["", f"SAPG / PPO update time: **{d['sapg_over_ppo']:.3f}×** with the paper's TD(0) targets{vt_text} "
+                  "(goal ≤ 1.3×).", ""]
 
 
 def epo_memory(lines: list[str]) -> None:
@@ -175,9 +178,11 @@ def comparisons(lines: list[str]) -> None:
                   + " ".join(f'"{x}"' if "=" in x else x for x in a["algos"])
                   + (f" --frames {a['frames']}" if a.get("frames") else "")
                   + (f" --seeds {' '.join(map(str, a['seeds']))}" if a.get("seeds") not in (None, [0, 1, 2]) else "")
+                  + (f" --eval-episodes {a['eval_episodes']}" if a.get("eval_episodes", 16) != 16 else "")
                   + f"{extra}` (`{path.name}`). "
                   f"Eval: the headline policy (SAPG: the leader), {a['eval_episodes']} deterministic episodes; "
-                  f"train: mean of the last {a['last']} logged returns.", "",
+                  f"train: mean of the last {a['last']} logged returns."
+                  + (f" Note: {d['note']}" if d.get("note") else ""), "",
                   "| algo | eval return, mean ± std | [min, max] | last train return, mean ± std |",
                   "|---|---:|---:|---:|"]
         for t in d["table"]:
@@ -199,19 +204,31 @@ def readme_table() -> str:
               "pbt": "pbt (best member)", "sapg-paper": "sapg, TD(0), lambda=1 (paper)",
               "sapg-ref": "sapg, TD(0), lambda=1, reference clip",
               "sapg-vtrace": "**sapg (leader), recipe default: V-trace, lambda=1**", "sapg-vtrace-l0.25": "sapg, V-trace, lambda=0.25"}
+    # files measured after the switch: their own labels
+    file_labels = {
+        "compare_pendulum_eval256.json": {
+            "sapg": "**sapg (leader), recipe default: V-trace, lambda=1**",
+            "sapg-shared-r5": "sapg (leader), shared backbone (latent_dim=0), all follower data, V-trace lambda=0.95",
+        },
+    }
     for path in sorted(RESULTS.glob("compare_*.json")):
         d = json.loads(path.read_text())
         frames = d["runs"][0]["frames"]
+        episodes = d["args"].get("eval_episodes", 16)
+        names = {**labels, **file_labels.get(path.name, {})}
         for t in d["table"]:
-            key = (d["env"], frames, t["algo"], t["seeds"])
+            key = (d["env"], frames, t["algo"], t["seeds"], episodes)
             if key in seen:  # the same deterministic runs appear in several comparison files
                 continue
             seen.add(key)
-            rows.append(f"| {d['env']} | {frames:,} | {labels.get(t['algo'], t['algo'])} | "
+            suffix = f", {episodes} eval episodes" if episodes != 16 else ""
+            rows.append(f"| {d['env']} | {frames:,} | {names.get(t['algo'], t['algo'])}{suffix} | "
                         f"{t['eval_mean']:.1f} ± {t['eval_std']:.1f} ({t['seeds']}) |")
     upd = _load("learner_update_cpu.json")
     if upd:
-        rows += ["", f"Learner update time, SAPG / PPO on one batch: **{upd['sapg_over_ppo']:.2f}×** (CPU)."]
+        vt = upd.get("sapg_vtrace_over_ppo")
+        vt_text = f", {vt:.2f}× with V-trace targets" if vt is not None else ""
+        rows += ["", f"Learner update time, SAPG / PPO on one batch: **{upd['sapg_over_ppo']:.2f}×** (CPU, TD(0){vt_text})."]
     pbt = _load("pbt_memory_cpu.json")
     if pbt:
         rows += [f"In-process PBT ({pbt['config']['members']} members) vs {pbt['config']['members']} processes: "

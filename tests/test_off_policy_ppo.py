@@ -69,7 +69,7 @@ def _hand_entropy(scale):
     return (0.5 + 0.5 * math.log(2 * math.pi) + scale.log()).sum(-1)
 
 
-def _hand_loss(ac, td, *, eps=EPS, lam=1.0, mu_correction=True, critic_coeff=1.0, entropy_coeff=0.0):
+def _hand_loss(ac, td, *, eps=EPS, lam=1.0, mu_correction=True, critic_coeff=1.0, entropy_coeff=0.0, rho_bar=None):
     """Reference: weighted clipped surrogate + critic + entropy, plain torch ops."""
     loc, scale = _gauss(ac, td)
     logp = _hand_logp(loc, scale, td["action"])
@@ -83,6 +83,9 @@ def _hand_loss(ac, td, *, eps=EPS, lam=1.0, mu_correction=True, critic_coeff=1.0
     A = td["advantage"].squeeze(-1)
     clipped_r = torch.minimum(torch.maximum(r, mu * (1 - eps)), mu * (1 + eps))
     gain = torch.minimum(r * A, clipped_r * A)
+    if rho_bar is not None:  # truncated importance weight: scale off rows by min(mu, rho_bar) / mu
+        true_mu = torch.exp(td["target_log_prob"] - behaviour)
+        gain = torch.where(off, gain * torch.clamp(true_mu, max=rho_bar) / true_mu, gain)
     w = torch.where(off, torch.full((B,), float(lam)), torch.ones(B))
     out = {"loss_objective": -(w * gain).sum() / w.sum()}
     V = ac.critic(td.select("observation", "policy_id").clone())["state_value"].squeeze(-1)
@@ -138,6 +141,32 @@ def test_surrogate_matches_hand_computation(ac, mu_correction):
     g_ref = _grads(ref["loss_objective"] + ref["loss_critic"], params)
     for a, b in zip(g_lib, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("rho_bar", [1.0, 0.9])
+def test_mu_truncation_matches_hand_computation(ac, rho_bar):
+    """mu_truncation = rho_bar scales each off-policy row by min(mu, rho_bar)/mu: its gradient at
+    the behaviour-relative ratio r = mu becomes min(mu, rho_bar)·A·grad log pi (IMPALA)."""
+    td = _batch(ac, seed=3)
+    mu = torch.exp(td["target_log_prob"] - td["action_log_prob"])[td["off_policy"]]
+    assert (mu > rho_bar).any() and (mu < rho_bar).any()  # both truncated and untouched rows
+    kw = dict(clip_epsilon=EPS, entropy_bonus=False, critic_coeff=1.0, loss_critic_type="l2")
+    out = OffPolicyClipPPOLoss(ac.actor, ac.critic, mu_truncation=rho_bar, **kw)(td)
+    ref = _hand_loss(ac, td, rho_bar=rho_bar)
+    torch.testing.assert_close(out["loss_objective"], ref["loss_objective"], rtol=1e-5, atol=1e-6)
+    params = _params(ac)
+    for a, b in zip(_grads(out["loss_objective"], params), _grads(ref["loss_objective"], params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # it differs from the untruncated loss, and leaves all-on-policy data untouched
+    plain = OffPolicyClipPPOLoss(ac.actor, ac.critic, **kw)(td)["loss_objective"]
+    assert not torch.allclose(out["loss_objective"], plain)
+    on_only = td.exclude("off_policy")
+    torch.testing.assert_close(
+        OffPolicyClipPPOLoss(ac.actor, ac.critic, mu_truncation=rho_bar, **kw)(on_only)["loss_objective"],
+        OffPolicyClipPPOLoss(ac.actor, ac.critic, **kw)(on_only)["loss_objective"],
+    )
+    with pytest.raises(ValueError, match="mu_truncation"):
+        OffPolicyClipPPOLoss(ac.actor, ac.critic, mu_truncation=0.0, **kw)
 
 
 def test_mu_changes_the_loss_only_through_off_policy_rows(ac):

@@ -114,6 +114,16 @@ def test_policy_latents_lookup_is_the_table_row():
         assert torch.equal(out[n], latents.weight[i])
 
 
+def test_latent_init_std_scales_the_initial_draw():
+    """make_actor_critic(latent_init_std=s) draws phi from N(0, s^2): the same draw, scaled."""
+    torch.manual_seed(0)
+    a = make_actor_critic(3, 1, num_policies=64, latent_dim=32).latents.weight.detach()
+    torch.manual_seed(0)
+    b = make_actor_critic(3, 1, num_policies=64, latent_dim=32, latent_init_std=0.1).latents.weight.detach()
+    torch.testing.assert_close(b, 0.1 * a)
+    assert 0.9 < float(a.std()) < 1.1
+
+
 @pytest.mark.parametrize("bad_ids", [[0, 1, 3], [-1, 0], [7]])
 def test_out_of_range_ids_raise_value_error_naming_the_range(bad_ids):
     latents = PolicyLatents(3, 2)

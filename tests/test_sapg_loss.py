@@ -17,6 +17,7 @@ from torchrl_sapg.collectors import PopulationCollector
 from torchrl_sapg.envs import make_env
 from torchrl_sapg.modules import make_actor_critic
 from torchrl_sapg.objectives import SAPGLoss, n_step_return, sapg_entropy_coeffs
+from torchrl_sapg.objectives.sapg import vtrace_lambda_target
 
 N, T, GAMMA = 12, 8, 0.9
 # keys aggregate() is allowed to rewrite on relabelled rows (loc/scale: the leader's actor
@@ -484,9 +485,10 @@ def test_aggregate_split_centre_advantage_normalisation():
     torch.testing.assert_close(ratio, off.std().float() / on.std().float(), rtol=1e-4, atol=1e-6)
 
 
-def _vtrace_loop(r, v, v_next, rho, done, term, gamma):
-    """IMPALA's V-trace target (rho_bar = c_bar = 1), literally, per env and step, float64:
-    v_t = V(s_t) + sum_{k>=t} gamma^(k-t) (prod_{i<k} c_i) rho_k delta_k, stopping at episode ends."""
+def _vtrace_loop(r, v, v_next, rho, done, term, gamma, lmbda=1.0):
+    """IMPALA's V-trace target (rho_bar = c_bar = 1, c_i = lambda·min(1, rho_i)), literally, per env
+    and step, float64: v_t = V(s_t) + sum_{k>=t} gamma^(k-t) (prod_{t<=i<k} c_i) rho_k delta_k,
+    stopping at episode ends."""
     NN, TT = r.shape
     vs = torch.zeros(NN, TT, dtype=torch.float64)
     for e in range(NN):
@@ -497,18 +499,20 @@ def _vtrace_loop(r, v, v_next, rho, done, term, gamma):
                 acc += coef * min(1.0, float(rho[e, k])) * delta
                 if bool(done[e, k]):
                     break
-                coef *= gamma * min(1.0, float(rho[e, k]))
+                coef *= gamma * lmbda * min(1.0, float(rho[e, k]))
             vs[e, t] = acc
     return vs
 
 
-def test_aggregate_vtrace_off_policy_target():
-    """off_policy_target="vtrace": critic target = V-trace v_t, advantage = r + gamma v_{t+1} - V(s_t)
-    (v_{t+1} = V(s'_t) at episode ends and after the last step), against a per-step loop."""
+@pytest.mark.parametrize("lmbda", [1.0, 0.8])
+def test_aggregate_vtrace_off_policy_target(lmbda):
+    """off_policy_target="vtrace": critic target = V-trace v_t (traces lambda·min(1, rho)),
+    advantage = r + gamma((1 - lambda) V(s') + lambda v_{t+1}) - V(s_t) (v_{t+1} = V(s'_t) at
+    episode ends and after the last step), against a per-step loop."""
     M = 3
     ac, batch = _setup(M)
     td0 = _loss(ac, M).aggregate(batch)
-    out = _loss(ac, M, off_policy_target="vtrace").aggregate(batch)  # same generator: same rows
+    out = _loss(ac, M, off_policy_target="vtrace", off_policy_lambda=lmbda).aggregate(batch)  # same rows
     _leaves_equal(td0[:N], out[:N])  # on-policy rows are untouched
     _leaves_equal(td0[N:], out[N:], skip={"advantage", "value_target"})
     off = out[N:]
@@ -523,16 +527,64 @@ def test_aggregate_vtrace_off_policy_target():
     assert done.any() and term.any() and (done & ~term.bool()).any()
     rho = (off["target_log_prob"] - off["action_log_prob"]).double().exp()
     assert (rho > 1).any() and (rho < 1).any(), "both truncated and untruncated weights are exercised"
-    vs = _vtrace_loop(r, v, v_next, rho, done, term, GAMMA)
+    vs = _vtrace_loop(r, v, v_next, rho, done, term, GAMMA, lmbda)
     torch.testing.assert_close(off["value_target"].squeeze(-1).double(), vs, rtol=1e-4, atol=1e-4)
     nxt = torch.cat([vs[:, 1:], v_next[:, -1:]], 1)
     last = torch.zeros_like(done)
     last[:, -1] = True
     nxt = torch.where(done | last, v_next, nxt)
-    adv = r + GAMMA * nxt * (1 - term) - v
+    adv = r + GAMMA * ((1 - lmbda) * v_next + lmbda * nxt) * (1 - term) - v
     torch.testing.assert_close(off["advantage"].squeeze(-1).double(), adv, rtol=1e-4, atol=1e-4)
     # with the collector's own policy (rho = 1, no truncation) inside an episode, v_t is the
     # n-step return to the episode end / rollout end: not the one-step target
     assert not torch.allclose(off["value_target"], td0[N:]["value_target"])
     with pytest.raises(ValueError, match="off_policy_target"):
         _loss(ac, M, off_policy_target="retrace")
+    with pytest.raises(ValueError, match="off_policy_lambda"):
+        _loss(ac, M, off_policy_target="vtrace", off_policy_lambda=1.5)
+
+
+def test_vtrace_advantage_is_gae_when_policies_agree():
+    """With identical latents and log-stds (rho = 1 on every relabelled row) the off-policy rows'
+    V-trace(lambda) target and advantage are exactly TorchRL's GAE(lambda) on those rows."""
+    M = 3
+    torch.manual_seed(11)
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    with torch.no_grad():
+        ac.latents.weight.copy_(ac.latents.weight[:1].expand(M, -1))
+        ac.actor.log_std.fill_(-0.2)
+    collector = PopulationCollector(make_env("pendulum", N, seed=1), ac.actor, num_policies=M, frames_per_batch=N * T)
+    batch = next(iter(collector))
+    collector.shutdown()
+    gae = GAE(gamma=GAMMA, lmbda=0.8, value_network=ac.critic, average_gae=False)
+    with torch.no_grad():
+        batch = gae(batch)
+    out = _loss(ac, M, off_policy_target="vtrace", off_policy_lambda=0.8, off_policy_ratio=2.0).aggregate(batch)
+    off = out[N:]
+    assert off.shape[0] == 2 * N // M
+    torch.testing.assert_close(off["target_log_prob"], off["action_log_prob"], rtol=0, atol=1e-5)  # rho = 1
+    with torch.no_grad():
+        ref = gae(off.exclude("advantage", "value_target", "state_value", ("next", "state_value")))
+    torch.testing.assert_close(off["advantage"], ref["advantage"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(off["value_target"], ref["value_target"], rtol=1e-4, atol=1e-5)
+
+
+def test_vtrace_lambda_target_matches_torchrl_estimators():
+    """lambda = 1 is TorchRL's vtrace_advantage_estimate; with rho = 1 the target is TorchRL's
+    GAE(lambda) value target, and the aggregate's advantage is GAE(lambda) itself."""
+    from torchrl.objectives.value.functional import generalized_advantage_estimate, vtrace_advantage_estimate
+
+    g = torch.Generator().manual_seed(3)
+    R, TT = 5, 9
+    v, v_next, r = (torch.randn(R, TT, 1, generator=g, dtype=torch.float64) for _ in range(3))
+    done = torch.rand(R, TT, 1, generator=g) < 0.2
+    term = done & (torch.rand(R, TT, 1, generator=g) < 0.5)
+    log_rho = 0.7 * torch.randn(R, TT, 1, generator=g, dtype=torch.float64)
+    ours = vtrace_lambda_target(0.9, 1.0, log_rho[..., 0], v[..., 0], v_next[..., 0], r[..., 0], done[..., 0], term[..., 0])
+    # TorchRL's argument names are swapped: its rho = exp(log_pi - log_mu) is target / behaviour
+    _, ref = vtrace_advantage_estimate(0.9, log_rho, torch.zeros_like(log_rho), v, v_next, r, done, term)
+    torch.testing.assert_close(ours, ref[..., 0])
+    zero = torch.zeros_like(log_rho[..., 0])
+    ours = vtrace_lambda_target(0.9, 0.8, zero, v[..., 0], v_next[..., 0], r[..., 0], done[..., 0], term[..., 0])
+    adv, target = generalized_advantage_estimate(0.9, 0.8, v, v_next, r, done, term)
+    torch.testing.assert_close(ours, target[..., 0], rtol=1e-5, atol=1e-6)  # TorchRL GAE computes in float32

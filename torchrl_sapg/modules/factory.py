@@ -25,6 +25,7 @@ def make_actor_critic(
     *,
     num_policies: int = 1,
     latent_dim: int = 0,
+    latent_init_std: float = 1.0,
     actor_hidden_sizes: Sequence[int] = (256, 128, 64),
     critic_hidden_sizes: Sequence[int] | None = None,
     activation: str = "elu",
@@ -42,13 +43,15 @@ def make_actor_critic(
     ``num_policies=M`` and ``latent_dim`` 16 or 32 (Sec. 4.2). An asymmetric critic (Isaac
     Lab's ``"critic"`` observation group, mapped to ``"critic_observation"``) reads
     ``critic_observation_key`` of size ``critic_observation_dim`` with its own normaliser.
+    ``latent_init_std`` is the std of the latents' initial draw: it sets how different the M
+    policies are at the start (the paper does not give it; see docs/sapg.md).
 
     Examples:
         >>> ac = make_actor_critic(3, 1, num_policies=6, latent_dim=32)
         >>> ac.latents.weight.shape, ac.actor.log_std.shape
         (torch.Size([6, 32]), torch.Size([6, 1]))
     """
-    latents = PolicyLatents(num_policies, latent_dim) if latent_dim > 0 else None
+    latents = PolicyLatents(num_policies, latent_dim, init_std=latent_init_std) if latent_dim > 0 else None
     norm = ObservationNormalizer((observation_dim,)) if normalize_observations else None
     common = dict(
         num_policies=num_policies,

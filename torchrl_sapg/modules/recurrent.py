@@ -223,6 +223,7 @@ def make_recurrent_actor_critic(
     *,
     num_policies: int = 1,
     latent_dim: int = 0,
+    latent_init_std: float = 1.0,
     mlp_sizes: Sequence[int] = (768, 512, 256),
     lstm_hidden: int = 768,
     critic_mlp_sizes: Sequence[int] | None = None,
@@ -249,7 +250,7 @@ def make_recurrent_actor_critic(
         >>> ac.actor.log_std.shape, ac.latents.weight.shape
         (torch.Size([2, 1]), torch.Size([2, 4]))
     """
-    latents = PolicyLatents(num_policies, latent_dim) if latent_dim > 0 else None
+    latents = PolicyLatents(num_policies, latent_dim, init_std=latent_init_std) if latent_dim > 0 else None
     norm = ObservationNormalizer((observation_dim,)) if normalize_observations else None
     common = dict(
         num_policies=num_policies,

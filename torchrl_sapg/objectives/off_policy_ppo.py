@@ -1,6 +1,7 @@
 """Clipped PPO with an importance-sampled, off-policy-corrected trust region (SAPG Eq. 3)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,8 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
 
     Rows without ``"target_log_prob"`` (or a batch without the key) use ``mu = 1``: on such data
     the loss *is* TorchRL's ``ClipPPOLoss``. ``mu_correction=False`` clips to ``1 ± eps`` on every
-    row, as the SAPG reference code does (``mu_*`` still report the true mu). Rows flagged ``"off_policy"`` are weighted by
+    row, as the SAPG reference code does (``mu_*`` still report the true mu). ``mu_truncation``
+    caps the importance weight of off-policy rows (a departure from the paper). Rows flagged ``"off_policy"`` are weighted by
     ``off_policy_coeff`` (lambda, Eq. 4 and 9) in both the actor and the critic terms; the
     weighted mean is ``sum(w·l) / sum(w)``, so at lambda = 1 it is the plain mean over the
     aggregated minibatch (the reference code) and with equal amounts of on- and off-policy data
@@ -54,6 +56,12 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         actor_network, critic_network: as for ``ClipPPOLoss``.
         mu_correction: centre the clip range on ``mu`` (paper) or on 1 (reference code).
         off_policy_coeff: lambda, the weight of rows flagged ``"off_policy"``.
+        mu_truncation: ``None`` (paper) or ``rho_bar > 0``: an off-policy row's surrogate is
+            scaled by ``min(mu, rho_bar) / mu`` (no gradient through the factor), so its gradient
+            at the pre-update parameters is ``min(mu, rho_bar)·A·grad log pi`` instead of
+            ``mu·A·grad log pi``: IMPALA's truncated importance weight (Espeholt et al. 2018),
+            which bounds the variance the heavy-tailed ``mu`` brings once leader and followers
+            drift apart, at the price of a bias toward the behaviour policy.
         **kwargs: every ``ClipPPOLoss`` argument (``clip_epsilon``, ``entropy_coeff``,
             ``critic_coeff``, ``clip_value``, ``normalize_advantage``...).
 
@@ -85,9 +93,20 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
 
     default_keys = _AcceptedKeys
 
-    def __init__(self, actor_network=None, critic_network=None, *, mu_correction: bool = True, off_policy_coeff: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        actor_network=None,
+        critic_network=None,
+        *,
+        mu_correction: bool = True,
+        off_policy_coeff: float = 1.0,
+        mu_truncation: float | None = None,
+        **kwargs,
+    ):
         if off_policy_coeff < 0:
             raise ValueError(f"off_policy_coeff (lambda) must be >= 0, got {off_policy_coeff}.")
+        if mu_truncation is not None and not mu_truncation > 0:
+            raise ValueError(f"mu_truncation must be > 0 (IMPALA's rho_bar, e.g. 1.0) or None, got {mu_truncation}.")
         if isinstance(kwargs.get("clip_epsilon"), (tuple, list)):
             raise ValueError("OffPolicyClipPPOLoss needs a symmetric clip_epsilon (a float): mu(1 ± eps).")
         for name in ("delay_actor", "max_importance_ratio"):
@@ -98,6 +117,7 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
                 )
         super().__init__(actor_network, critic_network, **kwargs)
         self.mu_correction = mu_correction
+        self.mu_truncation = None if mu_truncation is None else float(mu_truncation)
         self.register_buffer("off_policy_coeff", torch.tensor(float(off_policy_coeff), device=self.clip_epsilon.device))
 
     @property
@@ -154,6 +174,10 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         gain1 = log_weight.exp() * advantage
         gain2 = log_weight_clip.exp() * advantage
         gain = torch.minimum(gain1, gain2)
+        if self.mu_truncation is not None:
+            # min(mu, rho_bar) / mu: the gradient at theta_old becomes min(mu, rho_bar)·A·grad log pi
+            log_scale = (math.log(self.mu_truncation) - log_mu).clamp_max(0.0)
+            gain = gain * torch.where(off, log_scale, torch.zeros_like(log_scale)).exp()
 
         coeff = self.off_policy_coeff.to(gain.dtype)
         weights = torch.where(off, coeff, torch.ones_like(coeff)).expand_as(gain)

@@ -6,7 +6,6 @@ from typing import Literal, Sequence
 import torch
 from tensordict import TensorDictBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.objectives.value.functional import vtrace_advantage_estimate
 
 from torchrl_sapg.modules.latents import check_policy_ids
 from torchrl_sapg.objectives.off_policy_ppo import OffPolicyClipPPOLoss, _masked_mean
@@ -76,6 +75,45 @@ def n_step_return(
     return out.reshape(shape)
 
 
+def vtrace_lambda_target(
+    gamma: float,
+    lmbda: float,
+    log_rho: torch.Tensor,
+    value: torch.Tensor,
+    next_value: torch.Tensor,
+    reward: torch.Tensor,
+    done: torch.Tensor,
+    terminated: torch.Tensor,
+) -> torch.Tensor:
+    """V-trace targets over ``[N, T]`` rows with lambda-scaled traces (IMPALA, Espeholt et al.
+    2018, Sec. 4.1 and its remark on ``c_i = lambda·min(c_bar, rho_i)``), ``rho_bar = c_bar = 1``:
+
+    ``v_t = V(s_t) + sum_{k>=t} gamma^(k-t) (prod_{t<=i<k} c_i) min(1, rho_k) delta_k`` with
+    ``delta_k = r_k + gamma·V(s'_k)·(1 - terminated_k) - V(s_k)``, the sum stopping at episode
+    ends (``done``) and at the rollout's last step. ``lmbda = 1`` is TorchRL's
+    ``vtrace_advantage_estimate`` (which has no lambda); on-policy (``rho = 1``) ``v_t - V(s_t)`` is
+    GAE(lambda). One reverse scan over ``T`` in batched ops; ``log_rho = log pi_target - log pi_behaviour``.
+
+    Examples:
+        >>> z = torch.zeros(1, 3); d = torch.zeros(1, 3, dtype=torch.bool)
+        >>> vtrace_lambda_target(0.5, 1.0, z, z, z, torch.ones(1, 3), d, d)
+        tensor([[1.7500, 1.5000, 1.0000]])
+        >>> vtrace_lambda_target(0.5, 0.0, z, z, z, torch.ones(1, 3), d, d)  # lambda = 0: one-step
+        tensor([[1., 1., 1.]])
+    """
+    rho = log_rho.exp()
+    not_done = (~done.to(torch.bool)).to(value.dtype)
+    not_term = (~terminated.to(torch.bool)).to(value.dtype)
+    delta = rho.clamp_max(1.0) * (reward + gamma * not_term * next_value - value)
+    decay = gamma * lmbda * rho.clamp_max(1.0) * not_done
+    acc = torch.zeros_like(value[:, 0])
+    out = torch.empty_like(value)
+    for t in range(value.shape[1] - 1, -1, -1):
+        acc = delta[:, t] + decay[:, t] * acc
+        out[:, t] = acc
+    return value + out
+
+
 class SAPGLoss(OffPolicyClipPPOLoss):
     """The SAPG objective: population PPO plus importance-sampled aggregation into a leader.
 
@@ -102,18 +140,25 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         bounds_loss_coeff: weight of the squared hinge on the action mean outside
             ``±bounds`` (rl_games' bounds loss; 0 disables it).
         mu_correction: ``mu(1 ± eps)`` clip (paper) or ``1 ± eps`` (reference code).
+        mu_truncation: ``None`` (paper) or IMPALA's ``rho_bar``: cap the off-policy rows'
+            importance weight at ``rho_bar`` (see :class:`OffPolicyClipPPOLoss`).
         critic_target: ``"gae"`` (GAE returns, the reference code) or ``"nstep"`` (Eq. 5, on-policy
             rows get the ``n_steps`` return bootstrapped with the collecting policy's old critic).
         n_steps, gamma: for the n-step and the one-step (Eq. 6) targets.
         off_policy_target: how relabelled rows get their critic target and advantage:
             ``"td0"`` (paper Eq. 6 and the reference code): ``r + gamma·V_old(s')`` and its TD
             error; ``"vtrace"``: the V-trace target ``v_t`` of IMPALA (Espeholt et al. 2018,
-            TorchRL's ``vtrace_advantage_estimate``, truncation ``rho_bar = c_bar = 1``) over
-            the follower's recorded row, and the advantage ``r_t + gamma·v_{t+1} - V_old(s_t)``
+            truncation ``rho_bar = c_bar = 1``, traces ``c = off_policy_lambda·min(1, rho)``) over
+            the follower's recorded row, and the advantage
+            ``r_t + gamma·((1 - lambda)·V_old(s'_t) + lambda·v_{t+1}) - V_old(s_t)``
             (without V-trace's own ``rho_t`` factor: the surrogate's ratio already importance-
             weights the row). A multi-step estimate: the TD(0) error only sees the action's
             effect through one step of the critic, which on Pendulum gave leader gradients
             pointing away from the GAE ones (docs/sapg.md).
+        off_policy_lambda: the trace decay of ``"vtrace"`` (``c_i = lambda·min(1, rho_i)``, see
+            :func:`vtrace_lambda_target`). 1 is plain V-trace (a Monte-Carlo return to the end of
+            the row while the policies agree); the GAE lambda of the on-policy rows makes both
+            groups' advantages the same estimator when leader and follower agree.
         advantage_normalization: how :meth:`aggregate` standardises advantages (use GAE with
             ``average_gae=False``): ``"split"`` standardises on-policy rows (GAE) and off-policy
             rows (one-step TD errors) separately; ``"batch"`` over the whole aggregated batch (the
@@ -162,9 +207,11 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         bounds_loss_coeff: float = 0.0,
         bounds: float = 1.1,
         mu_correction: bool = True,
+        mu_truncation: float | None = None,
         critic_target: Literal["gae", "nstep"] = "gae",
         n_steps: int = 3,
         off_policy_target: Literal["td0", "vtrace"] = "td0",
+        off_policy_lambda: float = 1.0,
         gamma: float = 0.99,
         advantage_normalization: Literal["split", "split_centre", "batch", "minibatch", "none"] = "batch",
         generator: torch.Generator | None = None,
@@ -188,6 +235,8 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             raise ValueError(f"critic_target={critic_target!r}: choose 'gae' or 'nstep'.")
         if off_policy_target not in ("td0", "vtrace"):
             raise ValueError(f"off_policy_target={off_policy_target!r}: choose 'td0' (paper Eq. 6) or 'vtrace'.")
+        if not 0.0 <= off_policy_lambda <= 1.0:
+            raise ValueError(f"off_policy_lambda={off_policy_lambda} must be in [0, 1] (the V-trace trace decay).")
         if advantage_normalization not in ("split", "split_centre", "batch", "minibatch", "none"):
             raise ValueError(
                 f"advantage_normalization={advantage_normalization!r}: choose 'split', 'split_centre', "
@@ -216,6 +265,7 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             loss_critic_type=loss_critic_type,
             normalize_advantage=advantage_normalization == "minibatch",
             mu_correction=mu_correction,
+            mu_truncation=mu_truncation,
             off_policy_coeff=off_policy_coeff,
             **kwargs,
         )
@@ -229,6 +279,7 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         self.bounds = float(bounds)
         self.critic_target = critic_target
         self.off_policy_target = off_policy_target
+        self.off_policy_lambda = float(off_policy_lambda)
         self.n_steps = int(n_steps)
         self.gamma = float(gamma)
         self.advantage_normalization = advantage_normalization
@@ -370,15 +421,19 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             done = off.get(("next", keys.done)).reshape(value.shape).to(torch.bool)
             terminated = off.get(("next", keys.terminated)).reshape(value.shape).to(torch.bool)
             behaviour_lp = off.get(keys.sample_log_prob).reshape(value.shape)
-            # TorchRL's argument names are swapped: rho = exp(log_pi - log_mu) = target / behaviour
-            _, target = vtrace_advantage_estimate(
-                self.gamma, target_lp.reshape(value.shape), behaviour_lp, value, next_value, reward, done, terminated
+            target = vtrace_lambda_target(
+                self.gamma, self.off_policy_lambda, target_lp.reshape(value.shape) - behaviour_lp,
+                value, next_value, reward, done, terminated,
             )
             # v_{t+1}: the next step's V-trace target inside an episode, V_old(s'_t) at its end and after the last step
             last = torch.zeros_like(done)
             last[:, -1] = True
             next_target = torch.where(done | last, next_value, torch.cat([target[:, 1:], target[:, -1:]], dim=1))
-            advantage = reward + self.gamma * next_target * not_term - value
+            # r + gamma·((1 - lambda)·V(s') + lambda·v_{t+1}) - V(s): IMPALA's r + gamma·v_{t+1} - V(s) at
+            # lambda = 1, and exactly GAE(lambda) when the policies agree (rho = 1)
+            lam = self.off_policy_lambda
+            bootstrap = (1.0 - lam) * next_value + lam * next_target
+            advantage = reward + self.gamma * bootstrap * not_term - value
         off.set(keys.value, value)
         off.set(keys.value_target, target.reshape(off.get(keys.value_target).shape))
         off.set(keys.advantage, advantage.reshape(off.get(keys.advantage).shape))
