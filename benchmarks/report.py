@@ -195,6 +195,21 @@ def comparisons(lines: list[str]) -> None:
                       f"![{d['env']} learning curves](../benchmarks/results/{png.name})", ""]
 
 
+def gradient_alignment(lines: list[str]) -> None:
+    for path in sorted(RESULTS.glob("sapg_gradient_alignment_*.json")):
+        d = json.loads(path.read_text())
+        a = d["args"]
+        lines += [f"### SAPG leader gradient alignment — {d['env']}, checkpoint at {d['frames']:,} frames", "",
+                  f"`python benchmarks/sapg_gradient_alignment.py --checkpoint <run>/checkpoints/last.pt` (`{path.name}`; "
+                  f"config {d['config']}): cosine between the leader's PPO gradient from {a['episodes']} of its own "
+                  f"episodes (noise ceiling {d['noise_ceiling']:+.3f}) and each gradient below, summed over {a['batches']} "
+                  f"training batches; off-policy ESS of mu {d['mu_ess']:.2f}.", "",
+                  "| gradient | cos(reference) | halves agree | norm per batch |", "|---|---:|---:|---:|"]
+        for r in d["rows"]:
+            lines.append(f"| {r['gradient']} | {r['cos_reference']:+.3f} | {r['cos_halves']:+.3f} | {r['norm_per_batch']:.3g} |")
+        lines.append("")
+
+
 def readme_table() -> str:
     """The README's compact results table (between the results markers), from the same JSON."""
     rows = ["| task | frames | algo | headline eval return (mean ± std, seeds) |", "|---|---:|---|---:|"]
@@ -203,25 +218,43 @@ def readme_table() -> str:
     labels = {"sapg": "sapg (leader), TD(0), lambda=0.25", "epo": "epo (master), TD(0), lambda=0.25",
               "pbt": "pbt (best member)", "sapg-paper": "sapg, TD(0), lambda=1 (paper)",
               "sapg-ref": "sapg, TD(0), lambda=1, reference clip",
-              "sapg-vtrace": "**sapg (leader), recipe default: V-trace, lambda=1**", "sapg-vtrace-l0.25": "sapg, V-trace, lambda=0.25"}
+              "sapg-vtrace": "sapg (leader), V-trace, lambda=1", "sapg-vtrace-l0.25": "sapg, V-trace, lambda=0.25"}
     # files measured after the switch: their own labels
     file_labels = {
         "compare_pendulum_eval256.json": {
-            "sapg": "**sapg (leader), recipe default: V-trace, lambda=1**",
+            "sapg": "**sapg (leader), recipe default**",
+            "sapg-none": "sapg population without aggregation (aggregation=none)",
+        },
+        "compare_pendulum_eval256_joint_init.json": {
+            "sapg": "sapg (leader), V-trace, lambda=1",
             "sapg-shared-r5": "sapg (leader), shared backbone (latent_dim=0), all follower data, V-trace lambda=0.95",
         },
+        "compare_pendulum_epo_gae.json": {
+            "epo": "**epo (master), recipe default**",
+            "sapg-gae-r5": "sapg (leader), off_policy_target=gae, lambda=0.95, all follower rows",
+        },
+        "compare_pendulum_kl_mean.json": {
+            "sapg": "sapg (leader), adaptive-LR KL averaged over policies (kl_reduction=mean)",
+            "sapg-none": "sapg, aggregation=none, kl_reduction=mean",
+        },
     }
+    # latent-conditioned rows of these files were measured with the joint first-layer init
+    # (model.input_init=joint, the default before session 5; docs/sapg.md)
+    joint_init_files = {"compare_halfcheetah.json", "compare_pendulum.json", "compare_pendulum_epo.json",
+                        "compare_pendulum_vtrace.json", "compare_pendulum_eval256_joint_init.json"}
     for path in sorted(RESULTS.glob("compare_*.json")):
         d = json.loads(path.read_text())
         frames = d["runs"][0]["frames"]
         episodes = d["args"].get("eval_episodes", 16)
         names = {**labels, **file_labels.get(path.name, {})}
         for t in d["table"]:
-            key = (d["env"], frames, t["algo"], t["seeds"], episodes)
-            if key in seen:  # the same deterministic runs appear in several comparison files
+            key = (d["env"], frames, names.get(t["algo"], t["algo"]), t["seeds"], episodes)
+            if key in seen:  # the same deterministic runs (PPO's) appear in several comparison files
                 continue
             seen.add(key)
             suffix = f", {episodes} eval episodes" if episodes != 16 else ""
+            if path.name in joint_init_files and t["algo"] not in ("ppo", "pbt"):
+                suffix += ", joint input init"
             rows.append(f"| {d['env']} | {frames:,} | {names.get(t['algo'], t['algo'])}{suffix} | "
                         f"{t['eval_mean']:.1f} ± {t['eval_std']:.1f} ({t['seeds']}) |")
     upd = _load("learner_update_cpu.json")
@@ -261,7 +294,8 @@ def readme_table() -> str:
             for a in dict.fromkeys(t["algo"] for t in rows_u))
         what = "seeds solved" if solved else "mean eval return"
         rows += [f"Scaling, {d['env']}, fixed {d['protocols']['updates']['updates']} updates, {what} at "
-                 f"N = {' / '.join(map(str, ns))}: {per_algo} ([docs/scaling.md](docs/scaling.md))."]
+                 f"N = {' / '.join(map(str, ns))}: {per_algo}; sapg/epo with TD(0), lambda=0.25 and the joint input "
+                 "init, not re-run ([docs/scaling.md](docs/scaling.md))."]
     dist = _load("distributed_fps_cpu.json")
     if dist:
         ranks = dist["rows"][-1]
@@ -293,6 +327,7 @@ def main() -> None:
     throughput(lines)
     distributed_fps(lines)
     scaling(lines)
+    gradient_alignment(lines)
     comparisons(lines)
     (ROOT / "docs" / "results.md").write_text("\n".join(lines))
     update_readme()

@@ -107,6 +107,7 @@ def build_agent(cfg: DictConfig, env) -> ActorCritic:
         activation=cfg.model.activation,
         normalize_observations=cfg.model.normalize_observations,
         init_log_std=cfg.model.init_log_std,
+        input_init=cfg.model.get("input_init", "split"),
         device=cfg.device,
     )
 

@@ -111,6 +111,7 @@ def main(cfg: DictConfig) -> dict:
             max_grad_norm=t.max_grad_norm,
             lr_schedule=schedule,
             kl_actor=agent.actor,
+            kl_reduction=cfg.algo.get("kl_reduction", "mean"),
             sequence_minibatches=recurrent,  # whole env-rows, TorchRL's recurrent mode
             reward_scale=t.reward_scale,
             obs_normalizers=[n for n in (agent.obs_normalizer,) if n is not None]

@@ -1,6 +1,8 @@
 """Policy ids, latents, the latent-conditioned actor/critic and the observation normaliser."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -122,6 +124,42 @@ def test_latent_init_std_scales_the_initial_draw():
     b = make_actor_critic(3, 1, num_policies=64, latent_dim=32, latent_init_std=0.1).latents.weight.detach()
     torch.testing.assert_close(b, 0.1 * a)
     assert 0.9 < float(a.std()) < 1.1
+
+
+@pytest.mark.parametrize("obs_dim,latent_dim", [(3, 32), (17, 8)])
+def test_input_layer_initialises_observation_and_latent_columns_separately(obs_dim, latent_dim):
+    """The first layer's observation columns and bias keep an unconditioned network's
+    U(±1/sqrt(obs_dim)), the latent columns get U(±1/sqrt(latent_dim)) (docs/sapg.md: a joint
+    fan-in of obs_dim + latent_dim shrank the observation weights and slowed learning 4x)."""
+    torch.manual_seed(0)
+    ac = make_actor_critic(obs_dim, 1, num_policies=4, latent_dim=latent_dim, actor_hidden_sizes=(512,))
+    plain = make_actor_critic(obs_dim, 1, actor_hidden_sizes=(512,))
+    for net, ref in ((ac.actor.head.backbone, plain.actor.head.backbone), (ac.critic.module, plain.critic.module)):
+        w, b = net.mlp[0].weight.detach(), net.mlp[0].bias.detach()
+        w_obs, w_lat = w[:, :obs_dim], w[:, obs_dim:]
+        bound_obs, bound_lat = 1 / math.sqrt(obs_dim), 1 / math.sqrt(latent_dim)
+        joint = 1 / math.sqrt(obs_dim + latent_dim)  # what a plain nn.Linear(obs + latent) would use
+        for x, bound in ((w_obs, bound_obs), (b, bound_obs), (w_lat, bound_lat)):
+            assert float(x.abs().max()) <= bound
+            # uniform on [-bound, bound]: std bound / sqrt(3), far from the joint fan-in's
+            assert abs(float(x.std()) - bound / math.sqrt(3)) < 0.1 * bound
+        assert float(w_obs.abs().max()) > 1.1 * joint
+        # the observation pathway has the scale of the unconditioned network's first layer
+        w_ref = ref.mlp[0].weight.detach()
+        assert abs(float(w_obs.std()) - float(w_ref.std())) < 0.1 * float(w_ref.std())
+    # at init the two input groups contribute pre-activations of the same scale (z ~ N(0, 1))
+    x = torch.randn(4096, obs_dim)
+    z = torch.randn(4096, latent_dim)
+    w = ac.actor.head.backbone.mlp[0].weight.detach()
+    ratio = float((z @ w[:, obs_dim:].T).std() / (x @ w[:, :obs_dim].T).std())
+    assert 0.8 < ratio < 1.25
+    # input_init="joint": PyTorch's default over the concatenation (the reference code's networks)
+    joint_net = make_actor_critic(obs_dim, 1, num_policies=4, latent_dim=latent_dim, actor_hidden_sizes=(512,),
+                                  input_init="joint").actor.head.backbone.mlp[0].weight.detach()
+    assert float(joint_net.abs().max()) <= joint
+    assert abs(float(joint_net.std()) - joint / math.sqrt(3)) < 0.1 * joint
+    with pytest.raises(ValueError, match="input_init"):
+        make_actor_critic(obs_dim, 1, num_policies=4, latent_dim=latent_dim, input_init="xavier")
 
 
 @pytest.mark.parametrize("bad_ids", [[0, 1, 3], [-1, 0], [7]])

@@ -17,7 +17,7 @@ from torchrl_sapg.collectors import PopulationCollector
 from torchrl_sapg.envs import make_env
 from torchrl_sapg.modules import make_actor_critic
 from torchrl_sapg.objectives import SAPGLoss, n_step_return, sapg_entropy_coeffs
-from torchrl_sapg.objectives.sapg import vtrace_lambda_target
+from torchrl_sapg.objectives import vtrace_lambda_target
 
 N, T, GAMMA = 12, 8, 0.9
 # keys aggregate() is allowed to rewrite on relabelled rows (loc/scale: the leader's actor
@@ -567,6 +567,28 @@ def test_vtrace_advantage_is_gae_when_policies_agree():
         ref = gae(off.exclude("advantage", "value_target", "state_value", ("next", "state_value")))
     torch.testing.assert_close(off["advantage"], ref["advantage"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(off["value_target"], ref["value_target"], rtol=1e-4, atol=1e-5)
+
+
+def test_gae_off_policy_target_is_torchrl_gae_under_the_leader_critic():
+    """off_policy_target="gae": relabelled rows get TorchRL's GAE(lambda) target and advantage
+    computed with the leader's critic along the follower's row (no trace truncation), even
+    when leader and follower disagree (rho != 1), where V-trace differs."""
+    M = 3
+    ac, batch = _setup(M)
+    lam = 0.8
+    out = _loss(ac, M, off_policy_target="gae", off_policy_lambda=lam).aggregate(batch)
+    vt = _loss(ac, M, off_policy_target="vtrace", off_policy_lambda=lam).aggregate(batch)  # same rows
+    _leaves_equal(out[N:], vt[N:], skip={"advantage", "value_target"})
+    _leaves_equal(out[:N], vt[:N])
+    off = out[N:]
+    rho = (off["target_log_prob"] - off["action_log_prob"]).exp()
+    assert (rho > 1.05).any() and (rho < 0.95).any(), "the policies disagree on these rows"
+    gae = GAE(gamma=GAMMA, lmbda=lam, value_network=ac.critic, average_gae=False)
+    with torch.no_grad():
+        ref = gae(off.exclude("advantage", "value_target", "state_value", ("next", "state_value")))
+    torch.testing.assert_close(off["advantage"], ref["advantage"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(off["value_target"], ref["value_target"], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(vt[N:]["advantage"], ref["advantage"], atol=1e-3)
 
 
 def test_vtrace_lambda_target_matches_torchrl_estimators():

@@ -589,6 +589,42 @@ def test_gaussian_kl_matches_torch_kl_divergence_and_skips_off_policy_rows():
     assert float(gaussian_kl(ac.actor, td)) == pytest.approx(float(per_row[keep].mean()), rel=1e-5)
 
 
+def test_gaussian_kl_max_policy_is_the_largest_per_policy_mean():
+    """reduction="max_policy": per-policy mean KL over on-policy rows (by hand), then the max;
+    the rows of a single policy give their mean; bad arguments name the fix."""
+    from tensordict import TensorDict
+    from torch.distributions import Normal, kl_divergence
+    from torchrl.envs import ExplorationType, set_exploration_type
+
+    from torchrl_sapg.trainers.on_policy import ClippedGradientStepper, gaussian_kl
+
+    torch.manual_seed(1)
+    ac = make_actor_critic(3, 2, num_policies=4, latent_dim=4, actor_hidden_sizes=(8,))
+    ids = torch.tensor([0, 1, 2, 0, 1, 2, 0, 2, 1, 0])  # policy 3 has no rows
+    td = TensorDict({"observation": torch.randn(10, 3), "policy_id": ids}, [10])
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        td = ac.actor(td)
+        ac.actor.log_std.add_(torch.tensor([[0.05, 0.0], [0.6, -0.3], [0.1, 0.1], [2.0, 2.0]]))
+        new = ac.actor(td.clone())
+    per_row = kl_divergence(Normal(td["loc"], td["scale"]), Normal(new["loc"], new["scale"])).sum(-1)
+    td["off_policy"] = torch.tensor([False, True, False, False, False, True, False, False, False, True])
+    keep = ~td["off_policy"]
+    by_hand = max(float(per_row[keep & (ids == j)].mean()) for j in range(3))
+    got = gaussian_kl(ac.actor, td, reduction="max_policy", num_policies=4)
+    assert float(got) == pytest.approx(by_hand, rel=1e-5)
+    assert float(got) > float(gaussian_kl(ac.actor, td)) * 1.2  # the mean hides the policy that moved most
+    single = td[ids == 1]  # only one policy's rows: the max over policies is their mean
+    assert float(gaussian_kl(ac.actor, single, reduction="max_policy", num_policies=4)) == pytest.approx(
+        float(gaussian_kl(ac.actor, single)), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="num_policies"):
+        gaussian_kl(ac.actor, td, reduction="max_policy")
+    with pytest.raises(ValueError, match="reduction"):
+        gaussian_kl(ac.actor, td, reduction="median")
+    with pytest.raises(ValueError, match="kl_reduction"):
+        ClippedGradientStepper(kl_reduction="leader")
+
+
 def _small_ppo(lr: float):
     """A tiny seeded PPO setup: actor-critic, collector, ClipPPOLoss and Adam."""
     torch.manual_seed(0)

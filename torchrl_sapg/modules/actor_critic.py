@@ -1,6 +1,7 @@
 """Latent-conditioned actor and critic: one shared backbone, one learned latent per policy."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -33,6 +34,11 @@ class LatentConditionedMLP(nn.Module):
         hidden_sizes: widths of the hidden layers.
         activation: ``"elu"`` (the paper's), ``"relu"``, ``"tanh"``, ``"silu"`` or ``"gelu"``.
         obs_normalizer: an :class:`ObservationNormalizer` applied to the observation first.
+        input_init: ``"split"`` (default): the first layer's observation and latent columns are
+            initialised as two separate ``nn.Linear`` (fan-in ``observation_dim`` and
+            ``latent_dim``); ``"joint"``: PyTorch's default over the concatenated input (fan-in
+            ``observation_dim + latent_dim``), as the reference code's networks do. See
+            :func:`_init_split_input_layer`.
 
     Examples:
         >>> net = LatentConditionedMLP(3, 2, latents=PolicyLatents(2, 4), hidden_sizes=(16,))
@@ -49,8 +55,11 @@ class LatentConditionedMLP(nn.Module):
         hidden_sizes: Sequence[int] = (256, 128, 64),
         activation: str = "elu",
         obs_normalizer: ObservationNormalizer | None = None,
+        input_init: str = "split",
     ):
         super().__init__()
+        if input_init not in ("split", "joint"):
+            raise ValueError(f"input_init={input_init!r}: choose 'split' (default) or 'joint' (the reference code's).")
         self.latents = latents
         self.obs_normalizer = obs_normalizer
         latent_dim = latents.latent_dim if latents is not None else 0
@@ -62,6 +71,8 @@ class LatentConditionedMLP(nn.Module):
             width = h
         layers.append(nn.Linear(width, out_dim))
         self.mlp = nn.Sequential(*layers)
+        if latent_dim > 0 and input_init == "split":
+            _init_split_input_layer(self.mlp[0], observation_dim, latent_dim)
 
     def forward(self, observation: torch.Tensor, policy_id: torch.Tensor | None = None) -> torch.Tensor:
         x = observation
@@ -74,6 +85,25 @@ class LatentConditionedMLP(nn.Module):
         return self.mlp(x)
 
 
+def _init_split_input_layer(layer: nn.Linear, observation_dim: int, latent_dim: int) -> None:
+    """Initialise the observation and latent columns of ``layer`` as two separate ``nn.Linear``.
+
+    PyTorch scales a layer's initial weights by ``1/sqrt(fan_in)``. Concatenating a 32-d latent
+    to a 3-d observation would shrink the observation's weights ~3.4x and let the latent
+    dominate the first pre-activation. On the embedded Pendulum that alone took a single-policy
+    PPO (``num_policies=1``, one learned latent) from -178 to -713 (docs/sapg.md). Here the
+    observation columns and the bias get the ``U(±1/sqrt(observation_dim))`` of an
+    unconditioned network, and the latent columns ``U(±1/sqrt(latent_dim))``, so both input
+    groups start with the same pre-activation scale.
+    """
+    with torch.no_grad():
+        bound = 1.0 / math.sqrt(observation_dim)
+        layer.weight[:, :observation_dim].uniform_(-bound, bound)
+        layer.bias.uniform_(-bound, bound)
+        bound = 1.0 / math.sqrt(latent_dim)
+        layer.weight[:, observation_dim:].uniform_(-bound, bound)
+
+
 def check_latents(latents: PolicyLatents | None, num_policies: int) -> None:
     """Raise if a shared latent table was built for another number of policies."""
     if latents is not None and latents.num_policies != num_policies:
@@ -83,7 +113,7 @@ def check_latents(latents: PolicyLatents | None, num_policies: int) -> None:
         )
 
 
-def _backbone(observation_dim, out_dim, num_policies, latents, hidden_sizes, activation, obs_normalizer):
+def _backbone(observation_dim, out_dim, num_policies, latents, hidden_sizes, activation, obs_normalizer, input_init):
     check_latents(latents, num_policies)
     return LatentConditionedMLP(
         observation_dim,
@@ -92,6 +122,7 @@ def _backbone(observation_dim, out_dim, num_policies, latents, hidden_sizes, act
         hidden_sizes=hidden_sizes,
         activation=activation,
         obs_normalizer=obs_normalizer,
+        input_init=input_init,
     )
 
 
@@ -128,6 +159,7 @@ class LatentConditionedActor(ProbabilisticActor):
         hidden_sizes, activation: the backbone MLP.
         obs_normalizer: an :class:`ObservationNormalizer` (may be shared with the critic).
         init_log_std: initial value of every log-std entry.
+        input_init: ``"split"`` or ``"joint"`` first-layer initialisation (:class:`LatentConditionedMLP`).
         observation_key, policy_id_key, action_key: TensorDict keys.
 
     Examples:
@@ -149,11 +181,14 @@ class LatentConditionedActor(ProbabilisticActor):
         activation: str = "elu",
         obs_normalizer: ObservationNormalizer | None = None,
         init_log_std: float = 0.0,
+        input_init: str = "split",
         observation_key: NestedKey = "observation",
         policy_id_key: NestedKey = "policy_id",
         action_key: NestedKey = "action",
     ):
-        backbone = _backbone(observation_dim, action_dim, num_policies, latents, hidden_sizes, activation, obs_normalizer)
+        backbone = _backbone(
+            observation_dim, action_dim, num_policies, latents, hidden_sizes, activation, obs_normalizer, input_init
+        )
         head = _GaussianHead(backbone, num_policies, action_dim, init_log_std)
         module = TensorDictModule(head, in_keys=[observation_key, policy_id_key], out_keys=["loc", "scale"])
         super().__init__(
@@ -208,10 +243,11 @@ class LatentConditionedValue(ValueOperator):
         hidden_sizes: Sequence[int] = (256, 128, 64),
         activation: str = "elu",
         obs_normalizer: ObservationNormalizer | None = None,
+        input_init: str = "split",
         observation_key: NestedKey = "observation",
         policy_id_key: NestedKey = "policy_id",
         value_key: NestedKey = "state_value",
     ):
-        backbone = _backbone(observation_dim, 1, num_policies, latents, hidden_sizes, activation, obs_normalizer)
+        backbone = _backbone(observation_dim, 1, num_policies, latents, hidden_sizes, activation, obs_normalizer, input_init)
         super().__init__(backbone, in_keys=[observation_key, policy_id_key], out_keys=[value_key])
         self.num_policies = num_policies

@@ -31,6 +31,7 @@ def make_actor_critic(
     activation: str = "elu",
     normalize_observations: bool = True,
     init_log_std: float = 0.0,
+    input_init: str = "split",
     device: torch.device | str = "cpu",
     observation_key: NestedKey = "observation",
     policy_id_key: NestedKey = "policy_id",
@@ -44,7 +45,10 @@ def make_actor_critic(
     Lab's ``"critic"`` observation group, mapped to ``"critic_observation"``) reads
     ``critic_observation_key`` of size ``critic_observation_dim`` with its own normaliser.
     ``latent_init_std`` is the std of the latents' initial draw: it sets how different the M
-    policies are at the start (the paper does not give it; see docs/sapg.md).
+    policies are at the start (the paper does not give it; see docs/sapg.md). ``input_init``:
+    ``"split"`` initialises the first layer's observation and latent columns separately,
+    ``"joint"`` as one PyTorch layer over the concatenation (the reference code's;
+    :class:`~torchrl_sapg.modules.LatentConditionedMLP`).
 
     Examples:
         >>> ac = make_actor_critic(3, 1, num_policies=6, latent_dim=32)
@@ -60,6 +64,7 @@ def make_actor_critic(
         obs_normalizer=norm,
         observation_key=observation_key,
         policy_id_key=policy_id_key,
+        input_init=input_init,
     )
     actor = LatentConditionedActor(
         observation_dim, action_dim, hidden_sizes=tuple(actor_hidden_sizes), init_log_std=init_log_std, **common

@@ -154,11 +154,16 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             (without V-trace's own ``rho_t`` factor: the surrogate's ratio already importance-
             weights the row). A multi-step estimate: the TD(0) error only sees the action's
             effect through one step of the critic, which on Pendulum gave leader gradients
-            pointing away from the GAE ones (docs/sapg.md).
+            pointing away from the GAE ones (docs/sapg.md). ``"gae"``: TorchRL's GAE(lambda)
+            target and advantage under the leader's critic along the follower's row, i.e.
+            ``"vtrace"`` without trace truncation (``rho = 1`` in the traces): lower variance
+            and a longer horizon than V-trace, biased by the follower's continuation.
         off_policy_lambda: the trace decay of ``"vtrace"`` (``c_i = lambda·min(1, rho_i)``, see
-            :func:`vtrace_lambda_target`). 1 is plain V-trace (a Monte-Carlo return to the end of
-            the row while the policies agree); the GAE lambda of the on-policy rows makes both
-            groups' advantages the same estimator when leader and follower agree.
+            :func:`vtrace_lambda_target`) and the lambda of ``"gae"``. 1 is plain V-trace (a
+            Monte-Carlo return to the end of the row while the policies agree); the GAE lambda
+            of the on-policy rows makes both groups' advantages the same estimator when leader
+            and follower agree. ``E[min(1, rho)] < 1`` even when the policies agree on average,
+            so V-trace's effective horizon is shorter than its lambda says.
         advantage_normalization: how :meth:`aggregate` standardises advantages (use GAE with
             ``average_gae=False``): ``"split"`` standardises on-policy rows (GAE) and off-policy
             rows (one-step TD errors) separately; ``"batch"`` over the whole aggregated batch (the
@@ -210,7 +215,7 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         mu_truncation: float | None = None,
         critic_target: Literal["gae", "nstep"] = "gae",
         n_steps: int = 3,
-        off_policy_target: Literal["td0", "vtrace"] = "td0",
+        off_policy_target: Literal["td0", "vtrace", "gae"] = "td0",
         off_policy_lambda: float = 1.0,
         gamma: float = 0.99,
         advantage_normalization: Literal["split", "split_centre", "batch", "minibatch", "none"] = "batch",
@@ -233,8 +238,8 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             )
         if critic_target not in ("gae", "nstep"):
             raise ValueError(f"critic_target={critic_target!r}: choose 'gae' or 'nstep'.")
-        if off_policy_target not in ("td0", "vtrace"):
-            raise ValueError(f"off_policy_target={off_policy_target!r}: choose 'td0' (paper Eq. 6) or 'vtrace'.")
+        if off_policy_target not in ("td0", "vtrace", "gae"):
+            raise ValueError(f"off_policy_target={off_policy_target!r}: choose 'td0' (paper Eq. 6), 'vtrace' or 'gae'.")
         if not 0.0 <= off_policy_lambda <= 1.0:
             raise ValueError(f"off_policy_lambda={off_policy_lambda} must be in [0, 1] (the V-trace trace decay).")
         if advantage_normalization not in ("split", "split_centre", "batch", "minibatch", "none"):
@@ -421,8 +426,12 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             done = off.get(("next", keys.done)).reshape(value.shape).to(torch.bool)
             terminated = off.get(("next", keys.terminated)).reshape(value.shape).to(torch.bool)
             behaviour_lp = off.get(keys.sample_log_prob).reshape(value.shape)
+            if self.off_policy_target == "vtrace":
+                log_rho = target_lp.reshape(value.shape) - behaviour_lp
+            else:  # "gae": untruncated traces, the leader critic's GAE(lambda) along the follower's row
+                log_rho = torch.zeros_like(value)
             target = vtrace_lambda_target(
-                self.gamma, self.off_policy_lambda, target_lp.reshape(value.shape) - behaviour_lp,
+                self.gamma, self.off_policy_lambda, log_rho,
                 value, next_value, reward, done, terminated,
             )
             # v_{t+1}: the next step's V-trace target inside an episode, V_old(s'_t) at its end and after the last step

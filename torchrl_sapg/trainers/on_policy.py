@@ -28,13 +28,21 @@ def gaussian_kl(
     loc_key: NestedKey = "loc",
     scale_key: NestedKey = "scale",
     mask_key: NestedKey | None = "off_policy",
+    reduction: str = "mean",
+    policy_id_key: NestedKey = "policy_id",
+    num_policies: int | None = None,
 ) -> torch.Tensor:
-    """Mean analytic KL(pi_old || pi_theta) of diagonal Gaussians over ``batch``'s rows.
+    """Analytic KL(pi_old || pi_theta) of diagonal Gaussians over ``batch``'s rows.
 
     ``pi_old`` is read from the ``loc``/``scale`` the behaviour policy stored at collection;
     ``pi_theta`` is ``actor``'s current distribution. Rows flagged ``mask_key`` (SAPG's
     relabelled off-policy rows, whose stored distribution is another policy's) are excluded.
-    This is the KL rl_games and rsl_rl feed their adaptive learning rate.
+    ``reduction="mean"`` is the mean over rows, the KL rl_games and rsl_rl feed their adaptive
+    learning rate; ``"max_policy"`` is the largest of the per-policy means (rows grouped by
+    ``policy_id_key``, ``num_policies`` groups; no host sync). With M policies sharing one
+    optimiser, the mean lets one policy (the SAPG leader, trained on its own and the followers'
+    rows) move far while the others barely move; the maximum holds every policy to the
+    threshold. With one policy the two are equal.
 
     Examples:
         >>> from tensordict import TensorDict
@@ -58,10 +66,19 @@ def gaussian_kl(
             + (old_scale.pow(2) + (old_loc - new_loc).pow(2)) / (2 * new_scale.pow(2))
             - 0.5
         ).sum(-1)
+        keep = torch.ones_like(kl)
         if mask_key is not None and mask_key in batch.keys(True, True):
             keep = (~batch.get(mask_key).reshape(kl.shape)).to(kl.dtype)
+        if reduction == "mean":
             return (kl * keep).sum() / keep.sum().clamp_min(1)
-        return kl.mean()
+        if reduction != "max_policy":
+            raise ValueError(f"reduction={reduction!r}: choose 'mean' or 'max_policy'.")
+        if num_policies is None:
+            raise ValueError("reduction='max_policy' needs num_policies (the number of policy ids).")
+        ids = batch.get(policy_id_key).reshape(kl.shape).flatten()
+        total = kl.new_zeros(num_policies).index_add_(0, ids, (kl * keep).flatten())
+        rows = kl.new_zeros(num_policies).index_add_(0, ids, keep.flatten())
+        return (total / rows.clamp_min(1)).max()  # a policy without rows in the minibatch counts 0
 
 
 class ClippedGradientStepper(OptimizationStepper):
@@ -78,6 +95,8 @@ class ClippedGradientStepper(OptimizationStepper):
             schedule is the analytic :func:`gaussian_kl` of the minibatch before the step
             (rl_games / rsl_rl), reported as ``"kl"``. It costs one extra no-grad actor pass per
             minibatch, so a fixed or linear schedule skips it.
+        kl_reduction: ``"mean"`` over the minibatch's on-policy rows, or ``"max_policy"``: the
+            largest per-policy mean (:func:`gaussian_kl`; needs ``kl_actor.num_policies``).
     """
 
     def __init__(
@@ -87,11 +106,15 @@ class ClippedGradientStepper(OptimizationStepper):
         lr_schedule: LearningRateSchedule | None = None,
         kl_key: str = "kl_approx",
         kl_actor=None,
+        kl_reduction: str = "mean",
     ):
+        if kl_reduction not in ("mean", "max_policy"):
+            raise ValueError(f"kl_reduction={kl_reduction!r}: choose 'mean' or 'max_policy'.")
         self.max_grad_norm = max_grad_norm
         self.lr_schedule = lr_schedule
         self.kl_key = kl_key
         self.kl_actor = kl_actor
+        self.kl_reduction = kl_reduction
         self._params: list[nn.Parameter] | None = None
 
     @property
@@ -109,7 +132,10 @@ class ClippedGradientStepper(OptimizationStepper):
             self._params = [p for g in optimizer.param_groups for p in g["params"]]
         losses = trainer.compute_loss(sub_batch)
         if self._analytic_kl:
-            losses.set("kl", gaussian_kl(self.kl_actor, sub_batch))
+            losses.set("kl", gaussian_kl(
+                self.kl_actor, sub_batch, reduction=self.kl_reduction,
+                num_policies=getattr(self.kl_actor, "num_policies", None),
+            ))
         loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -169,6 +195,9 @@ class OnPolicyTrainer(Trainer):
         kl_actor: the Gaussian actor; the adaptive schedule then reads the analytic KL of each
             minibatch (:func:`gaussian_kl`), as rl_games and rsl_rl do. Recommended: the sample
             estimate ``kl_approx`` is too noisy per minibatch to drive the rule.
+        kl_reduction: how that KL is reduced over a population's policies: ``"mean"`` (rl_games)
+            or ``"max_policy"`` (the policy that moved most sets the learning rate; see
+            :func:`gaussian_kl`).
         obs_normalizers: :class:`~torchrl_sapg.modules.ObservationNormalizer` s to update, each
             reading ``observation_key``, or ``(normalizer, key)`` pairs (an asymmetric critic's).
         observation_key: the key the normalisers read by default.
@@ -216,6 +245,7 @@ class OnPolicyTrainer(Trainer):
         lr_schedule: LearningRateSchedule | None = None,
         kl_key: str = "kl_approx",
         kl_actor=None,
+        kl_reduction: str = "mean",
         reward_scale: float = 1.0,
         reward_key: NestedKey = ("next", "reward"),
         obs_normalizers: Iterable[nn.Module | tuple[nn.Module, NestedKey]] = (),
@@ -247,7 +277,8 @@ class OnPolicyTrainer(Trainer):
         if sync is not None and not sync.is_main:
             logger, progress_bar = None, False  # rank 0 logs for everyone
         stepper = ClippedGradientStepper(
-            max_grad_norm=max_grad_norm, lr_schedule=self.lr_schedule, kl_key=kl_key, kl_actor=kl_actor
+            max_grad_norm=max_grad_norm, lr_schedule=self.lr_schedule, kl_key=kl_key, kl_actor=kl_actor,
+            kl_reduction=kl_reduction,
         )
         super().__init__(
             collector=collector,
