@@ -2,9 +2,11 @@
 
 One batch is collected once (embedded Pendulum, N envs, horizon T, M policies for SAPG); then
 each learner runs its full update on it, timed over repeats: value estimation (TorchRL GAE) →
-(SAPG only) ``SAPGLoss.aggregate`` (with the paper's one-step targets, and with the recipe's V-trace ones) → ``epochs`` × ``minibatches`` optimiser steps through the
+(SAPG only) ``SAPGLoss.aggregate`` (with the paper's one-step targets, and with the recipe's V-trace ones and per-policy max KL) → ``epochs`` × ``minibatches`` optimiser steps through the
 library's ``OnPolicyTrainer.optim_steps`` (same network, optimiser, grad clip and analytic-KL
-adaptive learning rate for both). PPO is TorchRL's ``ClipPPOLoss``.
+adaptive learning rate for both). PPO is TorchRL's ``ClipPPOLoss``. The repeats go round-robin
+over the three learners, so a drift in the machine's load affects them alike; the figure is the
+median per learner.
 
     python benchmarks/learner_update.py                  # N=4098 (multiple of 6 nearest 4096), T=16, M=6
     python benchmarks/learner_update.py --num-envs 16386 --device cuda
@@ -50,6 +52,7 @@ def build(algo: str, ac_state, args, collector):
     else:
         # "sapg": SAPGLoss's defaults (paper Eq. 6 one-step targets); "sapg-vtrace": the recipe's
         # V-trace off-policy targets (one more reverse scan over the relabelled rows per batch)
+        # and its per-policy max KL for the adaptive learning rate (one scatter-add per minibatch)
         loss = SAPGLoss(ac.actor, ac.critic, num_policies=args.num_policies, critic_coeff=2.0,
                         off_policy_target="vtrace" if algo == "sapg-vtrace" else "td0",
                         generator=torch.Generator(device=args.device).manual_seed(0))
@@ -58,6 +61,7 @@ def build(algo: str, ac_state, args, collector):
     trainer = OnPolicyTrainer(
         collector=collector, loss_module=loss, optimizer=opt, total_frames=1, num_epochs=args.epochs,
         num_minibatches=args.minibatches, value_estimator=gae, kl_actor=ac.actor,
+        kl_reduction="max_policy" if algo == "sapg-vtrace" else "mean",  # the recipe's choice for SAPG
         lr_schedule=LearningRateSchedule(opt, mode="adaptive"), progress_bar=False, seed=0,
     )
     return trainer, loss
@@ -91,20 +95,25 @@ def main() -> None:
                                     num_policies=args.num_policies, frames_per_batch=args.num_envs * args.horizon)
     batch = next(iter(collector)).detach()
     state = (copy.deepcopy(ac.actor.state_dict()), copy.deepcopy(ac.critic.state_dict()))
-    rows = []
-    for algo in ("ppo", "sapg", "sapg-vtrace"):
-        trainer, loss = build(algo, state, args, collector)
+    algos = ("ppo", "sapg", "sapg-vtrace")
+    learners = {algo: build(algo, state, args, collector) for algo in algos}
+    for algo, (trainer, loss) in learners.items():
         update(trainer, loss, algo, batch)  # warm-up
-        times = []
-        for _ in range(args.repeats):
+    times: dict[str, list[float]] = {algo: [] for algo in algos}
+    rows_trained = {}
+    # round-robin over the learners, so a drift in the machine's load hits all of them alike
+    for _ in range(args.repeats):
+        for algo, (trainer, loss) in learners.items():
             _sync(device)
             t0 = time.perf_counter()
-            out, n = update(trainer, loss, algo, batch)
+            out, rows_trained[algo] = update(trainer, loss, algo, batch)
             float(out["loss_objective"])  # the update is done when its result is on the host
             _sync(device)
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        rows.append({"algo": algo, "seconds_median": med, "seconds_all": times, "rows_trained": n,
+            times[algo].append(time.perf_counter() - t0)
+    rows = []
+    for algo in algos:
+        med, n = statistics.median(times[algo]), rows_trained[algo]
+        rows.append({"algo": algo, "seconds_median": med, "seconds_all": times[algo], "rows_trained": n,
                      "samples_per_s": n * args.epochs / med})
     ratio = rows[1]["seconds_median"] / rows[0]["seconds_median"]
     ratio_vtrace = rows[2]["seconds_median"] / rows[0]["seconds_median"]

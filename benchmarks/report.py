@@ -37,7 +37,7 @@ def learner_update(lines: list[str]) -> None:
         d = json.loads(path.read_text())
         c = d["config"]
         lines += [f"### Learner update time, SAPG vs PPO — {d['device']} ({d['device_name']})", "",
-                  f"`python benchmarks/learner_update.py` (`{path.name}`): one batch of N={c['num_envs']} envs × "
+                  f"`python benchmarks/learner_update.py{' --repeats ' + str(c['repeats']) if c.get('repeats', 5) != 5 else ''}` (`{path.name}`): one batch of N={c['num_envs']} envs × "
                   f"T={c['horizon']}, M={c['num_policies']}, network {c['hidden']}, {c['epochs']} epochs × "
                   f"{c['minibatches']} minibatches, median of {c['repeats']}.", "",
                   "| algo | rows trained | update (s) | samples/s |", "|---|---:|---:|---:|"]

@@ -55,6 +55,13 @@ def gaussian_kl(
         ...     _ = actor.log_std.add_(0.5)
         >>> round(float(gaussian_kl(actor, td)), 4)  # log(e^0.5) + 1/(2 e) - 1/2
         0.1839
+        >>> pop = make_actor_critic(3, 1, num_policies=2, latent_dim=2).actor
+        >>> ids = torch.tensor([0, 0, 0, 1])
+        >>> td = pop(TensorDict({"observation": torch.randn(4, 3), "policy_id": ids}, [4]))
+        >>> with torch.no_grad():
+        ...     _ = pop.log_std[1].add_(0.5)  # only policy 1 (one row of four) moved
+        >>> round(float(gaussian_kl(pop, td)), 4), round(float(gaussian_kl(pop, td, reduction="max_policy", num_policies=2)), 4)
+        (0.046, 0.1839)
     """
     with torch.no_grad():
         old_loc, old_scale = batch.get(loc_key), batch.get(scale_key)
