@@ -142,11 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
     ceiling = cosine(grads.policy_gradient(own_episodes[: e // 2].reshape(-1)), grads.policy_gradient(own_episodes[e // 2 :].reshape(-1)))
 
     # training-like batches
-    collector_env = env
     actor = loss.actor_network
     with loss.actor_network_params.to_module(actor):
         collector = PopulationCollector(
-            collector_env, actor, num_policies=m, frames_per_batch=cfg.env.num_envs * cfg.train.horizon
+            env, actor, num_policies=m, frames_per_batch=cfg.env.num_envs * cfg.train.horizon
         )
         iterator = iter(collector)
         batches = [next(iterator) for _ in range(args.burn_in + args.batches)][args.burn_in :]
