@@ -74,6 +74,9 @@ def run_one(label: str, algo: str, env: str, seed: int, frames: int | None, eval
     curve = read_curve(run_dir, algo, env)
     return {"algo": label, "seed": seed, "frames": summary["frames"], "wall_seconds": wall,
             "eval_return": summary["eval_return"][summary.get("headline_policy", 0)] if "eval_return" in summary else None,
+            **{f"eval_{k}": summary[f"eval_{k}"][summary.get("headline_policy", 0)]
+               for k in ("success", "true_objective") if f"eval_{k}" in summary},
+            "eval_per_policy": {k: summary[k] for k in ("eval_return", "eval_success", "eval_true_objective") if k in summary},
             "curve": curve, "command": " ".join(cmd[1:])}
 
 

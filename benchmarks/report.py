@@ -10,6 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+METRIC_NAMES = {"eval_true_objective": "successes per episode", "eval_success": "success rate",
+                "eval_return": "eval return"}
 
 
 def _load(name: str) -> dict | None:
@@ -148,14 +150,20 @@ def scaling(lines: list[str]) -> None:
         d = json.loads(path.read_text())
         solved = d.get("solved_at")
 
+        metric = d.get("metric", "eval_return")
+
         def cell(t):
             tail = f" ({t['solved']}/{len(t['seeds'])})" if solved is not None else ""
+            if t.get("iqm") is not None:
+                return _iqm(t, 2 if metric != "eval_return" else 1) + tail
             return f"{t['eval_mean']:.1f} ± {t['eval_std']:.1f}{tail}"
 
         command = re.sub(r" --(out|runs-dir) \S+", "", d["commands"][-1])  # machine-local paths
+        what = (f"{METRIC_NAMES.get(metric, metric)}, IQM [95% CI]" if any(t.get("iqm") is not None for t in d["table"])
+                else "eval return, mean ± std")
         lines += [f"### Scaling with num_envs — {d['env']}", "", f"`{command}` (`{path.name}`). Headline "
-                  "policy's deterministic eval return, mean ± std over seeds"
-                  + (f" (seeds with eval ≥ {solved})" if solved is not None else "") + "; details in "
+                  f"policy's deterministic evaluation: {what} over seeds"
+                  + (f" (seeds with eval return ≥ {solved})" if solved is not None else "") + "; details in "
                   "[scaling.md](scaling.md).", ""]
         for protocol in ("updates", "frames"):
             if protocol in d["protocols"]:
@@ -210,100 +218,166 @@ def gradient_alignment(lines: list[str]) -> None:
         lines.append("")
 
 
-def readme_table() -> str:
-    """The README's compact results table (between the results markers), from the same JSON."""
-    rows = ["| task | frames | algo | headline eval return (mean ± std, seeds) |", "|---|---:|---|---:|"]
-    seen = set()
-    # runs measured before the recipe switched to V-trace used TD(0) targets and lambda = 0.25
-    labels = {"sapg": "sapg (leader), TD(0), lambda=0.25", "epo": "epo (master), TD(0), lambda=0.25",
-              "pbt": "pbt (best member)", "sapg-paper": "sapg, TD(0), lambda=1 (paper)",
-              "sapg-ref": "sapg, TD(0), lambda=1, reference clip",
-              "sapg-vtrace": "sapg (leader), V-trace, lambda=1", "sapg-vtrace-l0.25": "sapg, V-trace, lambda=0.25"}
-    # files measured after the switch: their own labels
-    file_labels = {
-        "compare_pendulum_eval256.json": {
-            "sapg": "**sapg (leader), recipe default**",
-            "sapg-none": "sapg population without aggregation (aggregation=none)",
-        },
-        "compare_pendulum_eval256_joint_init.json": {
-            "sapg": "sapg (leader), V-trace, lambda=1",
-            "sapg-shared-r5": "sapg (leader), shared backbone (latent_dim=0), all follower data, V-trace lambda=0.95",
-        },
-        "compare_pendulum_epo_gae.json": {
-            "epo": "**epo (master), recipe default**",
-            "sapg-gae-r5": "sapg (leader), off_policy_target=gae, lambda=0.95, all follower rows",
-        },
-        "compare_pendulum_kl_mean.json": {
-            "sapg": "sapg (leader), adaptive-LR KL averaged over policies (kl_reduction=mean)",
-            "sapg-none": "sapg, aggregation=none, kl_reduction=mean",
-        },
-    }
-    # latent-conditioned rows of these files were measured with the joint first-layer init
-    # (model.input_init=joint, the default before session 5; docs/sapg.md)
-    joint_init_files = {"compare_halfcheetah.json", "compare_pendulum.json", "compare_pendulum_epo.json",
-                        "compare_pendulum_vtrace.json", "compare_pendulum_eval256_joint_init.json"}
-    for path in sorted(RESULTS.glob("compare_*.json")):
+HARD_TASKS = ("point_maze_u", "point_maze_medium", "point_maze_large", "reach_grasp_carry", "sparse_mountain_car")
+ALGOS = ("ppo", "sapg", "epo", "pbt")
+
+
+def _hard_scaling() -> list[dict]:
+    """The scaling JSONs of the hard-exploration tasks, in HARD_TASKS order."""
+    found = {}
+    for path in RESULTS.glob("scaling_*.json"):
         d = json.loads(path.read_text())
-        frames = d["runs"][0]["frames"]
-        episodes = d["args"].get("eval_episodes", 16)
-        names = {**labels, **file_labels.get(path.name, {})}
-        for t in d["table"]:
-            key = (d["env"], frames, names.get(t["algo"], t["algo"]), t["seeds"], episodes)
-            if key in seen:  # the same deterministic runs (PPO's) appear in several comparison files
+        if d["env"] in HARD_TASKS and "updates" in d["protocols"]:
+            found[d["env"]] = d
+    return [found[t] for t in HARD_TASKS if t in found]
+
+
+def _cell(d: dict, algo: str, n: int) -> dict | None:
+    return next((t for t in d["table"] if t["protocol"] == "updates" and t["algo"] == algo and t["num_envs"] == n), None)
+
+
+def _iqm(t: dict | None, digits: int = 2) -> str:
+    if t is None or t.get("iqm") is None:
+        return "—"
+    lo, hi = t["iqm_ci"]
+    return f"{t['iqm']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def hard_scaling_table(min_n: int = 4096) -> list[str]:
+    """Task × N (N >= ``min_n``) rows: each method's IQM [95% CI] of the task's metric, fixed-updates protocol."""
+    rows = ["| task (metric) | N | updates | seeds | PPO | SAPG | EPO | PBT |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for d in _hard_scaling():
+        metric = METRIC_NAMES.get(d.get("metric"), d.get("metric"))
+        for n in sorted({t["num_envs"] for t in d["table"] if t["num_envs"] >= min_n}):
+            cells = [_cell(d, a, n) for a in ALGOS]
+            seeds = max((len(c["seeds"]) for c in cells if c), default=0)
+            rows.append(f"| {d['env']} ({metric}) | {n:,} | {d['protocols']['updates']['updates']} | {seeds} | "
+                        + " | ".join(_iqm(c) for c in cells) + " |")
+    return rows
+
+
+def saturation_table() -> list[str]:
+    """Per hard task: PPO's saturation N and, at the largest N, each method's IQM [CI] and P(method > PPO) [CI]."""
+    rows = ["| task (metric) | PPO saturation N | largest N | PPO | SAPG | EPO | PBT |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for d in _hard_scaling():
+        n = max(t["num_envs"] for t in d["table"])
+        sat = (d.get("ppo_saturation_n") or {}).get("updates")
+        parts = []
+        for a in ALGOS:
+            c = _cell(d, a, n)
+            text = _iqm(c)
+            if c is not None and c.get("p_improve") is not None:
+                lo, hi = c["p_improve_ci"]
+                text += f"; P(>PPO) {c['p_improve']:.2f} [{lo:.2f}, {hi:.2f}]"
+            parts.append(text)
+        rows.append(f"| {d['env']} ({METRIC_NAMES.get(d.get('metric'), d.get('metric'))}) | "
+                    f"{sat if sat is not None else 'none in range'} | {n:,} | " + " | ".join(parts) + " |")
+    return rows
+
+
+def hard_scaling_plot() -> Path | None:
+    """``benchmarks/results/scaling_hard_tasks.png``: one panel per hard task, IQM vs N with CIs and seed dots."""
+    studies = _hard_scaling()
+    if not studies:
+        return None
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(studies), figsize=(4.6 * len(studies), 3.8), squeeze=False)
+    for ax, d in zip(axes[0], studies):
+        metric = d.get("metric", "eval_return")
+        for i, a in enumerate(ALGOS):
+            cells = sorted((t for t in d["table"] if t["protocol"] == "updates" and t["algo"] == a
+                            and t.get("iqm") is not None), key=lambda t: t["num_envs"])
+            if not cells:
                 continue
-            seen.add(key)
-            suffix = f", {episodes} eval episodes" if episodes != 16 else ""
-            if path.name in joint_init_files and t["algo"] not in ("ppo", "pbt"):
-                suffix += ", joint input init"
-            rows.append(f"| {d['env']} | {frames:,} | {names.get(t['algo'], t['algo'])}{suffix} | "
-                        f"{t['eval_mean']:.1f} ± {t['eval_std']:.1f} ({t['seeds']}) |")
+            dodge = 1.0 + 0.06 * (i - 1.5)
+            ax.errorbar([t["num_envs"] * dodge for t in cells], [t["iqm"] for t in cells],
+                        yerr=[[t["iqm"] - t["iqm_ci"][0] for t in cells], [t["iqm_ci"][1] - t["iqm"] for t in cells]],
+                        color=f"C{i}", marker="o", capsize=3, label=a)
+            for r in d["runs"]:
+                if r["algo"] == a and "updates" in r["protocols"] and r.get(metric) is not None:
+                    ax.scatter(r["num_envs"] * dodge, r[metric], color=f"C{i}", s=10, alpha=0.4)
+        ns = sorted({t["num_envs"] for t in d["table"]})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [f"{n:,}" for n in ns])
+        ax.minorticks_off()
+        ax.set_xlabel("num_envs N")
+        ax.set_ylabel(METRIC_NAMES.get(metric, metric) + ", IQM and 95% CI")
+        ax.set_title(f"{d['env']}, {d['protocols']['updates']['updates']} updates", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    out = RESULTS / "scaling_hard_tasks.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def headlines() -> list[str]:
+    """One-line figures of the other benchmarks (docs/results.md, not the README)."""
+    rows = []
     upd = _load("learner_update_cpu.json")
     if upd:
         vt = upd.get("sapg_vtrace_over_ppo")
         vt_text = f", {vt:.2f}× with V-trace targets" if vt is not None else ""
-        rows += ["", f"Learner update time, SAPG / PPO on one batch: **{upd['sapg_over_ppo']:.2f}×** (CPU, TD(0){vt_text})."]
+        rows += [f"- Learner update time, SAPG / PPO on one batch: **{upd['sapg_over_ppo']:.2f}×** (CPU, TD(0){vt_text})."]
     pbt = _load("pbt_memory_cpu.json")
     if pbt:
-        rows += [f"In-process PBT ({pbt['config']['members']} members) vs {pbt['config']['members']} processes: "
+        rows += [f"- In-process PBT ({pbt['config']['members']} members) vs {pbt['config']['members']} processes: "
                  f"{pbt['memory_ratio_separate_over_inprocess']:.1f}× less memory, "
                  f"{pbt['time_ratio_separate_over_inprocess']:.1f}× less time (CPU)."]
     mem = _load("epo_memory_cpu.json")
     if mem:
-        rows += [f"EPO peak memory, K = {mem['results'][0]['K']} → {mem['results'][-1]['K']}: "
+        rows += [f"- EPO peak memory, K = {mem['results'][0]['K']} → {mem['results'][-1]['K']}: "
                  f"**{100 * mem['memory_growth_first_to_last']:+.1f}%** (CPU)."]
     tp = _load("throughput_cpu.json")
     if tp:
         o = {(c["num_envs"], c["num_policies"]): c["overheads"] for c in tp["cells"]}
-        rows += ["Update-time overhead vs PPO on one batch (CPU, " + ", ".join(
+        rows += ["- Update-time overhead vs PPO on one batch (CPU, " + ", ".join(
             f"N={n} M={m}: SAPG {v['sapg_over_ppo_update_time']:.2f}×, EPO {v['epo_over_ppo_update_time']:.2f}×"
             for (n, m), v in o.items()) + "); our PPO vs TorchRL's plain loop: " + ", ".join(
-            f"{v['ppo_over_torchrl_update_time']:.2f}×" for v in o.values()) + " ([docs/throughput.md](docs/throughput.md))."]
-    for path in sorted(RESULTS.glob("scaling_*.json")):
-        d = json.loads(path.read_text())
-        if "updates" not in d["protocols"]:
-            continue
-        rows_u = [t for t in d["table"] if t["protocol"] == "updates"]
-        ns = sorted({t["num_envs"] for t in rows_u})
-        solved = d.get("solved_at") is not None
-
-        def value(t):
-            return f"{t['solved']}/{len(t['seeds'])}" if solved else f"{t['eval_mean']:.0f}"
-
-        per_algo = "; ".join(
-            f"{a} " + " / ".join(next((value(t) for t in rows_u if t["algo"] == a and t["num_envs"] == n), "—") for n in ns)
-            for a in dict.fromkeys(t["algo"] for t in rows_u))
-        what = "seeds solved" if solved else "mean eval return"
-        rows += [f"Scaling, {d['env']}, fixed {d['protocols']['updates']['updates']} updates, {what} at "
-                 f"N = {' / '.join(map(str, ns))}: {per_algo}; sapg/epo with TD(0), lambda=0.25 and the joint input "
-                 "init, not re-run ([docs/scaling.md](docs/scaling.md))."]
+            f"{v['ppo_over_torchrl_update_time']:.2f}×" for v in o.values()) + " ([throughput.md](throughput.md))."]
     dist = _load("distributed_fps_cpu.json")
     if dist:
         ranks = dist["rows"][-1]
-        rows += [f"torchrun, {ranks['ranks']} gloo ranks vs 1 process ({dist['algo']}, {dist['env']}): "
+        rows += [f"- torchrun, {ranks['ranks']} gloo ranks vs 1 process ({dist['algo']}, {dist['env']}): "
                  f"{ranks['speedup_vs_1_process']:.2f}× frames/s, ranks bit-identical: "
                  f"{'yes' if ranks['ranks_identical'] else 'NO'} (CPU)."]
-    rows += ["", "Generated by `python benchmarks/report.py`; commands and details in [docs/results.md](docs/results.md)."]
+    return rows
+
+
+def readme_table() -> str:
+    """The README's results (between the results markers): the hard-task scaling table and its plot."""
+    rows = hard_scaling_table()
+    studies = _hard_scaling()
+    if studies:
+        n_seeds = sorted({len(t["seeds"]) for d in studies for t in d["table"]})
+        rows = ["Hard-exploration tasks (docs/embedded-tasks.md), recipe defaults, fixed number of updates per run: "
+                "the headline policy's final deterministic evaluation (PPO: its policy; SAPG: the leader; EPO: the "
+                "master; PBT: the best of 8 members), interquartile mean [95% stratified-bootstrap CI] over "
+                f"{'/'.join(map(str, n_seeds))} seeds, CPU.", "", *rows]
+    if (RESULTS / "scaling_hard_tasks.png").is_file():
+        rows += ["", "![final score vs num_envs on the hard tasks](benchmarks/results/scaling_hard_tasks.png)"]
+    rows += ["", "Generated by `python benchmarks/report.py`; the saturation analysis, P(improvement), per-seed "
+             "results and the reading are in [docs/scaling.md](docs/scaling.md), every other figure and its command "
+             "in [docs/results.md](docs/results.md)."]
     return "\n".join(rows)
+
+
+def update_scaling_doc() -> None:
+    """Splice the saturation table into docs/scaling.md between its markers."""
+    doc = ROOT / "docs" / "scaling.md"
+    text = doc.read_text()
+    start, end = "<!-- saturation:start -->", "<!-- saturation:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        doc.write_text(f"{head}{start}\n" + "\n".join(saturation_table()) + f"\n{end}{tail}")
 
 
 def update_readme() -> None:
@@ -320,6 +394,13 @@ def main() -> None:
     lines = ["# Measured results", "",
              "Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`; do not edit by hand.",
              "Each section names the command that produced its JSON.", ""]
+    hard_scaling_plot()
+    if _hard_scaling():
+        lines += ["## Hard-exploration tasks: final score vs num_envs", "", *hard_scaling_table(min_n=0), "",
+                  *saturation_table(), ""]
+    other = headlines()
+    if other:
+        lines += ["## Headlines of the other benchmarks", "", *other, ""]
     env_throughput(lines)
     learner_update(lines)
     epo_memory(lines)
@@ -331,6 +412,7 @@ def main() -> None:
     comparisons(lines)
     (ROOT / "docs" / "results.md").write_text("\n".join(lines))
     update_readme()
+    update_scaling_doc()
     print("\n".join(lines))
 
 

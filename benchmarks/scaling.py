@@ -40,11 +40,13 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rl_stats  # noqa: E402
 from compare_algos import ROOT, parse_variant, run_one  # noqa: E402
 
 CONF_DIR = ROOT / "recipes" / "conf"
@@ -72,6 +74,31 @@ def thin(curve: list, limit: int = MAX_CURVE_POINTS) -> list:
     stride = math.ceil(len(curve) / limit)
     out = curve[::stride]
     return out if out[-1] == curve[-1] else [*out, curve[-1]]
+
+
+METRICS = ("eval_true_objective", "eval_success", "eval_return")
+METRIC_NAMES = {"eval_true_objective": "successes per episode", "eval_success": "success rate",
+                "eval_return": "eval return"}
+
+
+def default_metric(runs: list[dict]) -> str:
+    """The task's figure of merit: its success count if it reports one, else its success rate, else the return."""
+    return next((m for m in METRICS if runs and all(r.get(m) is not None for r in runs)), "eval_return")
+
+
+def headline_id(run: dict) -> str:
+    """The headline policy's id: PBT's best member (by eval return), else policy 0 (PPO, the SAPG leader, EPO's master)."""
+    per = (run.get("eval_per_policy") or {}).get("eval_return")
+    return str(max(range(len(per)), key=per.__getitem__)) if run.get("algo_name") == "pbt" and per else "0"
+
+
+def saturation(cells: dict[int, dict]) -> int | None:
+    """PPO's saturation N: the smallest N whose IQM no larger N exceeds by more than N's own 95% CI."""
+    ns = sorted(cells)
+    for i, n in enumerate(ns):
+        if all(cells[m]["iqm"] <= cells[n]["iqm_ci"][1] for m in ns[i + 1:]):
+            return n
+    return None
 
 
 def plan(args, variants) -> list[dict]:
@@ -111,9 +138,16 @@ def members(run: dict, protocols: dict) -> list[str]:
     return out
 
 
-def summarise(runs: list[dict], labels: list[str], solved_at: float | None = None) -> list[dict]:
-    """Mean ± std over seeds of each (protocol, algo, N); ``solved``: seeds whose eval return >= ``solved_at``."""
+def summarise(runs: list[dict], labels: list[str], solved_at: float | None = None, metric: str = "eval_return",
+              baseline: str = "ppo") -> list[dict]:
+    """Per (protocol, algo, N): mean ± std of the eval return over seeds; IQM, its 95% stratified-bootstrap CI and
+    P(algo > ``baseline``) of ``metric`` (rl_stats); ``solved``: seeds whose eval return >= ``solved_at``."""
     table = []
+    scores = {(p, r["algo"], r["num_envs"]): [] for r in runs for p in r["protocols"]}
+    for r in runs:
+        for p in r["protocols"]:
+            if r.get(metric) is not None:
+                scores[(p, r["algo"], r["num_envs"])].append(r[metric])
     labels = [*labels, *sorted({r["algo"] for r in runs} - set(labels))]
     for protocol in PROTOCOLS:
         for label in labels:
@@ -133,13 +167,26 @@ def summarise(runs: list[dict], labels: list[str], solved_at: float | None = Non
                        "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in rs)}
                 if solved_at is not None:
                     row["solved"] = sum(v >= solved_at for v in ev)
+                x, base = scores.get((protocol, label, n)), scores.get((protocol, baseline, n))
+                if x:
+                    stats = rl_stats.summary(x, base if base and label != baseline else None)
+                    row.update({"metric": metric, **{k: stats[k] for k in stats if k != "values"}})
                 table.append(row)
     return table
+
+
+def fmt_iqm(t: dict, digits: int = 2) -> str:
+    """``IQM [low, high]`` of a table row, or a dash."""
+    if t.get("iqm") is None:
+        return "–"
+    lo, hi = t["iqm_ci"]
+    return f"{t['iqm']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def markdown(d: dict) -> str:
     """The tables of a scaling JSON as Markdown, one per protocol."""
     fmt = lambda m, s: "–" if m is None else f"{m:.1f} ± {s:.1f}"  # noqa: E731
+    metric = d.get("metric", "eval_return")
     out = []
     for protocol in PROTOCOLS:
         rows = [r for r in d["table"] if r["protocol"] == protocol]
@@ -149,11 +196,12 @@ def markdown(d: dict) -> str:
         what = f"{p['frames']:,} frames each" if protocol == "frames" else f"{p['updates']} updates each"
         solved = d.get("solved_at")
         out += [f"**{protocol}** protocol ({what}, T = {p['horizon']}):", "",
-                "| algo | N | iterations | frames | eval return | last train return | seeds |"
-                + (f" eval ≥ {solved:g} |" if solved is not None else ""),
-                "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if solved is not None else "")]
+                f"| algo | N | iterations | frames | {METRIC_NAMES.get(metric, metric)}, IQM [95% CI] | P(> PPO) "
+                "| eval return | last train return | seeds |" + (f" eval ≥ {solved:g} |" if solved is not None else ""),
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if solved is not None else "")]
         for r in rows:
-            out.append(f"| {r['algo']} | {r['num_envs']} | {r['iterations']} | {r['frames']:,} | "
+            pi = f"{r['p_improve']:.2f}" if r.get("p_improve") is not None else "–"
+            out.append(f"| {r['algo']} | {r['num_envs']} | {r['iterations']} | {r['frames']:,} | {fmt_iqm(r)} | {pi} | "
                        f"{fmt(r['eval_mean'], r['eval_std'])} | {fmt(r['train_mean'], r['train_std'])}"
                        + (f" ({r['train_seeds']}/{len(r['seeds'])} seeds ended an episode)" if 0 < r["train_seeds"] < len(r["seeds"]) else "")
                        + " | "
@@ -162,16 +210,43 @@ def markdown(d: dict) -> str:
     return "\n".join(out)
 
 
+def training_curve(run: dict, metric: str) -> list:
+    """The headline policy's logged training curve of ``metric``'s quantity (success, successes, else return)."""
+    key = {"eval_success": "success_curves", "eval_true_objective": "true_objective_curves"}.get(metric)
+    if key and run.get(key):
+        return run[key].get(headline_id(run), [])
+    return run.get("curve") or []
+
+
+def band(curves: list[list], grid) -> tuple:
+    """Mean and 95% bootstrap band over runs of step curves resampled onto ``grid`` (last value carried forward)."""
+    import numpy as np
+
+    ys = []
+    for c in curves:
+        x, y = np.array([p[0] for p in c], dtype=float), np.array([p[1] for p in c], dtype=float)
+        idx = np.searchsorted(x, grid, side="right") - 1
+        ys.append(np.where(idx >= 0, y[idx.clip(0)], np.nan))
+    ys = np.array(ys)
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():  # grid points before any run's first episode are all-NaN: left blank
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = np.nanmean(ys[rng.integers(0, len(ys), (1000, len(ys)))], axis=1)
+        return np.nanmean(ys, axis=0), np.nanquantile(boot, 0.025, axis=0), np.nanquantile(boot, 0.975, axis=0)
+
+
 def plot(path: str | Path) -> list[Path]:
-    """``<json>.png``: eval return vs N (mean ± std over seeds, seeds as dots), one panel per protocol;
-    ``<json>_curves.png``: training return of the headline policy, one panel per (protocol, N)."""
+    """``<json>.png``: the metric's IQM vs N with 95% CIs and every seed as a dot, one panel per protocol;
+    ``<json>_curves.png``: the headline policy's training curve, mean and 95% band over seeds, per (protocol, N)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     path = Path(path)
     d = json.loads(path.read_text())
+    metric = d.get("metric", "eval_return")
     protocols = [p for p in PROTOCOLS if any(r["protocol"] == p for r in d["table"])]
     labels = list(dict.fromkeys(r["algo"] for r in d["table"]))
     colour = {label: f"C{i}" for i, label in enumerate(labels)}
@@ -179,22 +254,23 @@ def plot(path: str | Path) -> list[Path]:
     for ax, protocol in zip(axes[0], protocols):
         p = d["protocols"][protocol]
         for i, label in enumerate(labels):
-            rows = [r for r in d["table"] if r["protocol"] == protocol and r["algo"] == label and r["eval_mean"] is not None]
+            rows = [r for r in d["table"] if r["protocol"] == protocol and r["algo"] == label and r.get("iqm") is not None]
             if not rows:
                 continue
             dodge = 1.0 + 0.05 * (i - (len(labels) - 1) / 2)  # side by side, so the error bars stay apart
             ns = [r["num_envs"] * dodge for r in rows]
-            ax.errorbar(ns, [r["eval_mean"] for r in rows], yerr=[r["eval_std"] for r in rows], color=colour[label],
-                        marker="o", capsize=3, label=label)
+            iqms = [r["iqm"] for r in rows]
+            err = [[r["iqm"] - r["iqm_ci"][0] for r in rows], [r["iqm_ci"][1] - r["iqm"] for r in rows]]
+            ax.errorbar(ns, iqms, yerr=err, color=colour[label], marker="o", capsize=3, label=label)
             for r in d["runs"]:
-                if protocol in r["protocols"] and r["algo"] == label and r["eval_return"] is not None:
-                    ax.scatter(r["num_envs"] * dodge, r["eval_return"], color=colour[label], s=10, alpha=0.4)
+                if protocol in r["protocols"] and r["algo"] == label and r.get(metric) is not None:
+                    ax.scatter(r["num_envs"] * dodge, r[metric], color=colour[label], s=12, alpha=0.45)
         ax.set_xscale("log", base=2)
         all_ns = sorted({r["num_envs"] for r in d["table"]})
         ax.set_xticks(all_ns, [str(n) for n in all_ns])
         ax.minorticks_off()
         ax.set_xlabel("num_envs N")
-        ax.set_ylabel("final eval return (headline policy)")
+        ax.set_ylabel(f"final {METRIC_NAMES.get(metric, metric)} (headline policy), IQM, 95% CI")
         what = f"{p['frames']:,} frames" if protocol == "frames" else f"{p['updates']} updates (frames = U·N·T)"
         ax.set_title(f"{d['env']}: fixed {what}")
         ax.grid(alpha=0.3)
@@ -210,25 +286,28 @@ def plot(path: str | Path) -> list[Path]:
     for i, protocol in enumerate(protocols):
         for j, n in enumerate(ns):
             ax = axes[i][j]
-            seen = set()
-            for r in d["runs"]:
-                if protocol not in r["protocols"] or r["num_envs"] != n or not r["curve"]:
+            any_curve = False
+            for label in labels:
+                runs = [r for r in d["runs"] if protocol in r["protocols"] and r["num_envs"] == n and r["algo"] == label]
+                curves = [c for c in (training_curve(r, metric) for r in runs) if c]
+                if not curves:
                     continue
-                frames, returns = zip(*r["curve"])
-                x = [f / (n * r["horizon"]) for f in frames] if protocol == "updates" else [f / 1e6 for f in frames]
-                ax.plot(x, returns, color=colour.get(r["algo"], "k"), alpha=0.7, lw=1,
-                        label=None if r["algo"] in seen else r["algo"])
-                seen.add(r["algo"])
+                any_curve = True
+                scale = n * runs[0]["horizon"] if protocol == "updates" else 1e6
+                grid = np.linspace(0, max(c[-1][0] for c in curves), 60)
+                mean, lo, hi = band(curves, grid)
+                ax.plot(grid / scale, mean, color=colour[label], lw=1.2, label=f"{label} ({len(curves)})")
+                ax.fill_between(grid / scale, lo, hi, color=colour[label], alpha=0.2)
             ax.set_title(f"{protocol}, N = {n}", fontsize=9)
             ax.set_xlabel("iteration" if protocol == "updates" else "env frames (millions)")
-            if not seen:
+            if not any_curve:
                 ax.text(0.5, 0.5, "no episode ended", transform=ax.transAxes, ha="center", fontsize=8)
             ax.grid(alpha=0.3)
             if j == 0:
-                ax.set_ylabel("training return")
-            if seen:
+                ax.set_ylabel("training " + ("return" if metric == "eval_return" else METRIC_NAMES[metric]))
+            if any_curve:
                 ax.legend(fontsize=7)
-    fig.suptitle(f"{d['env']}: learning curves of the headline policy (one line per seed)")
+    fig.suptitle(f"{d['env']}: headline policy during training, mean and 95% bootstrap band over seeds")
     fig.tight_layout()
     out2 = path.with_name(path.stem + "_curves.png")
     fig.savefig(out2, dpi=100)
@@ -237,12 +316,50 @@ def plot(path: str | Path) -> list[Path]:
     return [out1, out2]
 
 
+def policy_curves(run_dir: Path, algo: str, key: str) -> dict[str, list]:
+    """Every policy's logged per-episode ``key`` (e.g. success) over frames, ``{policy id: [[frames, value]]}``."""
+    out = {}
+    for path in sorted(run_dir.glob(f"{algo}-*/scalars/policy/*/{key}.csv")):
+        rows = [line.split(",") for line in path.read_text().split()]
+        out[path.parent.name] = thin([[int(float(f)), float(v)] for f, v in rows])
+    return out
+
+
 def git_state() -> dict:
     def git(*a):
         r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else None
 
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def analysis(runs: list[dict], labels: list[str], solved_at: float | None, metric: str | None) -> dict:
+    """The JSON's derived fields: ``metric``, ``table`` (summarise) and PPO's ``saturation_n`` per protocol."""
+    metric = metric or default_metric(runs)
+    table = summarise(runs, labels, solved_at, metric)
+    sat = {}
+    for protocol in PROTOCOLS:
+        cells = {t["num_envs"]: t for t in table if t["protocol"] == protocol and t["algo"] == "ppo" and t.get("iqm") is not None}
+        if len(cells) > 1:
+            sat[protocol] = saturation(cells)
+    return {"metric": metric, "table": table, "ppo_saturation_n": sat}
+
+
+def refresh(path: str | Path, metric: str | None = None) -> dict:
+    """Recompute an existing JSON's derived fields from its runs, rewrite it and redraw its figures."""
+    path = Path(path)
+    d = json.loads(path.read_text())
+    labels = list(dict.fromkeys(t["algo"] for t in d["table"]))
+    d.update(analysis(d["runs"], labels, d.get("solved_at"), metric or d.get("metric")))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(d, indent=1))
+    tmp.replace(path)
+    print(markdown(d))
+    try:
+        plot(path)
+    except ImportError:
+        print("matplotlib is not installed: no figures")
+    return d
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -264,11 +381,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--runs-dir", default=None, help="where the recipe runs write (default: runs/<out stem>/)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--plot", metavar="JSON", default=None, help="only redraw the figures of an existing JSON")
+    p.add_argument("--refresh", metavar="JSON", default=None,
+                   help="recompute the statistics of an existing JSON (table, saturation) and redraw its figures")
+    p.add_argument("--metric", choices=METRICS, default=None,
+                   help="figure of merit (default: successes per episode, else success rate, else eval return)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
     args = p.parse_args(argv)
     if args.plot:
         plot(args.plot)
         return None
+    if args.refresh:
+        return refresh(args.refresh, args.metric)
     if args.frames is None and args.updates is None:
         p.error("give --frames F, --updates U, or both")
     variants = [parse_variant(a) for a in args.algos]
@@ -309,7 +432,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
                "code": git_state(), "args": {k: v for k, v in vars(args).items() if k != "plot"},
                "commands": commands, "protocols": protocols, "solved_at": solved_at,
-               "table": summarise(rs, [v[0] for v in variants], solved_at),
+               **analysis(rs, [v[0] for v in variants], solved_at, args.metric),
                "total_wall_seconds": sum(r["wall_seconds"] for r in rs), "runs": rs}
         tmp = out_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(out, indent=1))
@@ -341,6 +464,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         if success and job["algo"] != "pbt":
             vals = [float(line.split(",")[1]) for line in success[0].read_text().split()[-args.last:]]
             rec["final_train_success"] = statistics.fmean(vals) if vals else None
+        for key in ("success", "true_objective"):
+            if f"eval_{key}" in r:
+                rec[f"eval_{key}"] = r[f"eval_{key}"]
+                rec[f"{key}_curves"] = policy_curves(run_dir, job["algo"], key)
+        rec["eval_per_policy"] = r.get("eval_per_policy")
         fmt = lambda v: "nan" if v is None else f"{v:9.1f}"  # noqa: E731
         with lock:
             runs[job["key"]] = rec

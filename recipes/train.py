@@ -154,6 +154,9 @@ def main(cfg: DictConfig) -> dict:
             eval_env = add_recurrent_env_transforms(cfg, eval_env, agent)
         stats = evaluate_policies(eval_env, agent.actor, num_policies=cfg.algo.num_policies)
         summary["eval_return"] = stats["return"].tolist()
+        for key in ("success", "true_objective"):  # tasks that report them: per-policy episode means
+            if key in stats.keys():
+                summary[f"eval_{key}"] = stats[key].tolist()
         if cfg.algo.name == "pbt":  # a population's headline is its best member
             summary["headline_policy"] = int(stats["return"].argmax())
     with open(os.path.join(run_dir, "summary.json"), "w") as f:

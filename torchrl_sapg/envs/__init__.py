@@ -6,11 +6,21 @@ from torchrl_sapg.envs.classic_control import (
     MountainCarContinuousEnv,
     PendulumEnv,
 )
+from torchrl_sapg.envs.exploration import (
+    EXPLORATION_TASKS,
+    PointMazeEnv,
+    ReachGraspCarryEnv,
+    SparseMountainCarEnv,
+)
 from torchrl_sapg.envs.factory import available_envs, make_env
 from torchrl_sapg.envs.policy_id import PolicyIdTransform, block_policy_ids
 
 __all__ = [
     "EMBEDDED_TASKS",
+    "EXPLORATION_TASKS",
+    "PointMazeEnv",
+    "ReachGraspCarryEnv",
+    "SparseMountainCarEnv",
     "AcrobotEnv",
     "BatchedClassicControlEnv",
     "CartPoleEnv",

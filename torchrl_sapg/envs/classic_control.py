@@ -91,6 +91,8 @@ class BatchedClassicControlEnv(EnvBase):
     obs_high: ClassVar[tuple[float, ...] | None] = None
     #: Whether the task emits a ``"success"`` key (episodes that end in success).
     has_success: ClassVar[bool] = False
+    #: Whether the task emits a float ``"true_objective"`` key (e.g. a success count).
+    has_true_objective: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -139,6 +141,8 @@ class BatchedClassicControlEnv(EnvBase):
         obs = {"observation": obs_spec}
         if self.has_success:
             obs["success"] = bool_spec.clone()
+        if self.has_true_objective:
+            obs["true_objective"] = Unbounded(shape=(n, 1), dtype=dt, device=dev)
         self.observation_spec = Composite(obs, shape=(n,), device=dev)
         self.action_spec = Bounded(
             low=self.action_low,
@@ -227,6 +231,14 @@ class BatchedClassicControlEnv(EnvBase):
         """
         raise NotImplementedError
 
+    def _success(self, state: torch.Tensor, terminated: torch.Tensor | None) -> torch.Tensor:
+        """``"success"`` ``[N]`` (bool) after a step; by default the task succeeds by terminating."""
+        return terminated.clone()
+
+    def _true_objective(self, state: torch.Tensor) -> torch.Tensor:
+        """``"true_objective"`` ``[N]`` after a step or reset (tasks with ``has_true_objective``)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------ EnvBase API
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         # Draw for every env and select with the mask: no host sync, one op.
@@ -248,6 +260,8 @@ class BatchedClassicControlEnv(EnvBase):
         }
         if self.has_success:
             out["success"] = false.clone()
+        if self.has_true_objective:
+            out["true_objective"] = self._true_objective(self.state).unsqueeze(-1)
         return TensorDict._new_unsafe(out, batch_size=self.batch_size, device=self.device)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -279,8 +293,9 @@ class BatchedClassicControlEnv(EnvBase):
             "truncated": truncated,
         }
         if self.has_success:
-            # Both success tasks terminate only on reaching their goal.
-            out["success"] = terminated.clone()
+            out["success"] = self._success(new_state, terminated.squeeze(-1)).unsqueeze(-1)
+        if self.has_true_objective:
+            out["true_objective"] = self._true_objective(new_state).unsqueeze(-1)
         return TensorDict._new_unsafe(out, batch_size=self.batch_size, device=self.device)
 
 

@@ -7,11 +7,12 @@ import torch
 from torchrl.envs import EnvBase
 
 from torchrl_sapg.envs.classic_control import EMBEDDED_TASKS
+from torchrl_sapg.envs.exploration import EXPLORATION_TASKS
 
 
 def available_envs() -> list[str]:
     """Names :func:`make_env` accepts."""
-    return sorted(EMBEDDED_TASKS)
+    return sorted({**EMBEDDED_TASKS, **EXPLORATION_TASKS})
 
 
 def make_env(
@@ -25,8 +26,10 @@ def make_env(
     """Build ``num_envs`` batched copies of task ``name`` on ``device``.
 
     Embedded tasks (pure torch, no extra install): ``"pendulum"``, ``"mountain_car"``,
-    ``"acrobot"``, ``"cartpole"``. Extra keyword arguments go to the task's constructor
-    (e.g. ``max_episode_steps``).
+    ``"acrobot"``, ``"cartpole"`` and the hard-exploration tasks ``"point_maze_u"``,
+    ``"point_maze_medium"``, ``"point_maze_large"``, ``"reach_grasp_carry"``,
+    ``"sparse_mountain_car"``. Extra keyword arguments go to the task's constructor
+    (e.g. ``max_episode_steps``, ``reward_type="sparse"`` for a maze).
 
     Examples:
         >>> env = make_env("pendulum", 16, seed=0)
@@ -54,4 +57,6 @@ def make_env(
     key = name.lower().replace("-", "_")
     if key in EMBEDDED_TASKS:
         return EMBEDDED_TASKS[key](num_envs, device=device, seed=seed, **kwargs)
+    if key in EXPLORATION_TASKS:
+        return EXPLORATION_TASKS[key](num_envs, device=device, seed=seed, **kwargs)
     raise ValueError(f"unknown env name={name!r}; available: {', '.join(available_envs())}.")

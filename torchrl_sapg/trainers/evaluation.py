@@ -74,7 +74,8 @@ def evaluate_policies(
     Build ``env`` with ``num_envs = num_policies * E`` to get ``E`` episodes per policy (policy
     ``i`` owns the ``i``-th block of envs). Actions are the distribution's mode when
     ``deterministic``. Only each env's first episode counts, so short episodes are not
-    over-represented. Keys: ``"return"``, ``"length"`` (and ``"success"`` if the env reports it).
+    over-represented. Keys: ``"return"``, ``"length"`` (and ``"success"``, ``"true_objective"`` where the env reports them,
+    read at the episode's end).
 
     A recurrent actor (TorchRL ``LSTMModule`` inside, or a ``RecurrentEnsembleActor``) runs one
     step at a time from the hidden state the env carries: ``InitTracker`` and the hidden-state
@@ -99,8 +100,9 @@ def evaluate_policies(
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     returns = torch.zeros(n, device=device)
     lengths = torch.zeros(n, device=device)
-    has_success = "success" in env.observation_spec.keys(True, True)
-    success = torch.zeros(n, device=device)
+    obs_keys = set(env.observation_spec.keys(True, True))
+    extra_keys = [k for k in ("success", "true_objective") if k in obs_keys]
+    extra = {k: torch.zeros(n, device=device) for k in extra_keys}
     mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     td = env.reset()
     with set_exploration_type(mode):
@@ -112,8 +114,8 @@ def evaluate_policies(
             new = done & ~finished
             returns = torch.where(new, nxt.get("episode_reward").reshape(n).float(), returns)
             lengths = torch.where(new, nxt.get("step_count").reshape(n).float(), lengths)
-            if has_success:
-                success = torch.where(new, nxt.get("success").reshape(n).float(), success)
+            for k in extra_keys:
+                extra[k] = torch.where(new, nxt.get(k).reshape(n).float(), extra[k])
             finished |= done
             if bool(finished.all()):
                 break
@@ -122,6 +124,6 @@ def evaluate_policies(
             raise RuntimeError(f"evaluation did not finish every episode within max_steps={max_steps}.")
     per = n // num_policies
     out = {"return": returns.view(num_policies, per).mean(1), "length": lengths.view(num_policies, per).mean(1)}
-    if has_success:
-        out["success"] = success.view(num_policies, per).mean(1)
+    for k in extra_keys:
+        out[k] = extra[k].view(num_policies, per).mean(1)
     return TensorDict(out, [num_policies])

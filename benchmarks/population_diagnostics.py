@@ -1,0 +1,165 @@
+"""Why a population does (not) beat PPO: per-policy behaviour and the leader's off-policy data, from finished runs.
+
+For every run directory (``recipes/train.py`` output with ``checkpoints/last.pt``) of a population algorithm:
+
+* **per-policy success** — the last logged training success (stochastic actions, as collected) and the
+  deterministic eval success of ``summary.json``;
+* **state coverage** (maze tasks) — each policy's cell-visitation distribution over ``--episodes`` stochastic
+  episodes rolled out from the checkpoint: the fraction of free cells it visits, whether it reaches the goal cell,
+  and the population's diversity as the mean pairwise total-variation distance between the policies' distributions;
+* **the leader's off-policy data** (SAPG / EPO) — the training-log means of ``mu`` (leader / behaviour probability
+  ratio on follower rows), its range, ``ESS_off`` (normalised effective sample size of the importance weights) and
+  the off-policy clip fraction.
+
+    python benchmarks/population_diagnostics.py /tmp/study/runs-point_maze_u/n24576-*/sapg-* --out \\
+        benchmarks/results/diagnostics_point_maze_u.json
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torchrl.envs import ExplorationType, set_exploration_type
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+from common import build_agent, build_env  # noqa: E402
+from evaluate import load_policy_weights  # noqa: E402
+
+from torchrl_sapg.collectors.population import prepare_population_env  # noqa: E402
+from torchrl_sapg.envs.exploration import PointMazeEnv  # noqa: E402
+from torchrl_sapg.trainers import load_checkpoint  # noqa: E402
+
+OFF_POLICY_KEYS = ("mu_mean", "mu_min", "mu_max", "ESS_off", "clip_fraction_off", "off_policy_fraction")
+
+
+def _csv_values(path: Path) -> list[float]:
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return [float(r[1]) for r in csv.reader(f)]
+
+
+@torch.no_grad()
+def maze_visitation(cfg, agent, episodes: int, seed: int, deterministic: bool = False) -> dict:
+    """Per-policy cell-visit counts ``[M, cells]`` over one episode in each of ``M * episodes`` envs, sampling
+    actions as the collector does (``deterministic=False``) or taking the mean action."""
+    m = int(cfg.algo.num_policies)
+    env = build_env(cfg, num_envs=m * episodes, seed=seed)
+    base = env.base_env if hasattr(env, "base_env") else env
+    if not isinstance(base, PointMazeEnv):
+        raise ValueError("state coverage is defined for the PointMaze tasks only")
+    env = prepare_population_env(env, m)
+    n, cells = env.batch_size[0], base.map_length * base.map_width
+    counts = torch.zeros(m, cells)
+    policy = torch.arange(n) // episodes
+    td = env.reset()
+    mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
+    for _ in range(base.max_episode_steps):
+        with set_exploration_type(mode):
+            td = agent.actor(td)
+        td = env.step(td)
+        x, y = base.state[:, 0], base.state[:, 1]
+        col = torch.floor(x + base.map_width / 2).long()
+        row = torch.floor(base.map_length / 2 - y).long()
+        counts.index_put_((policy, row * base.map_width + col), torch.ones(n), accumulate=True)
+        td = td.get("next").exclude("reward", "done", "terminated", "truncated")
+    free = ~base.walls.reshape(-1)
+    goal = base.walls.new_zeros(cells)
+    gx, gy = base.goal_xy.tolist()
+    goal_cell = int((base.map_length / 2 - gy) // 1) * base.map_width + int((gx + base.map_width / 2) // 1)
+    goal[goal_cell] = True
+    dist = counts / counts.sum(1, keepdim=True)
+    tv = [(0.5 * (dist[i] - dist[j]).abs().sum()).item() for i in range(m) for j in range(i + 1, m)]
+    return {
+        "coverage": ((counts > 0) & free).sum(1).div(free.sum()).tolist(),
+        "goal_cell_visit_share": (counts[:, goal_cell] / counts.sum(1)).tolist(),
+        "union_coverage": float(((counts.sum(0) > 0) & free).sum() / free.sum()),
+        "mean_pairwise_tv": statistics.fmean(tv) if tv else 0.0,
+        "visits": counts.tolist(),
+        "map": [[int(c) for c in row] for row in base.walls.int().tolist()],
+    }
+
+
+def diagnose(run_dir: Path, episodes: int) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    cfg = OmegaConf.create(state["extra"]["config"])
+    m = int(cfg.algo.num_policies)
+    scalars = next(run_dir.glob(f"{cfg.algo.name}-*/scalars"), None)
+    out = {"run_dir": str(run_dir), "algo": cfg.algo.name, "env": cfg.env.name, "seed": int(cfg.seed),
+           "num_envs": int(cfg.env.num_envs), "num_policies": m, "frames": summary["frames"],
+           "eval_success": summary.get("eval_success"), "eval_true_objective": summary.get("eval_true_objective"),
+           "eval_return": summary.get("eval_return")}
+    if scalars is not None:
+        for key in ("success", "true_objective"):
+            last = [(_csv_values(scalars / "policy" / str(i) / f"{key}.csv") or [None])[-1] for i in range(m)]
+            if any(v is not None for v in last):
+                out[f"train_{key}"] = last
+        off = {k: _csv_values(scalars / "train" / f"{k}.csv") for k in OFF_POLICY_KEYS}
+        out["off_policy"] = {k: statistics.fmean(v) for k, v in off.items() if v}
+        if off.get("mu_min"):
+            out["off_policy"]["mu_min_overall"] = min(off["mu_min"])
+            out["off_policy"]["mu_max_overall"] = max(off["mu_max"])
+    if cfg.env.name.startswith("point_maze"):
+        torch.manual_seed(int(cfg.seed))
+        env = build_env(cfg, num_envs=m, seed=0)
+        agent = build_agent(cfg, env)
+        load_policy_weights(cfg, agent, state["trainer"])
+        out["maze"] = maze_visitation(cfg, agent, episodes, seed=int(cfg.seed) + 30_000)
+        det = maze_visitation(cfg, agent, episodes, seed=int(cfg.seed) + 30_000, deterministic=True)
+        out["maze_deterministic"] = {k: det[k] for k in ("coverage", "goal_cell_visit_share", "union_coverage",
+                                                         "mean_pairwise_tv")}
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = ["| run | N | policy | train success | eval success | coverage (sampled / mean action) | "
+             "goal-cell share (sampled) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        for i in range(r["num_policies"] if r["num_policies"] <= 8 else 0):
+            maze = r.get("maze") or {}
+            get = lambda key: (r.get(key) or [None] * r["num_policies"])[i]  # noqa: E731
+            lines.append(f"| {r['algo']} s{r['seed']} | {r['num_envs']} | {i} | {fmt(get('train_success'))} | "
+                         f"{fmt(get('eval_success'))} | {fmt((maze.get('coverage') or [None] * 99)[i])} / "
+                         f"{fmt(((r.get('maze_deterministic') or {}).get('coverage') or [None] * 99)[i])} | "
+                         f"{fmt((maze.get('goal_cell_visit_share') or [None] * 99)[i])} |")
+    lines += ["", "| run | N | union coverage | mean pairwise TV | mu mean [min, max] | ESS_off | off clip fraction |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        o, maze = r.get("off_policy") or {}, r.get("maze") or {}
+        mu = (f"{o['mu_mean']:.2f} [{o['mu_min_overall']:.2g}, {o['mu_max_overall']:.3g}]" if "mu_mean" in o and
+              "mu_min_overall" in o else "–")
+        lines.append(f"| {r['algo']} s{r['seed']} | {r['num_envs']} | {fmt(maze.get('union_coverage'))} | "
+                     f"{fmt(maze.get('mean_pairwise_tv'))} | {mu} | {fmt(o.get('ESS_off'))} | "
+                     f"{fmt(o.get('clip_fraction_off'))} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--episodes", type=int, default=32, help="stochastic episodes per policy for the coverage grid")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    rows = [diagnose(d, args.episodes) for d in args.run_dirs if (d / "checkpoints" / "last.pt").is_file()]
+    if not rows:
+        raise SystemExit("no run directory with checkpoints/last.pt among the arguments")
+    print(markdown(rows))
+    if args.out:
+        args.out.write_text(json.dumps({"benchmark": "population diagnostics (benchmarks/population_diagnostics.py)",
+                                        "command": "python benchmarks/population_diagnostics.py " + " ".join(
+                                            sys.argv[1:] if argv is None else argv), "runs": rows}, indent=1))
+        print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Aggregate statistics for few-seed RL results, as defined by ``rliable`` (Agarwal et al., NeurIPS 2021).
+
+* :func:`iqm`: interquartile mean, the mean of the middle 50% of runs (``scipy.stats.trim_mean(x, 0.25)``).
+* :func:`stratified_bootstrap_ci`: percentile confidence interval of a statistic, resampling the runs of each
+  task (stratum) with replacement, independently per task.
+* :func:`probability_of_improvement`: ``P(X > Y)``, the Mann-Whitney U statistic over all run pairs (ties count
+  one half), averaged over tasks, with its own stratified-bootstrap interval.
+
+Scores are ``[runs, tasks]`` arrays (one column per task; a single task is ``[runs, 1]``). The bootstrap draws from
+``numpy.random.default_rng(seed)``, so a table is reproducible.
+
+    >>> import numpy as np
+    >>> round(iqm(np.array([[0.0], [1.0], [2.0], [3.0], [100.0]])), 6)
+    2.0
+    >>> probability_of_improvement(np.array([[1.0], [2.0]]), np.array([[0.0], [2.0]]))
+    0.625
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def _as_2d(scores) -> np.ndarray:
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"scores must be [runs, tasks] with at least one run, got shape {x.shape}.")
+    return x
+
+
+def iqm(scores) -> float:
+    """Interquartile mean over every score of ``[runs, tasks]``: cut ``floor(0.25 n)`` from each end, average the rest."""
+    x = np.sort(_as_2d(scores).reshape(-1))
+    cut = int(0.25 * x.size)
+    return float(x[cut: x.size - cut].mean())
+
+
+def stratified_bootstrap_ci(
+    scores, statistic: Callable[[np.ndarray], float] = iqm, *, reps: int = 5000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic`` over ``reps`` resamples of the runs, drawn within each task column."""
+    x = _as_2d(scores)
+    rng = np.random.default_rng(seed)
+    n, tasks = x.shape
+    idx = rng.integers(0, n, size=(reps, n, tasks))
+    samples = np.take_along_axis(np.broadcast_to(x, (reps, n, tasks)), idx, axis=1)
+    stats = np.array([statistic(s) for s in samples])
+    alpha = (1.0 - confidence) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def probability_of_improvement(x, y) -> float:
+    """``P(X > Y)`` averaged over tasks: for each task, the fraction of run pairs where x beats y (ties: 1/2)."""
+    x, y = _as_2d(x), _as_2d(y)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same tasks (columns): {x.shape[1]} vs {y.shape[1]}.")
+    diff = x[:, None, :] - y[None, :, :]  # [runs_x, runs_y, tasks]
+    per_task = ((diff > 0) + 0.5 * (diff == 0)).mean(axis=(0, 1))
+    return float(per_task.mean())
+
+
+def probability_of_improvement_ci(x, y, *, reps: int = 5000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Stratified-bootstrap interval of :func:`probability_of_improvement` (x and y resampled independently)."""
+    x, y = _as_2d(x), _as_2d(y)
+    rng = np.random.default_rng(seed)
+    stats = np.empty(reps)
+    for r in range(reps):
+        xs = np.take_along_axis(x, rng.integers(0, x.shape[0], size=x.shape), axis=0)
+        ys = np.take_along_axis(y, rng.integers(0, y.shape[0], size=y.shape), axis=0)
+        stats[r] = probability_of_improvement(xs, ys)
+    alpha = (1.0 - confidence) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def summary(scores, baseline=None, *, reps: int = 5000, seed: int = 0) -> dict:
+    """``{"iqm", "iqm_ci", "n", "values"}`` and, with a ``baseline``, ``"p_improve"`` and ``"p_improve_ci"``."""
+    x = _as_2d(scores)
+    out = {"iqm": iqm(x), "iqm_ci": list(stratified_bootstrap_ci(x, reps=reps, seed=seed)), "n": int(x.shape[0]),
+           "mean": float(x.mean()), "values": x[:, 0].tolist() if x.shape[1] == 1 else x.tolist()}
+    if baseline is not None:
+        out["p_improve"] = probability_of_improvement(x, baseline)
+        out["p_improve_ci"] = list(probability_of_improvement_ci(x, baseline, reps=min(reps, 2000), seed=seed))
+    return out

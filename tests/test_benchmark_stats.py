@@ -1,0 +1,113 @@
+"""benchmarks/rl_stats.py (IQM, stratified bootstrap, probability of improvement) and the scaling study's analysis."""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import rl_stats  # noqa: E402
+import scaling  # noqa: E402
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    x = np.array([[9.0, 0.0], [1.0, 5.0], [2.0, 100.0], [7.0, 3.0]])  # 8 scores: cut 2 from each end
+    flat = sorted(x.reshape(-1))  # 0 1 2 3 5 7 9 100
+    assert rl_stats.iqm(x) == pytest.approx(np.mean(flat[2:6]))
+    assert rl_stats.iqm([4.0, -1.0, 2.0, 50.0, 3.0]) == pytest.approx((2.0 + 3.0 + 4.0) / 3)  # n=5: cut 1 each end
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for n in (5, 8, 10, 13):
+        y = rng.normal(size=(n, 3))
+        assert rl_stats.iqm(y) == pytest.approx(scipy_stats.trim_mean(y, 0.25, axis=None))
+
+
+def test_probability_of_improvement_counts_pairs_and_ties():
+    x, y = np.array([[3.0], [1.0], [2.0]]), np.array([[2.0], [0.0]])
+    # pairs (x > y): 3>2 3>0 1>0 2>0 = 4 wins, 1<2 a loss, 2=2 a tie -> (4 + 0.5) / 6
+    assert rl_stats.probability_of_improvement(x, y) == pytest.approx(4.5 / 6)
+    assert rl_stats.probability_of_improvement(x, x) == pytest.approx(0.5)
+    two_tasks = rl_stats.probability_of_improvement(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))
+    assert two_tasks == pytest.approx(0.5)  # won one task, lost the other: averaged over tasks
+    with pytest.raises(ValueError, match="same tasks"):
+        rl_stats.probability_of_improvement(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_matches_rliable_metrics():
+    metrics = pytest.importorskip("rliable.metrics", reason="rliable is not installed")
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(7, 4)), rng.normal(0.3, size=(5, 4)).round(1)
+    assert rl_stats.iqm(x) == pytest.approx(metrics.aggregate_iqm(x))
+    assert rl_stats.probability_of_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y))
+
+
+def test_stratified_bootstrap_resamples_within_each_task():
+    # task 0 is constant 0, task 1 constant 10: any within-task resample keeps the IQM at 5 exactly,
+    # while a pooled resample would not
+    x = np.stack([np.zeros(6), np.full(6, 10.0)], axis=1)
+    assert rl_stats.stratified_bootstrap_ci(x, reps=200) == (5.0, 5.0)
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(10, 1))
+    lo, hi = rl_stats.stratified_bootstrap_ci(y, reps=2000, seed=3)
+    assert lo < rl_stats.iqm(y) < hi
+    assert (lo, hi) == rl_stats.stratified_bootstrap_ci(y, reps=2000, seed=3)  # seeded: reproducible
+    # the interval is the percentile interval of the resampled IQMs: recompute it by hand
+    idx = np.random.default_rng(3).integers(0, 10, size=(2000, 10, 1))
+    stats = [rl_stats.iqm(y[idx[r, :, 0]]) for r in range(2000)]
+    assert (lo, hi) == pytest.approx((np.quantile(stats, 0.025), np.quantile(stats, 0.975)))
+
+
+def test_summary_fields():
+    s = rl_stats.summary([0.0, 0.5, 1.0, 1.0, 1.0], baseline=[0.0, 0.0, 0.0, 0.5, 0.0], reps=500)
+    assert s["iqm"] == pytest.approx((0.5 + 1.0 + 1.0) / 3) and s["n"] == 5
+    assert s["iqm_ci"][0] <= s["iqm"] <= s["iqm_ci"][1]
+    # x=0: 4 ties with y=0 (2.0); x=0.5: 4 wins + 1 tie (4.5); x=1 three times: 5 wins each (15)
+    assert s["p_improve"] == pytest.approx((2.0 + 4.5 + 15.0) / 25)
+    assert s["p_improve_ci"][0] <= s["p_improve"] <= s["p_improve_ci"][1]
+
+
+def test_saturation_n_is_where_larger_n_stops_beating_the_ci():
+    cell = lambda m, lo, hi: {"iqm": m, "iqm_ci": [lo, hi]}  # noqa: E731
+    assert scaling.saturation({1: cell(0.1, 0.0, 0.2), 4: cell(0.5, 0.4, 0.6), 16: cell(0.55, 0.3, 0.8)}) == 4
+    assert scaling.saturation({1: cell(0.1, 0.0, 0.2), 4: cell(0.5, 0.4, 0.6), 16: cell(0.9, 0.8, 1.0)}) == 16
+    assert scaling.saturation({1: cell(0.5, 0.2, 0.9), 4: cell(0.6, 0.4, 0.7), 16: cell(0.4, 0.3, 0.5)}) == 1
+
+
+def test_summarise_adds_iqm_ci_and_p_improve_per_cell():
+    runs = []
+    for algo, base in (("ppo", 0.0), ("sapg", 0.5)):
+        for seed in range(5):
+            runs.append({"algo": algo, "algo_name": algo, "num_envs": 8, "seed": seed, "protocols": ["updates"],
+                         "iterations": 2, "frames": 256, "eval_return": 1.0, "final_train_return": None,
+                         "wall_seconds": 1.0, "eval_success": base + 0.1 * seed})
+    assert scaling.default_metric(runs) == "eval_success"
+    table = scaling.summarise(runs, ["ppo", "sapg"], None, "eval_success")
+    ppo, sapg = table
+    assert ppo["iqm"] == pytest.approx(0.2) and "p_improve" not in ppo
+    assert sapg["iqm"] == pytest.approx(0.7) and sapg["p_improve"] == pytest.approx(1.0)
+    assert "successes" not in scaling.markdown({"table": table, "protocols": {"updates": {"updates": 2, "horizon": 16}},
+                                                "metric": "eval_success"})
+
+
+def test_report_tables_from_a_hard_task_scaling_json(tmp_path, monkeypatch):
+    import report
+
+    runs = [{"algo": a, "algo_name": a, "num_envs": n, "seed": s, "protocols": ["updates"], "iterations": 2,
+             "frames": 2 * n * 16, "eval_return": 1.0, "final_train_return": None, "wall_seconds": 1.0,
+             "eval_success": (0.5 if a == "sapg" else 0.1) + 0.01 * s + (0.2 if n == 4096 else 0.0)}
+            for a in ("ppo", "sapg") for n in (1024, 4096) for s in range(5)]
+    d = {"env": "point_maze_u", "protocols": {"updates": {"updates": 2, "horizon": 16}}, "runs": runs,
+         **scaling.analysis(runs, ["ppo", "sapg"], None, None)}
+    assert d["metric"] == "eval_success" and d["ppo_saturation_n"] == {"updates": 4096}
+    (tmp_path / "scaling_point_maze_u.json").write_text(__import__("json").dumps(d))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    table = report.hard_scaling_table()
+    assert len(table) == 3 and table[2].startswith("| point_maze_u (success rate) | 4,096 | 2 | 5 | 0.32 [")
+    sat = report.saturation_table()
+    assert "| 4096 | 4,096 |" in sat[2] and "P(>PPO) 1.00" in sat[2]
+    png = report.hard_scaling_plot()  # None without matplotlib
+    assert ("scaling_hard_tasks.png" in report.readme_table()) == (png is not None)
