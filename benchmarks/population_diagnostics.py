@@ -13,6 +13,10 @@ For every run directory (``recipes/train.py`` output with ``checkpoints/last.pt`
 
     python benchmarks/population_diagnostics.py /tmp/study/runs-point_maze_u/n24576-*/sapg-* --out \\
         benchmarks/results/diagnostics_point_maze_u.json
+    python benchmarks/population_diagnostics.py --scaling benchmarks/results/scaling_point_maze_u.json
+
+``--scaling`` needs no run directory: from a scaling JSON it compares policy 0 (the SAPG leader, the EPO master)
+with the best other policy, in the deterministic evaluation and in training.
 """
 from __future__ import annotations
 
@@ -143,12 +147,53 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def leader_vs_followers(path: Path) -> list[dict]:
+    """From a scaling JSON: per (algo, N), the headline slot (policy 0) against the best other policy, in the
+    deterministic evaluation and in the last logged training episodes (stochastic actions), means over seeds."""
+    d = json.loads(Path(path).read_text())
+    metric = d.get("metric", "eval_success")
+    curves = {"eval_success": "success_curves", "eval_true_objective": "true_objective_curves"}.get(metric)
+    rows = []
+    for algo in dict.fromkeys(r["algo"] for r in d["runs"]):
+        for n in sorted({r["num_envs"] for r in d["runs"] if r["algo"] == algo}):
+            runs = [r for r in d["runs"] if r["algo"] == algo and r["num_envs"] == n and r.get("eval_per_policy")]
+            evals = [r["eval_per_policy"][metric] for r in runs if metric in r["eval_per_policy"]]
+            trains = [[c[-1][1] for _, c in sorted(r.get(curves, {}).items(), key=lambda kv: int(kv[0])) if c]
+                      for r in runs]
+            trains = [t for t in trains if t]
+            mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
+            rows.append({"algo": algo, "num_envs": n, "seeds": len(runs), "metric": metric,
+                         "eval_policy0": mean([e[0] for e in evals]),
+                         "eval_best_other": mean([max(e[1:]) for e in evals if len(e) > 1]),
+                         "train_policy0": mean([t[0] for t in trains]),
+                         "train_best_other": mean([max(t[1:]) for t in trains if len(t) > 1]),
+                         "train_population_mean": mean([statistics.fmean(t) for t in trains])})
+    return rows
+
+
+def leader_markdown(rows: list[dict]) -> str:
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    out = ["| algo | N | seeds | eval: policy 0 | eval: best other policy | train: policy 0 | train: best other | "
+           "train: population mean |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['algo']} | {r['num_envs']} | {r['seeds']} | {fmt(r['eval_policy0'])} | "
+                   f"{fmt(r['eval_best_other'])} | {fmt(r['train_policy0'])} | {fmt(r['train_best_other'])} | "
+                   f"{fmt(r['train_population_mean'])} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("run_dirs", nargs="*", type=Path)
+    p.add_argument("--scaling", type=Path, default=None,
+                   help="a scaling JSON: print policy 0 vs the best other policy per (algo, N) and stop")
     p.add_argument("--episodes", type=int, default=32, help="stochastic episodes per policy for the coverage grid")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.scaling:
+        rows = leader_vs_followers(args.scaling)
+        print(leader_markdown(rows))
+        return rows
     rows = [diagnose(d, args.episodes) for d in args.run_dirs if (d / "checkpoints" / "last.pt").is_file()]
     if not rows:
         raise SystemExit("no run directory with checkpoints/last.pt among the arguments")

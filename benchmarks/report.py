@@ -253,7 +253,17 @@ def hard_scaling_table(min_n: int = 4096) -> list[str]:
             seeds = max((len(c["seeds"]) for c in cells if c), default=0)
             rows.append(f"| {d['env']} ({metric}) | {n:,} | {d['protocols']['updates']['updates']} | {seeds} | "
                         + " | ".join(_iqm(c) for c in cells) + " |")
+    flagged = [d["env"] for d in _hard_scaling() if _seed_determined(d)]
+    if flagged:
+        rows += ["", "Caution: on " + ", ".join(flagged) + " most seeds score the same at every N for every method: the "
+                 "outcome is set by the seed's initial network, not by training (docs/scaling.md)."]
     return rows
+
+
+def _seed_determined(d: dict, threshold: float = 0.8) -> bool:
+    """Whether, for every algo, at least ``threshold`` of the seeds score identically at every N."""
+    frac = d.get("seed_determined") or {}
+    return bool(frac) and all(v >= threshold for v in frac.values())
 
 
 def saturation_table() -> list[str]:

@@ -342,7 +342,25 @@ def analysis(runs: list[dict], labels: list[str], solved_at: float | None, metri
         cells = {t["num_envs"]: t for t in table if t["protocol"] == protocol and t["algo"] == "ppo" and t.get("iqm") is not None}
         if len(cells) > 1:
             sat[protocol] = saturation(cells)
-    return {"metric": metric, "table": table, "ppo_saturation_n": sat}
+    return {"metric": metric, "table": table, "ppo_saturation_n": sat,
+            "seed_determined": seed_determined(runs, metric)}
+
+
+def seed_determined(runs: list[dict], metric: str) -> dict[str, float]:
+    """Per algo (fixed-updates runs): the fraction of seeds whose ``metric`` is identical at every N.
+
+    Near 1 means the outcome was fixed by the seed (the initial network) rather than by training on more
+    envs: e.g. a deterministic evaluation that an untrained policy already passes or fails."""
+    out = {}
+    for algo in dict.fromkeys(r["algo"] for r in runs):
+        by_seed: dict[int, set] = {}
+        for r in runs:
+            if r["algo"] == algo and "updates" in r.get("protocols", []) and r.get(metric) is not None:
+                by_seed.setdefault(r["seed"], set()).add(round(r[metric], 6))
+        ns = {r["num_envs"] for r in runs if r["algo"] == algo}
+        if by_seed and len(ns) > 1:
+            out[algo] = sum(len(v) == 1 for v in by_seed.values()) / len(by_seed)
+    return out
 
 
 def refresh(path: str | Path, metric: str | None = None) -> dict:

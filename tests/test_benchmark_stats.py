@@ -111,3 +111,27 @@ def test_report_tables_from_a_hard_task_scaling_json(tmp_path, monkeypatch):
     assert "| 4096 | 4,096 |" in sat[2] and "P(>PPO) 1.00" in sat[2]
     png = report.hard_scaling_plot()  # None without matplotlib
     assert ("scaling_hard_tasks.png" in report.readme_table()) == (png is not None)
+
+
+def test_leader_vs_followers_from_a_scaling_json(tmp_path):
+    import json
+
+    import population_diagnostics
+
+    runs = [{"algo": "sapg", "num_envs": 12, "seed": s, "eval_per_policy": {"eval_success": [0.0, 0.5, 0.25]},
+             "success_curves": {"0": [[10, 0.1]], "1": [[10, 0.4]], "2": [[5, 0.0], [10, 0.2 * s]]}}
+            for s in range(2)]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"metric": "eval_success", "runs": runs}))
+    (row,) = population_diagnostics.leader_vs_followers(path)
+    assert row["eval_policy0"] == 0.0 and row["eval_best_other"] == 0.5
+    assert row["train_policy0"] == pytest.approx(0.1) and row["train_best_other"] == pytest.approx(0.4)
+    assert row["train_population_mean"] == pytest.approx(((0.1 + 0.4 + 0.0) / 3 + (0.1 + 0.4 + 0.2) / 3) / 2)
+
+
+def test_seed_determined_flags_outcomes_that_do_not_depend_on_n():
+    runs = [{"algo": "ppo", "num_envs": n, "seed": s, "protocols": ["updates"], "eval_success": float(s % 2)}
+            for n in (8, 16) for s in range(4)]
+    runs += [{"algo": "sapg", "num_envs": n, "seed": s, "protocols": ["updates"], "eval_success": n / 16 * (s < 3)}
+             for n in (8, 16) for s in range(4)]
+    assert scaling.seed_determined(runs, "eval_success") == {"ppo": 1.0, "sapg": 0.25}
