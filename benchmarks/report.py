@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
 METRIC_NAMES = {"eval_true_objective": "successes per episode", "eval_success": "success rate",
                 "eval_return": "eval return"}
 
@@ -379,15 +381,79 @@ def readme_table() -> str:
     return "\n".join(rows)
 
 
-def update_scaling_doc() -> None:
-    """Splice the saturation table into docs/scaling.md between its markers."""
-    doc = ROOT / "docs" / "scaling.md"
+def diagnostics_table() -> list[str]:
+    """Per (task, algo, N) of each diagnostics JSON: end-of-training state coverage and diversity, means over seeds."""
+    import statistics
+
+    rows = ["| task | algo | N | seeds | coverage per policy (sampled) | union coverage | mean pairwise TV | "
+            "best goal-cell share | leader's ESS_off | mu range (mean of per-run min / max) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for path in sorted(RESULTS.glob("diagnostics_*.json")):
+        runs = json.loads(path.read_text())["runs"]
+        for key in dict.fromkeys((r["env"], r["algo"], r["num_envs"]) for r in runs):
+            rs = [r for r in runs if (r["env"], r["algo"], r["num_envs"]) == key and r.get("maze")]
+            if not rs:
+                continue
+            mean = lambda f: statistics.fmean(f(r) for r in rs)  # noqa: E731
+            off = [r["off_policy"] for r in rs if r.get("off_policy", {}).get("ESS_off") is not None]
+            ess = f"{statistics.fmean(o['ESS_off'] for o in off):.2f}" if off else "–"
+            mu = (f"{statistics.fmean(o['mu_min_overall'] for o in off):.2f} / "
+                  f"{statistics.fmean(o['mu_max_overall'] for o in off):.1f}" if off else "–")
+            rows.append(f"| {key[0]} | {key[1]} | {key[2]:,} | {len(rs)} | "
+                        f"{mean(lambda r: statistics.fmean(r['maze']['coverage'])):.2f} | "
+                        f"{mean(lambda r: r['maze']['union_coverage']):.2f} | {mean(lambda r: r['maze']['mean_pairwise_tv']):.2f} | "
+                        f"{mean(lambda r: max(r['maze']['goal_cell_visit_share'])):.3f} | {ess} | {mu} |")
+    return rows
+
+
+def leader_table() -> list[str]:
+    """Policy 0 (leader / master) against the best other policy, from each hard task's scaling JSON."""
+    import population_diagnostics
+
+    out = []
+    for d in _hard_scaling():
+        rows = [r for r in population_diagnostics.leader_vs_followers(RESULTS / f"scaling_{d['env']}.json")
+                if r["algo"] in ("sapg", "epo", "pbt")]
+        out += [f"**{d['env']}** ({METRIC_NAMES.get(d.get('metric'), d.get('metric'))}):", "",
+                population_diagnostics.leader_markdown(rows), ""]
+    return out
+
+
+def ablation_table() -> list[str]:
+    """The SAPG ablations (``ablation_<task>.json``, written by scaling.py at one N): IQM [CI], P(> PPO), returns."""
+    out = []
+    for path in sorted(RESULTS.glob("ablation_*.json")):
+        d = json.loads(path.read_text())
+        command = re.sub(r" --(out|runs-dir) \S+", "", d["commands"][-1])
+        out += [f"`{command}` (`{path.name}`):", "",
+                f"| variant | N | seeds | {METRIC_NAMES.get(d.get('metric'), d.get('metric'))}, IQM [95% CI] | "
+                "P(> PPO) [95% CI] | eval return | last train return |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for t in d["table"]:
+            p = (f"{t['p_improve']:.2f} [{t['p_improve_ci'][0]:.2f}, {t['p_improve_ci'][1]:.2f}]"
+                 if t.get("p_improve") is not None else "–")
+            train = f"{t['train_mean']:.1f} ± {t['train_std']:.1f}" if t.get("train_mean") is not None else "–"
+            out.append(f"| {t['algo']} | {t['num_envs']:,} | {len(t['seeds'])} | {_iqm(t)} | {p} | "
+                       f"{t['eval_mean']:.1f} ± {t['eval_std']:.1f} | {train} |")
+        out.append("")
+    return out
+
+
+def _splice(doc: Path, name: str, lines: list[str]) -> None:
     text = doc.read_text()
-    start, end = "<!-- saturation:start -->", "<!-- saturation:end -->"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start in text and end in text:
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
-        doc.write_text(f"{head}{start}\n" + "\n".join(saturation_table()) + f"\n{end}{tail}")
+        doc.write_text(f"{head}{start}\n" + "\n".join(lines) + f"\n{end}{tail}")
+
+
+def update_scaling_doc() -> None:
+    """Splice the generated tables into docs/scaling.md between their markers."""
+    doc = ROOT / "docs" / "scaling.md"
+    _splice(doc, "saturation", saturation_table())
+    _splice(doc, "leader", leader_table())
+    _splice(doc, "diagnostics", diagnostics_table())
+    _splice(doc, "ablation", ablation_table())
 
 
 def update_readme() -> None:
