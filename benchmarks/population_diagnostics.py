@@ -147,10 +147,15 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def leader_vs_followers(path: Path) -> list[dict]:
+def leader_vs_followers(path: Path, protocol: str = "updates") -> list[dict]:
     """From a scaling JSON: per (algo, N), the headline slot (policy 0) against the best other policy, in the
-    deterministic evaluation and in the last logged training episodes (stochastic actions), means over seeds."""
+    deterministic evaluation and in the last logged training episodes (stochastic actions), means over the seeds
+    of one ``protocol`` ("updates" or "frames")."""
     d = json.loads(Path(path).read_text())
+    p = d["protocols"][protocol]
+    wanted = (lambda r: r["total_frames"] == p["frames"]) if protocol == "frames" else (
+        lambda r: r["total_frames"] == p["updates"] * r["num_envs"] * r["horizon"])
+    d = {**d, "runs": [r for r in d["runs"] if wanted(r)]}
     metric = d.get("metric", "eval_success")
     curves = {"eval_success": "success_curves", "eval_true_objective": "true_objective_curves"}.get(metric)
     rows = []
