@@ -118,12 +118,19 @@ def test_leader_vs_followers_from_a_scaling_json(tmp_path):
 
     import population_diagnostics
 
-    runs = [{"algo": "sapg", "num_envs": 12, "seed": s, "eval_per_policy": {"eval_success": [0.0, 0.5, 0.25]},
+    runs = [{"algo": "sapg", "num_envs": 12, "seed": s, "horizon": 2, "total_frames": 48,
+             "eval_per_policy": {"eval_success": [0.0, 0.5, 0.25]},
              "success_curves": {"0": [[10, 0.1]], "1": [[10, 0.4]], "2": [[5, 0.0], [10, 0.2 * s]]}}
             for s in range(2)]
+    # a fixed-frames run of the same cell must not enter the fixed-updates row
+    runs.append({**runs[0], "seed": 2, "total_frames": 96, "eval_per_policy": {"eval_success": [1.0, 1.0, 1.0]}})
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"metric": "eval_success", "runs": runs}))
+    path.write_text(json.dumps({"metric": "eval_success", "protocols": {"updates": {"updates": 2}, "frames": {"frames": 96}},
+                                "runs": runs}))
+    (frames_row,) = population_diagnostics.leader_vs_followers(path, protocol="frames")
+    assert frames_row["seeds"] == 1 and frames_row["eval_policy0"] == 1.0
     (row,) = population_diagnostics.leader_vs_followers(path)
+    assert row["seeds"] == 2
     assert row["eval_policy0"] == 0.0 and row["eval_best_other"] == 0.5
     assert row["train_policy0"] == pytest.approx(0.1) and row["train_best_other"] == pytest.approx(0.4)
     assert row["train_population_mean"] == pytest.approx(((0.1 + 0.4 + 0.0) / 3 + (0.1 + 0.4 + 0.2) / 3) / 2)
