@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check_device_option  # noqa: E402
 from common import (  # noqa: E402
     add_recurrent_env_transforms,
     build_agent,
@@ -83,12 +84,17 @@ def main(argv: list[str]) -> dict:
             "usage: python recipes/evaluate.py checkpoint=PATH [episodes=16] [policy=0|all] [stochastic=false] "
             "[device=cpu] [seed=S]"
         )
+    # the run's config comes from the checkpoint (checked when it trained); only this script's options here
+    device = args.get("device", "cpu")
+    check_device_option(device)
+    episodes = args.get("episodes", 16)
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes={episodes!r} must be an int >= 1 (episodes per policy; e.g. episodes=16).")
     state = load_checkpoint(args.checkpoint)
     if "extra" not in state or "config" not in state["extra"]:
         raise SystemExit(f"{args.checkpoint} holds no run config; it was not written by recipes/train.py.")
     cfg = OmegaConf.create(state["extra"]["config"])
-    cfg.device = args.get("device", "cpu")
-    episodes = int(args.get("episodes", 16))
+    cfg.device = device
     m = cfg.algo.num_policies
     which = str(args.get("policy", headline_policy(cfg)))
     ids = list(range(m)) if which == "all" else [int(which)]

@@ -15,6 +15,13 @@ The launcher waits for all members, restarts a member that crashed when ``--rest
 population (and writes it to ``DIR/launcher_summary.json``). Exit status 0 iff every member
 finished successfully.
 
+Each member holds the owner lock of its slot (``DIR/locks/member_<i>.lock``, see
+``PBTWorkspace.claim``) while it runs. Before starting anything, the launcher checks those locks:
+if another run already owns one of its member ids on this workspace it **refuses** (exit status
+2, nothing written) and names the owner. A member that lost a start race against another run
+exits with ``WorkspaceBusyError`` and is not restarted. The launcher never holds a member lock
+itself (it only probes), so its members can take theirs.
+
 Options:
     --members P           population size
     --workspace DIR       the shared directory
@@ -30,18 +37,29 @@ Options:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import pathlib
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no probe; members still report a taken slot when they can
+    fcntl = None
+
 HERE = pathlib.Path(__file__).resolve().parent
 LAUNCHER_KEYS = ("pbt.workspace", "pbt.member_id", "pbt.num_members")
+# keep in sync with torchrl_sapg.population.workspace (this script imports no torch)
+LAUNCH_ID_ENV = "TORCHRL_SAPG_PBT_LAUNCH_ID"
+RECORD_FORMAT = "torchrl-sapg-pbt/1"
+BUSY_EXIT_CODE = 2
 
 
 def parse_ids(text: str | None, members: int) -> list[int]:
@@ -108,8 +126,10 @@ def member_command(args, member_id: int, overrides: list[str], train_script: pat
     return head + [str(train_script)] + ours + user
 
 
-def member_env(args, member_id: int) -> dict[str, str]:
+def member_env(args, member_id: int, launch_id: str | None = None) -> dict[str, str]:
     env = os.environ.copy()
+    if launch_id:
+        env[LAUNCH_ID_ENV] = launch_id
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     else:
@@ -122,6 +142,7 @@ def member_env(args, member_id: int) -> dict[str, str]:
 
 
 def read_newest_record(workspace: pathlib.Path, member_id: int) -> dict | None:
+    """The member's newest readable record; partial, foreign or malformed files are skipped."""
     folder = workspace / f"member_{member_id:03d}"
     try:
         names = sorted((n for n in os.listdir(folder) if re.match(r"^record_\d+\.json$", n)), reverse=True)
@@ -130,10 +151,64 @@ def read_newest_record(workspace: pathlib.Path, member_id: int) -> dict | None:
     for name in names:
         try:
             with open(folder / name) as f:
-                return json.load(f)
+                rec = json.load(f)
         except (OSError, ValueError):
             continue
+        if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT:
+            continue
+        obj = rec.get("objective")
+        if obj is not None and not isinstance(obj, (int, float)):
+            rec["objective"] = None
+        return rec
     return None
+
+
+def owner_lock_path(workspace: pathlib.Path, member_id: int) -> pathlib.Path:
+    """``PBTWorkspace.owner_lock_path``: ``<workspace>/locks/member_<id>.lock``."""
+    return pathlib.Path(workspace).absolute() / "locks" / f"member_{member_id:03d}.lock"
+
+
+def probe_owner(workspace: pathlib.Path, member_id: int) -> dict | None:
+    """Who holds the member's owner lock now (its details, ``{}`` if unreadable), or ``None`` if
+    the slot is free. The lock is taken for the probe only, never kept."""
+    path = owner_lock_path(workspace, member_id)
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None  # never claimed (or unreadable: the member will tell)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None  # free; closing the descriptor releases the probe's lock
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                return None  # no locking on this filesystem
+        try:
+            data = json.loads(os.read(fd, 65536).decode("utf-8", "replace") or "{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+    finally:
+        os.close(fd)
+
+
+def describe_owner(owner: dict) -> str:
+    if not owner:
+        return "another process (details not written yet)"
+    return (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} (started {owner.get('started', '?')}, "
+            f"launch id {owner.get('launch_id', '?')})")
+
+
+def busy_message(workspace: pathlib.Path, busy: dict[int, dict]) -> str:
+    lines = [f"pbt_launch: refusing to start: {len(busy)} member slot(s) of workspace {workspace} are owned by "
+             "another run:"]
+    for i, owner in sorted(busy.items()):
+        lines.append(f"  member {i}: {describe_owner(owner)}; lock {owner_lock_path(workspace, i)}")
+    lines.append("Two runs on one member id would mix their checkpoints. Stop the other run, or use another "
+                 "workspace (--workspace NEW_DIR) or other member ids (--member-ids).")
+    return "\n".join(lines)
 
 
 class Member:
@@ -205,10 +280,16 @@ def main(argv: list[str] | None = None) -> int:
             extra = f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} " if args.gpus_per_member else ""
             print(f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {extra}{shlex.join(cmds[i])}")
         return 0
+    busy = {i: owner for i in ids if (owner := probe_owner(workspace, i)) is not None}
+    if busy:  # before writing anything: the other run's logs, pid files and summary stay as they are
+        print(busy_message(workspace, busy), file=sys.stderr, flush=True)
+        return BUSY_EXIT_CODE
+    launch_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
     workspace.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
-    members = {i: Member(i, cmds[i], member_env(args, i), log_dir, os.getcwd()) for i in ids}
-    print(f"pbt_launch: {len(members)} of {args.members} members, workspace {workspace}, logs {log_dir}", flush=True)
+    members = {i: Member(i, cmds[i], member_env(args, i, launch_id), log_dir, os.getcwd()) for i in ids}
+    print(f"pbt_launch: {len(members)} of {args.members} members, workspace {workspace}, logs {log_dir}, "
+          f"launch id {launch_id}", flush=True)
     for m in members.values():
         m.start()
         print(f"pbt_launch: member {m.id} started (pid {m.proc.pid})", flush=True)
@@ -223,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     pending_restart: dict[int, float] = {}
     done: dict[int, int] = {}
+    refused: dict[int, dict] = {}
     try:
         while len(done) < len(members):
             if stopping["flag"]:
@@ -253,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
                 if rc is None:
                     continue
                 m.returncodes.append(rc)
-                if rc != 0 and args.restart and m.restarts < args.max_restarts:
+                owner = probe_owner(workspace, m.id) if rc != 0 else None
+                if owner is not None:  # lost the slot to another run: restarting would fail again
+                    refused[m.id] = owner
+                    done[m.id] = rc
+                    print(f"pbt_launch: member {m.id} exited with {rc}: its slot is owned by another run, "
+                          f"{describe_owner(owner)}; not restarting (log {m.log_path})", flush=True)
+                elif rc != 0 and args.restart and m.restarts < args.max_restarts:
                     m.restarts += 1
                     pending_restart[m.id] = time.time() + args.restart_delay
                     print(f"pbt_launch: member {m.id} exited with {rc}; restarting in {args.restart_delay:g}s "
@@ -266,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
 
-    summary = {"workspace": str(workspace), "wall_seconds": time.time() - start, "members": []}
+    summary = {"workspace": str(workspace), "launch_id": launch_id, "wall_seconds": time.time() - start,
+               "members": []}
     for i in ids:
         rec = read_newest_record(workspace, i) or {}
         summary["members"].append({
@@ -274,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             "returncodes": members[i].returncodes, "round": rec.get("iteration"), "frames": rec.get("frames"),
             "objective": rec.get("objective"), "replacements": rec.get("replacements"),
             "hyperparameters": rec.get("hyperparameters"), "log": str(members[i].log_path),
+            "refused_by": refused.get(i),
         })
     scored = [m for m in summary["members"] if m["objective"] is not None]
     summary["best_member"] = max(scored, key=lambda m: m["objective"])["member_id"] if scored else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import sys
 import time
 
@@ -27,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check_config  # noqa: E402
 from common import (  # noqa: E402
     add_recurrent_env_transforms,
     build_agent,
@@ -43,11 +45,21 @@ from torchrl_sapg.collectors import PopulationCollector  # noqa: E402
 from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer  # noqa: E402
 from torchrl_sapg.trainers.distributed import init_distributed, rank_seed, world_info  # noqa: E402
 from torchrl_sapg.trainers.evaluation import evaluate_policies  # noqa: E402
+from torchrl_sapg.trainers.checkpoint import load_checkpoint, remove_stale_temp_files  # noqa: E402
 from torchrl_sapg.trainers.logging import make_logger  # noqa: E402
+from torchrl_sapg.trainers.run_dir import RunFolderLock, check_fresh_start, trim_csv_logs  # noqa: E402
+
+# the default run folder's suffix: two runs started in the same second never share a folder
+OmegaConf.register_new_resolver("run_token", lambda: f"{os.getpid()}{secrets.token_hex(2)}", use_cache=True, replace=True)
+
+#: config entries a checkpoint must agree with to be resumed (the rest may change, e.g. total_frames)
+RESUME_MUST_MATCH = ("algo.name", "algo.num_policies", "algo.latent_dim", "env.name", "env.num_envs",
+                     "model.hidden_sizes", "model.critic_hidden_sizes", "model.lstm_hidden")
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
+    check_config(cfg)  # one clear line for a bad option, before any folder, env or network is made
     rank, local_rank, world_size = world_info()
     if world_size > 1 and str(cfg.device) == "cuda":
         cfg.device = f"cuda:{local_rank}"  # one GPU per local rank
@@ -58,8 +70,17 @@ def main(cfg: DictConfig) -> dict:
         run_dir = sync.broadcast_object(run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["world_size"] = world_size
+    resume_state = None
+    if cfg.resume:  # read and validate the checkpoint before anything is written
+        resume_state = load_checkpoint(cfg.resume)
+        check_resume_config(resume_state, resolved, cfg.resume)
+    lock = None
     if is_main:
-        os.makedirs(run_dir, exist_ok=True)
+        lock = RunFolderLock(run_dir).acquire()  # held until the process exits (released by the kernel on a kill)
+        pbt_member = bool((cfg.get("pbt") or {}).get("enabled", False))  # a member resumes from its workspace
+        if resume_state is None and not pbt_member:
+            check_fresh_start(run_dir)
+        remove_stale_temp_files(os.path.join(run_dir, "checkpoints"))
         OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -85,6 +106,8 @@ def main(cfg: DictConfig) -> dict:
         log_interval=cfg.log_interval,
         checkpoint_path=os.path.join(run_dir, "checkpoints", "last.pt"),
         checkpoint_interval=int(cfg.checkpoint_interval),
+        keep_checkpoints=int(cfg.keep_checkpoints),
+        nonfinite=cfg.train.nonfinite,
         seed=cfg.seed,
         checkpoint_extra=lambda: {"config": resolved},
         headline_policy=headline_policy(cfg),
@@ -119,12 +142,25 @@ def main(cfg: DictConfig) -> dict:
             **common,
         )
         register_algorithm_hooks(cfg, trainer, loss, agent, optimizer)
-    if cfg.resume:
-        trainer.load(cfg.resume)
+    if resume_state is not None:
+        trainer.restore(resume_state, source=str(cfg.resume))
         print(f"resumed from {cfg.resume} at {trainer.collected_frames} frames")
+    if is_main and cfg.logger.backend == "csv":
+        # after every hook's setup (a PBT member resumes from its workspace there): rows logged after the
+        # resumed checkpoint are logged again by this run
+        trainer.register_op("setup", lambda: trim_csv_logs(run_dir, trainer.collected_frames))
+    frames_before = trainer.collected_frames
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
+    summary_path = os.path.join(run_dir, "summary.json")
+    if is_main and trainer.collected_frames == frames_before and resume_state is not None and os.path.exists(summary_path):
+        print(f"nothing left to train (total_frames={int(cfg.total_frames)}); {summary_path} left as it was")
+        collector.shutdown()
+        if lock is not None:
+            lock.release()
+        with open(summary_path) as f:
+            return json.load(f)
     digests = None
     if sync is not None:  # a cheap end-of-run check that the ranks really trained one model
         digests = sync.gather_objects(parameter_digest(trainer.loss_module))
@@ -159,13 +195,36 @@ def main(cfg: DictConfig) -> dict:
                 summary[f"eval_{key}"] = stats[key].tolist()
         if cfg.algo.name == "pbt":  # a population's headline is its best member
             summary["headline_policy"] = int(stats["return"].argmax())
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+    tmp = summary_path + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
+    os.replace(tmp, summary_path)
     print(json.dumps(summary))
     collector.shutdown()
+    if lock is not None:
+        lock.release()
     if sync is not None:
         dist.destroy_process_group()
     return summary
+
+
+def check_resume_config(state: dict, resolved: dict, source: str) -> None:
+    """Raise a one-line error if the checkpoint was written by a run whose :data:`RESUME_MUST_MATCH` entries differ."""
+    saved = (state.get("extra") or {}).get("config")
+    if not isinstance(saved, dict):
+        return  # written outside the recipe: the state-dict match in restore() decides
+
+    def get(cfg: dict, dotted: str):
+        for part in dotted.split("."):
+            cfg = cfg.get(part) if isinstance(cfg, dict) else None
+        return cfg
+
+    diff = [(k, get(saved, k), get(resolved, k)) for k in RESUME_MUST_MATCH if get(saved, k) != get(resolved, k)]
+    if diff:
+        held = ", ".join(f"{k}={a!r}" for k, a, _ in diff)
+        asked = ", ".join(f"{k}={b!r}" for k, _, b in diff)
+        raise ValueError(f"resume={source}: the checkpoint holds {held} but this run asks for {asked}; "
+                         "pass the checkpoint's values (its config.yaml) or start a new run.")
 
 
 def parameter_digest(module: torch.nn.Module) -> str:

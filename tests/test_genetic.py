@@ -409,7 +409,7 @@ def test_state_round_trip_continues_exactly():
     buffer = io.BytesIO()
     torch.save(a.state_dict(), buffer)
     buffer.seek(0)
-    state = torch.load(buffer, weights_only=False)
+    state = torch.load(buffer, weights_only=True)
 
     latents_b = copy.deepcopy(latents)
     b, _ = make(latents_b)

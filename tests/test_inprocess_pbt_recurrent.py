@@ -358,7 +358,7 @@ def test_recipe_pbt_with_lstm_members_steps_evaluates_and_resumes(tmp_path):
     assert summary["frames"] == 3 * fpb and len(summary["eval_return"]) == m
     assert all(x == x for x in summary["eval_return"])  # not NaN
     assert summary["batch_layout"]["sequence_length"] == 20 and summary["batch_layout"]["rows_per_member"] == 4
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     hook = ckpt["trainer"]["pbt"]
     assert hook["num_steps"] == 3 and hook["last_report"]["replaced"]  # episodes ended: bottom members replaced
     weights = ckpt["trainer"]["loss_module"]
@@ -369,7 +369,7 @@ def test_recipe_pbt_with_lstm_members_steps_evaluates_and_resumes(tmp_path):
                    f"hydra.run.dir={run2}"])
     assert res2.returncode == 0, res2.stderr[-3000:]
     assert f"at {3 * fpb} frames" in res2.stdout
-    ckpt2 = torch.load(run2 / "checkpoints" / "last.pt", weights_only=False)
+    ckpt2 = torch.load(run2 / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt2["frames"] == 4 * fpb and ckpt2["trainer"]["pbt"]["num_steps"] == 4
     # the resumed run trained on from the checkpoint's members (weights moved, same layout)
     weights2 = ckpt2["trainer"]["loss_module"]

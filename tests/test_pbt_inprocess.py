@@ -626,7 +626,7 @@ def test_recipe_pbt_logs_steps_checkpoints_the_hook_and_resumes(recipe_run):
     assert _csv(scalars / "pbt" / "num_steps.csv") == [(s, float(k + 1)) for k, s in enumerate(steps)]
     # pendulum episodes (200 steps) end at 6400 frames: from then on the bottom members are replaced
     assert sum(v for _, v in _csv(scalars / "pbt" / "num_replaced.csv")) > 0
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["frames"] == 8000
     hook = ckpt["trainer"]["pbt"]
     assert hook["num_steps"] == 5 and hook["last_step_frames"] == 8000
@@ -642,7 +642,7 @@ def test_recipe_pbt_logs_steps_checkpoints_the_hook_and_resumes(recipe_run):
     assert _csv(scalars2 / "train" / "frames.csv") == [(s, float(s)) for s in steps2]
     # the hook's state came back: its step count continues from 5
     assert _csv(scalars2 / "pbt" / "num_steps.csv") == [(s, float(6 + k)) for k, s in enumerate(steps2)]
-    ckpt2 = torch.load(run2 / "checkpoints" / "last.pt", weights_only=False)
+    ckpt2 = torch.load(run2 / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt2["frames"] == 16000 and ckpt2["trainer"]["pbt"]["num_steps"] == 10
     assert ckpt2["trainer"]["pbt"]["last_step_frames"] == 16000
 

@@ -116,7 +116,8 @@ def test_train_writes_config_logs_checkpoint_and_summary(trained):
     assert _csv(scalars / "episode" / "return.csv") == _csv(scalars / "policy" / "0" / "return.csv")
     # checkpoint and summary
     assert (run_dir / "checkpoints" / "last.pt").is_file()
-    assert not [p for p in os.listdir(run_dir / "checkpoints") if p != "last.pt"]  # no temp files
+    assert not [p for p in os.listdir(run_dir / "checkpoints") if p.startswith(".")]  # no temp files
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["last.000000004096.pt", "last.pt"]  # one rotated copy
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["frames"] == 4 * FPB
     assert summary["batch_layout"]["rows"] == FPB
@@ -263,9 +264,11 @@ def test_evaluate_recurrent_checkpoint_reproduces_the_recipes_own_eval(algo, ext
     assert list(default["policies"]) == ["0"] and default["policies"]["0"] == everyone["policies"]["0"]
     # the same checkpoint without the loss module's weights: evaluate.py falls back to the
     # collector's (actor + critic) policy weights and takes the actor's part
-    state = torch.load(ckpt, weights_only=False)
+    from torchrl_sapg.trainers.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(ckpt)
     del state["trainer"]["loss_module"]
-    torch.save(state, tmp_path / "no_loss_module.pt")
+    save_checkpoint(state, tmp_path / "no_loss_module.pt")  # a new checksum for the edited state
     fallback = evaluate_main([f"checkpoint={tmp_path / 'no_loss_module.pt'}", "policy=all", *SAME_EVAL])
     assert fallback["weights"] == "collector policy" and fallback["policies"] == everyone["policies"]
 

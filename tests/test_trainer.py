@@ -405,7 +405,8 @@ def test_checkpoint_state_keys(tmp_path):
     CountingHook().register(s.trainer)
     s.trainer.train()
     state = load_checkpoint(tmp_path / "last.pt")
-    assert set(state) == {"format", "trainer", "frames", "iteration", "optim_count", "generator", "rng", "history", "extra"}
+    assert set(state) == {"format", "trainer", "frames", "iteration", "optim_count", "generator", "rng", "history", "extra",
+                          "checksum"}
     assert state["format"] == "torchrl-sapg/1"
     assert state["extra"] == {"config": {"a": 1}}
     assert set(state["trainer"]) == {"collector", "loss_module", "state", "optimizer", "optimization_stepper",

@@ -1,6 +1,7 @@
 """A TorchRL collector for M policies sharing one batched env, with per-policy episode statistics."""
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -9,7 +10,7 @@ from tensordict.utils import NestedKey
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, RewardSum, StepCounter, TransformedEnv
 
-from torchrl_sapg.envs.policy_id import PolicyIdTransform
+from torchrl_sapg.envs.policy_id import PolicyIdTransform, check_policy_id_spec
 from torchrl_sapg.modules.latents import check_policy_ids
 
 
@@ -29,7 +30,16 @@ def prepare_population_env(
 
     Adds :class:`PolicyIdTransform` (``"policy_id"``), TorchRL's ``RewardSum``
     (``"episode_reward"``) and ``StepCounter`` (``"step_count"``). An env that already writes
-    ``policy_id_key`` must declare exactly ``num_policies`` ids.
+    ``policy_id_key`` must declare it with the env batch shape ``[N]``, an integer dtype and
+    exactly ``num_policies`` ids (else a ``ValueError`` naming the key and the fix, see
+    :func:`~torchrl_sapg.envs.policy_id.check_policy_id_spec`).
+
+    Args:
+        env: a batched env with batch shape ``[N]``.
+        num_policies: ``M``; ``N % M == 0``.
+        policy_id_key: where the policy id is (or is to be) written.
+        episode_reward_key: where ``RewardSum`` writes the running return.
+        step_count_key: where ``StepCounter`` writes the episode step.
 
     Examples:
         >>> from torchrl_sapg.envs import PendulumEnv
@@ -43,14 +53,8 @@ def prepare_population_env(
         )
     obs_spec = env.observation_spec
     transforms = []
-    if _has_key(obs_spec, policy_id_key):
-        n = getattr(obs_spec[policy_id_key], "space", None)
-        n = getattr(n, "n", None)
-        if n is not None and n != num_policies:
-            raise ValueError(
-                f"the env already writes {policy_id_key!r} for {n} policies but num_policies="
-                f"{num_policies}; build PolicyIdTransform with the same number."
-            )
+    if _has_key(obs_spec, policy_id_key):  # the env's own ids: shape [N], integer, M of them
+        check_policy_id_spec(obs_spec, num_policies, batch_size=env.batch_size, policy_id_key=policy_id_key)
     else:
         transforms.append(PolicyIdTransform(num_policies, policy_id_key=policy_id_key))
     if not _has_key(obs_spec, episode_reward_key):
@@ -116,6 +120,12 @@ class PopulationCollector(Collector):
             raise TypeError(
                 f"PopulationCollector needs a batched EnvBase instance, got {type(env).__name__}."
             )
+        if not isinstance(num_policies, numbers.Integral) or num_policies < 1:
+            raise ValueError(f"num_policies must be a positive int, got {num_policies!r}.")
+        if not isinstance(frames_per_batch, numbers.Integral) or frames_per_batch < 1:
+            raise ValueError(
+                f"frames_per_batch must be a positive int (num_envs * horizon), got {frames_per_batch!r}."
+            )
         env = prepare_population_env(
             env,
             num_policies,
@@ -123,6 +133,8 @@ class PopulationCollector(Collector):
             episode_reward_key=episode_reward_key,
             step_count_key=step_count_key,
         )
+        # fails at construction, not at the first batch, if the ids are missing or malformed
+        check_policy_id_spec(env.observation_spec, num_policies, batch_size=env.batch_size, policy_id_key=policy_id_key)
         num_envs = env.batch_size[0]
         if frames_per_batch % num_envs != 0:
             raise ValueError(

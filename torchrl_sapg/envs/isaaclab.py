@@ -76,6 +76,17 @@ def _require_isaaclab() -> None:
         raise ImportError(_INSTALL_HINT)
 
 
+def _import_isaaclab_tasks() -> None:
+    """Import ``isaaclab_tasks`` (registers the gymnasium ids), or raise an ImportError naming the extra."""
+    try:
+        importlib.import_module("isaaclab_tasks")
+    except ImportError as err:  # also raised when sys.modules["isaaclab_tasks"] is None
+        raise ImportError(
+            f"isaaclab is installed but its task package isaaclab_tasks could not be imported ({err}). "
+            + _INSTALL_HINT.replace("Isaac Lab is not installed. ", "")
+        ) from err
+
+
 def _registered_ids() -> set[str]:
     import gymnasium as gym
 
@@ -346,7 +357,7 @@ def make_isaaclab_env(
     launch_isaaclab_app(headless=headless, device=device, **app_kwargs)
     import gymnasium as gym
 
-    importlib.import_module("isaaclab_tasks")  # registers the task ids
+    _import_isaaclab_tasks()  # registers the task ids
     task_id = resolve_isaaclab_task(task)
     cfg = _build_env_cfg(task_id, num_envs, device, seed)
     env = gym.make(task_id, cfg=cfg)

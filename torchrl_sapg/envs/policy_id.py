@@ -29,6 +29,70 @@ def block_policy_ids(num_envs: int, num_policies: int, device=None) -> torch.Ten
     return torch.arange(num_envs, device=device).div_(block, rounding_mode="floor")
 
 
+def _declared_num_ids(spec) -> int | None:
+    """The number of ids a ``Categorical`` spec declares (``None`` for other specs)."""
+    return getattr(getattr(spec, "space", None), "n", None)
+
+
+def _fix(num_policies: int, key: NestedKey) -> str:
+    kw = "" if key == "policy_id" else f", policy_id_key={key!r}"
+    return f"env = env.append_transform(PolicyIdTransform({num_policies}{kw}))"
+
+
+def check_policy_id_spec(
+    observation_spec: Composite,
+    num_policies: int,
+    *,
+    batch_size: torch.Size | tuple[int, ...] | None = None,
+    policy_id_key: NestedKey = "policy_id",
+) -> None:
+    """Raise one clear ``ValueError`` unless ``observation_spec`` declares a usable policy id.
+
+    Usable: the key is present, its shape is the env batch shape ``[N]`` (no trailing 1), its
+    dtype an integer (int64, as :class:`PolicyIdTransform` writes), and a ``Categorical`` spec
+    declares exactly ``num_policies`` ids. The message names the key, what was expected and
+    the fix (append ``PolicyIdTransform(num_policies)``).
+
+    Args:
+        observation_spec: the env's ``observation_spec`` (a ``Composite``).
+        num_policies: ``M``, the number of policies the ids must index.
+        batch_size: the env batch shape ``[N]`` (default: ``observation_spec.shape``).
+        policy_id_key: where the id lives (default ``"policy_id"``).
+
+    Examples:
+        >>> from torchrl.envs import TransformedEnv
+        >>> from torchrl_sapg.envs import PendulumEnv
+        >>> env = TransformedEnv(PendulumEnv(num_envs=4, seed=0), PolicyIdTransform(2))
+        >>> check_policy_id_spec(env.observation_spec, 2)
+        >>> check_policy_id_spec(PendulumEnv(num_envs=4).observation_spec, 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: the env's observation_spec has no 'policy_id' entry; ...
+    """
+    batch_size = torch.Size(observation_spec.shape if batch_size is None else batch_size)
+    expected = f"shape {tuple(batch_size)} (the env batch shape [N], no trailing 1), dtype torch.int64"
+    if policy_id_key not in observation_spec.keys(True, True):
+        raise ValueError(
+            f"the env's observation_spec has no {policy_id_key!r} entry; a population env needs one "
+            f"({expected}, Categorical({num_policies})): {_fix(num_policies, policy_id_key)} "
+            "(prepare_population_env and PopulationCollector add it when it is absent)."
+        )
+    spec = observation_spec[policy_id_key]
+    dtype = spec.dtype
+    if spec.shape != batch_size or dtype is None or dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise ValueError(
+            f"the env declares {policy_id_key!r} with shape {tuple(spec.shape)}, dtype {dtype}; expected "
+            f"{expected}. Let PolicyIdTransform rewrite it: {_fix(num_policies, policy_id_key)} "
+            f"(or drop the env's own {policy_id_key!r})."
+        )
+    n = _declared_num_ids(spec)
+    if n is not None and n != num_policies:
+        raise ValueError(
+            f"the env already writes {policy_id_key!r} for {n} policies but num_policies="
+            f"{num_policies}; build PolicyIdTransform with the same number."
+        )
+
+
 class PolicyIdTransform(Transform):
     """Write the integer key ``"policy_id"`` (int64, shape = env batch shape) at reset and step.
 
@@ -36,7 +100,8 @@ class PolicyIdTransform(Transform):
     the N environments are split into M blocks, one per policy). The id is declared in the
     observation spec, so collectors store it and ``("next", "policy_id")`` exists for value
     estimation. The env must have a one-dimensional batch shape ``[N]`` with
-    ``N % num_policies == 0``.
+    ``N % num_policies == 0``. An env that declares its own ``policy_id_key`` gets it rewritten
+    (shape ``[N]``, int64), unless it declares a different number of ids (``ValueError``).
 
     Args:
         num_policies: the number of policies ``M``.
@@ -86,6 +151,14 @@ class PolicyIdTransform(Transform):
         batch_size = observation_spec.shape
         # validates N % M when the spec is first read (PopulationCollector does so at construction)
         self._policy_ids(batch_size, observation_spec.device)
+        if self.policy_id_key in observation_spec.keys(True, True):
+            n = _declared_num_ids(observation_spec[self.policy_id_key])
+            if n is not None and n != self.num_policies:  # a wrong shape / dtype is simply rewritten
+                raise ValueError(
+                    f"the env already writes {self.policy_id_key!r} for {n} policies but "
+                    f"PolicyIdTransform(num_policies={self.num_policies}) would overwrite it; use one "
+                    "PolicyIdTransform with the population's number of policies."
+                )
         observation_spec[self.policy_id_key] = Categorical(
             self.num_policies, shape=batch_size, dtype=torch.int64, device=observation_spec.device
         )

@@ -65,6 +65,7 @@ class StackedAdam(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         act = torch.ones(m, dtype=torch.bool, device=norms.device) if active is None else active.to(norms.device)
+        act = act & torch.isfinite(norms)  # a member whose gradient holds NaN/inf skips the step (the trainer then raises)
         for group in self.param_groups:
             b1, b2 = group["betas"]
             for p in group["params"]:

@@ -24,17 +24,26 @@ A record::
 experience the member had collected, identical across members that share ``interval_frames``
 (the paper's "same amount of collected experience"; the reference code's ``pbt_iteration``).
 The checkpoint path is relative to ``<root>``, so members may mount the workspace at
-different paths. See ``docs/pbt.md``.
+different paths.
+
+Each member slot has an owner lock, ``<root>/locks/member_000.lock``: a process that runs member
+``k`` holds ``flock(LOCK_EX)`` on it for its whole life (the kernel drops it when the process
+dies, SIGKILL included) and writes its pid, host, start time and launch id into it. A second
+process that claims the same slot gets a :class:`WorkspaceBusyError` naming the owner, so two
+runs never mix their checkpoints in one member folder. See ``docs/pbt.md``.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
 import pathlib
 import random
 import re
+import socket
+import sys
 import tempfile
 import time
 import warnings
@@ -57,13 +66,23 @@ from torchrl_sapg.population.pbt import (
 )
 from torchrl_sapg.trainers.checkpoint import load_checkpoint, save_checkpoint
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: the owner file is informational only
+    fcntl = None
+
 __all__ = [
+    "LAUNCH_ID_ENV",
+    "MemberLock",
     "PBTMember",
     "PBTReport",
     "PBTWorkspace",
     "RECORD_FORMAT",
+    "WorkspaceBusyError",
     "adopt_checkpoint",
     "atomic_write_json",
+    "member_owner",
+    "owner_lock_path",
     "read_record",
 ]
 
@@ -72,6 +91,9 @@ _RECORD_RE = re.compile(r"^record_(\d+)\.json$")
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 _MEMBER_RE = re.compile(r"^member_(\d+)$")
 _TMP_MAX_AGE_S = 600.0
+LOCK_DIR = "locks"
+LAUNCH_ID_ENV = "TORCHRL_SAPG_PBT_LAUNCH_ID"
+_BUSY_ERRNOS = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}
 
 
 # ---------------------------------------------------------------------------------- files
@@ -108,13 +130,25 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
 
     Never raises: a member must survive whatever its peers (or a full disk) left behind.
     """
+    return _read_record(path)[0]
+
+
+def _read_record(path: str | os.PathLike) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)``, ``(None, None)`` for a missing file (pruned: normal), or
+    ``(None, why)`` for a file that exists but is not a valid record (worth a warning)."""
     try:
         with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
+            text = f.read()
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"{type(err).__name__}: {err}"
+    try:
+        data = json.loads(text)
+    except ValueError as err:  # json.JSONDecodeError: a partial or foreign file
+        return None, f"not valid JSON ({err}; {len(text)} characters)"
     if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
-        return None
+        return None, f"not a {RECORD_FORMAT} record"
     try:
         data["member_id"] = int(data["member_id"])
         data["iteration"] = int(data["iteration"])
@@ -122,10 +156,10 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
         obj = data.get("objective")
         data["objective"] = None if obj is None or not math.isfinite(float(obj)) else float(obj)
         if not isinstance(data.get("hyperparameters", {}), dict) or not isinstance(data.get("checkpoint"), str):
-            return None
-    except (KeyError, TypeError, ValueError):
-        return None
-    return data
+            return None, "malformed record (hyperparameters or checkpoint)"
+    except (KeyError, TypeError, ValueError) as err:
+        return None, f"malformed record ({type(err).__name__}: {err})"
+    return data, None
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -135,13 +169,159 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# ---------------------------------------------------------------------------------- owner locks
+class WorkspaceBusyError(RuntimeError):
+    """Another live process already runs this member slot of the workspace."""
+
+
+def owner_lock_path(root: str | os.PathLike, member_id: int) -> pathlib.Path:
+    """``<root>/locks/member_<id>.lock``: the owner lock of one member slot (``recipes/pbt_launch.py``
+    probes the same path)."""
+    return pathlib.Path(root).expanduser().absolute() / LOCK_DIR / f"member_{int(member_id):03d}.lock"
+
+
+def _owner_info(member_id: int, launch_id: str | None) -> dict[str, Any]:
+    """What a new owner writes into the lock file (for the error message of a second claimant)."""
+    now = time.time()
+    return {
+        "member_id": int(member_id),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start_time": now,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
+        "launch_id": launch_id or os.environ.get(LAUNCH_ID_ENV) or f"{socket.gethostname()}-{os.getpid()}-{int(now)}",
+        "command": " ".join(sys.argv)[:400],
+    }
+
+
+def _read_owner_fd(fd: int) -> dict[str, Any]:
+    """The owner information in an open lock file (``{}`` if it is empty or being rewritten)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = json.loads(os.read(fd, 65536).decode("utf-8", "replace") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _busy_message(root: pathlib.Path, member_id: int, path: pathlib.Path, owner: Mapping[str, Any]) -> str:
+    who = (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} (started {owner.get('started', '?')}, "
+           f"launch id {owner.get('launch_id', '?')})") if owner else "a process that has not written its details yet"
+    return (
+        f"PBT member {member_id} of workspace {str(root)!r} is already running: {who} holds its owner lock "
+        f"{str(path)!r}. Two runs on one member slot would mix their checkpoints in member_{member_id:03d}/. "
+        "Stop the other run, or start this one with another workspace (a new directory: pbt.workspace= / "
+        "--workspace) or other member ids (pbt.member_id= / --member-ids)."
+    )
+
+
+def _try_flock(fd: int) -> bool | None:
+    """``True``: locked; ``False``: another open file holds it; ``None``: no locking on this filesystem."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as err:
+        if err.errno in _BUSY_ERRNOS:
+            return False
+        return None  # ENOLCK (NFS without a lock manager), EOPNOTSUPP, ...
+
+
+def member_owner(root: str | os.PathLike, member_id: int) -> dict[str, Any] | None:
+    """Who holds member ``member_id``'s slot right now: its owner information (``{}`` if not yet
+    written), or ``None`` when the slot is free (or locks are unsupported). Never takes the lock
+    for longer than the probe."""
+    path = owner_lock_path(root, member_id)
+    held = _HELD.get(str(path))
+    if held is not None and held.held:
+        return dict(held.owner)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        got = _try_flock(fd)
+        if got is False:
+            return _read_owner_fd(fd)
+        return None
+    finally:
+        os.close(fd)  # also releases a probe lock
+
+
+@dataclasses.dataclass
+class MemberLock:
+    """This process's claim on one member slot (see :meth:`PBTWorkspace.claim`).
+
+    Attributes:
+        path: the lock file.
+        member_id: the member slot.
+        owner: what was written into the lock file (pid, host, start time, launch id, command).
+        enforced: ``False`` when the filesystem refused ``flock`` (NFS without a lock manager):
+            the owner file is then informational only and exclusivity is not enforced.
+        removed_temp_files: the stale temp files removed from the member's folder at the claim.
+    """
+
+    path: pathlib.Path
+    member_id: int
+    owner: dict[str, Any]
+    enforced: bool
+    removed_temp_files: list[str] = dataclasses.field(default_factory=list)
+    fd: int | None = None
+    pid: int = dataclasses.field(default_factory=os.getpid)
+
+    @property
+    def held(self) -> bool:
+        """Whether this process still holds the claim (a forked child does not)."""
+        return self.fd is not None and self.pid == os.getpid()
+
+    def release(self) -> None:
+        """Give the slot back now (normally the kernel does it when the process exits)."""
+        if _HELD.get(str(self.path)) is self:
+            del _HELD[str(self.path)]
+        if self.fd is not None and self.pid == os.getpid():
+            try:
+                os.close(self.fd)  # closing the only descriptor drops the flock
+            except OSError:
+                pass
+        self.fd = None
+
+
+_HELD: dict[str, MemberLock] = {}  # lock path -> this process's claim (a claim is per process)
+
+
+def _remove_temp_files(folder: pathlib.Path, max_age_s: float | None) -> list[str]:
+    """Delete the hidden temp files (``.<name>.<random>.tmp``) of ``folder`` older than
+    ``max_age_s`` (``None``: all). Errors are ignored. Returns the deleted names."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    now = time.time()
+    deleted = []
+    for name in names:
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        path = folder / name
+        try:
+            if max_age_s is None or now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                deleted.append(name)
+        except OSError:
+            pass
+    return sorted(deleted)
+
+
 class PBTWorkspace:
     """One member's view of the shared PBT directory.
 
     A member writes only into its own folder ``<root>/member_<id>``; it reads every folder.
     Every read tolerates missing, partial, foreign or concurrently deleted files (they are
-    skipped); writes are atomic (temp file + ``os.replace``; checkpoints through
-    :func:`~torchrl_sapg.trainers.checkpoint.save_checkpoint`).
+    skipped, with one warning per file for a file that exists but cannot be used); writes are
+    atomic (temp file + ``os.replace``; checkpoints through
+    :func:`~torchrl_sapg.trainers.checkpoint.save_checkpoint`). A record whose checkpoint failed
+    to load is skipped by later reads until that checkpoint file changes. :meth:`claim` takes the
+    slot's owner lock (:class:`PBTMember` does it when training starts).
 
     Args:
         root: the shared directory (created if missing).
@@ -172,6 +352,90 @@ class PBTWorkspace:
         self.keep_last = int(keep_last)
         self.fsync = bool(fsync)
         self.member_dir().mkdir(parents=True, exist_ok=True)
+        self._bad_checkpoints: dict[tuple[int, int], tuple[int, int] | None] = {}
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ ownership
+    def owner_lock_path(self) -> pathlib.Path:
+        """This member slot's lock file, ``<root>/locks/member_<id>.lock``."""
+        return owner_lock_path(self.root, self.member_id)
+
+    def claim(self, *, launch_id: str | None = None, wait_s: float = 1.0) -> MemberLock:
+        """Take this member slot's owner lock for the life of the process, then remove the stale
+        temp files a killed predecessor left in the member's folder.
+
+        A second claim in the same process returns the same lock. The lock is ``flock(LOCK_EX)``
+        on the lock file, which the kernel drops when the process dies (SIGKILL included), so a
+        restarted member re-acquires its slot at once.
+
+        Args:
+            launch_id: written into the lock file for the error message of a second claimant;
+                default the ``TORCHRL_SAPG_PBT_LAUNCH_ID`` environment variable (set by
+                ``recipes/pbt_launch.py``), else ``<host>-<pid>-<time>``.
+            wait_s: how long to retry while the lock is taken (covers a launcher's probe).
+
+        Raises:
+            WorkspaceBusyError: another live process holds the slot (the message names it).
+        """
+        path = self.owner_lock_path()
+        held = _HELD.get(str(path))
+        if held is not None and held.held:
+            return held
+        fd = self._open_lock_file(path)
+        got = None if fd is None else _try_flock(fd)
+        deadline = time.monotonic() + float(wait_s)
+        while got is False and time.monotonic() < deadline:
+            time.sleep(0.05)
+            got = _try_flock(fd)
+        if got is False:
+            owner = _read_owner_fd(fd)
+            os.close(fd)
+            raise WorkspaceBusyError(_busy_message(self.root, self.member_id, path, owner))
+        if got is None and fd is not None:
+            warnings.warn(
+                f"PBT member {self.member_id}: cannot lock {str(path)!r} (no flock on this filesystem, e.g. NFS "
+                "mounted with 'nolock'); a second run on the same member id will not be refused. The owner "
+                "file is informational only.",
+                stacklevel=2,
+            )
+        owner = _owner_info(self.member_id, launch_id)
+        if fd is not None:
+            self._write_owner(fd, owner)
+        # with the lock, nobody else writes this folder: every temp file in it is a dead writer's
+        removed = _remove_temp_files(self.member_dir(), None if got else _TMP_MAX_AGE_S)
+        lock = MemberLock(path=path, member_id=self.member_id, owner=owner, enforced=bool(got),
+                          removed_temp_files=removed, fd=fd if got else None)
+        if fd is not None and not got:
+            os.close(fd)
+        if got:
+            _HELD[str(path)] = lock
+        return lock
+
+    @staticmethod
+    def _open_lock_file(path: pathlib.Path) -> int | None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            warnings.warn(f"cannot open the PBT owner lock {str(path)!r} ({err}); running without it.", stacklevel=3)
+            return None
+
+    @staticmethod
+    def _write_owner(fd: int, owner: Mapping[str, Any]) -> None:
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(owner, sort_keys=True) + "\n").encode(), 0)
+        except OSError:
+            pass  # informational only
+
+    def _lock(self) -> MemberLock | None:
+        held = _HELD.get(str(self.owner_lock_path()))
+        return held if held is not None and held.held else None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
 
     # ------------------------------------------------------------------ paths
     def member_dir(self, member_id: int | None = None) -> pathlib.Path:
@@ -214,18 +478,44 @@ class PBTWorkspace:
     def newest_record(self, member_id: int | None = None, max_iteration: int | None = None) -> dict[str, Any] | None:
         """The newest *readable* record of ``member_id`` with ``iteration <= max_iteration``.
 
-        Unreadable or partial files, and records whose content disagrees with their file
-        name or folder, are skipped (the next older record is tried).
+        Unreadable or partial files, records whose content disagrees with their file name or
+        folder, and records whose checkpoint failed to load (:meth:`load_checkpoint`) are
+        skipped, with one warning per file (the next older record is tried). Never raises,
+        never waits.
         """
         mid = self.member_id if member_id is None else int(member_id)
         for it in self.iterations(mid):
             if max_iteration is not None and it > max_iteration:
                 continue
-            rec = read_record(self.record_path(it, mid))
-            if rec is None or rec["member_id"] != mid or rec["iteration"] != it:
+            path = self.record_path(it, mid)
+            rec, why = _read_record(path)
+            if rec is not None and (rec["member_id"] != mid or rec["iteration"] != it):
+                rec, why = None, f"its content is member {rec['member_id']} round {rec['iteration']}"
+            if rec is None:
+                if why is not None:
+                    self._warn_once(str(path), f"PBT: skipping unreadable record {str(path)!r}: {why}.")
+                continue
+            if self._checkpoint_known_bad(mid, it, rec):
                 continue
             return rec
         return None
+
+    def _checkpoint_signature(self, record: Mapping[str, Any]) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.resolve(record["checkpoint"]))
+        except (OSError, KeyError, TypeError):
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    def _checkpoint_known_bad(self, member_id: int, iteration: int, record: Mapping[str, Any]) -> bool:
+        """Whether this record's checkpoint failed to load and has not been rewritten since."""
+        key = (member_id, iteration)
+        if key not in self._bad_checkpoints:
+            return False
+        if self._checkpoint_signature(record) == self._bad_checkpoints[key]:
+            return True
+        del self._bad_checkpoints[key]  # rewritten (e.g. by the restarted member): try it again
+        return False
 
     def peer_records(
         self,
@@ -238,7 +528,8 @@ class PBTWorkspace:
         """Each member's newest readable record not ahead of ``max_iteration`` (``None``: none).
 
         With ``stale_seconds``, a member whose newest record of *any* iteration was written more
-        than that many seconds ago (by its ``wall_time``) is treated as crashed: ``None``.
+        than that many seconds ago (by its ``wall_time``) is treated as crashed: ``None``. Only
+        files are read: a dead or silent member never makes the caller wait.
         """
         now = time.time() if now is None else now
         out: dict[int, dict[str, Any] | None] = {}
@@ -267,7 +558,8 @@ class PBTWorkspace:
         """Write this member's checkpoint, then its record (both atomically); return the record.
 
         The checkpoint is written first, so a record never names a checkpoint that was not
-        completely written.
+        completely written. When this process holds the slot (:meth:`claim`), the record carries
+        the owner's ``launch_id``.
         """
         ckpt = self.checkpoint_path(iteration)
         save_checkpoint(dict(state), ckpt)
@@ -283,6 +575,9 @@ class PBTWorkspace:
             "checkpoint": str(ckpt.relative_to(self.root)),
             "wall_time": time.time(),
         }
+        lock = self._lock()
+        if lock is not None:
+            record["launch_id"] = str(lock.owner.get("launch_id"))
         if extra:
             record.update(dict(extra))
         atomic_write_json(self.record_path(iteration), record, fsync=self.fsync)
@@ -309,7 +604,6 @@ class PBTWorkspace:
                     deleted.append(path.name)
                 except OSError:
                     pass
-        now = time.time()
         for name in names:
             m = _CKPT_RE.match(name)
             path = folder / name
@@ -321,18 +615,26 @@ class PBTWorkspace:
                     deleted.append(name)
                 except OSError:
                     pass
-            elif name.startswith(".") and name.endswith(".tmp"):
-                try:
-                    if now - path.stat().st_mtime > _TMP_MAX_AGE_S:
-                        path.unlink()
-                        deleted.append(name)
-                except OSError:
-                    pass
+        deleted.extend(_remove_temp_files(folder, _TMP_MAX_AGE_S))
         return deleted
 
     def load_checkpoint(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Load the checkpoint a record names (raises if it vanished or is unreadable)."""
-        return load_checkpoint(self.resolve(record["checkpoint"]))
+        """Load the checkpoint a record names (raises if it vanished or is unreadable).
+
+        A failure warns once and marks the record: :meth:`newest_record` and
+        :meth:`peer_records` skip it until its checkpoint file is rewritten.
+        """
+        path = self.resolve(record["checkpoint"])
+        try:
+            return load_checkpoint(path)
+        except Exception as err:
+            key = (int(record["member_id"]), int(record["iteration"]))
+            self._bad_checkpoints[key] = self._checkpoint_signature(record)
+            why = ("is missing (pruned by its owner, or never written)" if isinstance(err, FileNotFoundError)
+                   else f"cannot be loaded ({type(err).__name__}: {err})")
+            self._warn_once(f"ckpt:{path}", f"PBT: skipping member {key[0]}'s round {key[1]}: its checkpoint "
+                                            f"{str(path)!r} {why}.")
+            raise
 
 
 # ---------------------------------------------------------------------------------- adoption
@@ -457,9 +759,11 @@ class PBTMember(TrainerHookBase):
     :class:`~torchrl_sapg.trainers.OnPolicyTrainer`:
 
     * ``register_module("pbt", self)`` — its state is in every checkpoint;
-    * a ``"setup"`` op (start of ``train()``): resume from this member's newest checkpoint in
-      the workspace when it is ahead of the trainer (a restarted member continues where it
-      was, frames included), then optionally mutate the initial hyperparameters once;
+    * a ``"setup"`` op (start of ``train()``): claim the member slot (:meth:`claim`: a second
+      process on the same workspace and member id raises :class:`WorkspaceBusyError`), resume
+      from this member's newest readable checkpoint in the workspace when it is ahead of the
+      trainer (a restarted member continues where it was, frames included), then optionally
+      mutate the initial hyperparameters once;
     * a ``"batch_process"`` op that accumulates the objective from each batch's finished
       episodes (returns the batch unchanged);
     * a ``"post_steps"`` op (after the update of each iteration) that runs a **round** every
@@ -596,6 +900,7 @@ class PBTMember(TrainerHookBase):
         self.rng = random.Random(f"torchrl-sapg-pbt/{int(seed)}/{self.member_id}")
 
         self._trainer = None
+        self.lock: MemberLock | None = None
         self._hp_cache: dict[str, float | int] = {}
         self.last_round: int | None = None
         self.last_change_frames: int | None = None
@@ -766,12 +1071,38 @@ class PBTMember(TrainerHookBase):
             return list(range(self.num_members))
         return self.workspace.members()
 
+    def claim(self) -> MemberLock | None:
+        """Take this member's slot in the workspace (:meth:`PBTWorkspace.claim`) on rank 0.
+
+        Collective under ``torch.distributed``: every rank raises :class:`WorkspaceBusyError`
+        when the slot is taken. Returns the lock on rank 0, ``None`` on the other ranks.
+        """
+        if self.lock is not None and (self.lock.held or not self.lock.enforced):
+            return self.lock  # held, or the filesystem cannot lock (warned once)
+        rank, _ = _dist_rank_world()
+        error = None
+        if rank == 0:
+            try:
+                self.lock = self.workspace.claim()
+            except WorkspaceBusyError as err:
+                error = str(err)
+        error = _broadcast_object(error)
+        if error is not None:
+            raise WorkspaceBusyError(error)
+        if rank == 0 and self.verbose and self.lock.removed_temp_files:
+            names = self.lock.removed_temp_files
+            print(f"[pbt member {self.member_id}] removed {len(names)} temp file(s) a killed writer left in "
+                  f"{self.workspace.member_dir()}: {', '.join(names)}", flush=True)
+        return self.lock
+
     def run_round(self, iteration: int | None = None) -> PBTReport:
         """Run one PBT round now (``post_steps`` calls this every ``interval_frames``)."""
         trainer = self._trainer
         if trainer is None:
             raise RuntimeError("register the PBTMember on a trainer first (member.register(trainer)).")
         rank, world = _dist_rank_world()
+        if world == 1:
+            self.claim()  # a round forced before train(): the setup op claims otherwise
         frames = int(trainer.collected_frames)
         k = frames // self.interval_frames if iteration is None else int(iteration)
         objective = self.compute_objective()
@@ -890,28 +1221,16 @@ class PBTMember(TrainerHookBase):
     def resume_from_workspace(self) -> str | None:
         """Load this member's newest readable workspace checkpoint if it is ahead of the trainer.
 
-        Returns the checkpoint path loaded, or ``None``. Corrupt checkpoints are skipped
-        (the next older one is tried).
+        Returns the checkpoint path loaded, or ``None``. Unreadable records and checkpoints (a
+        kill mid-write on a filesystem without atomic renames, a truncated copy) are skipped with
+        a warning: the next older one is tried.
         """
         trainer = self._trainer
         rank, world = _dist_rank_world()
         state = None
         loaded = None
         if rank == 0:
-            for it in self.workspace.iterations():
-                rec = read_record(self.workspace.record_path(it))
-                if rec is None or rec["member_id"] != self.member_id:
-                    continue
-                if rec["frames"] <= int(trainer.collected_frames):
-                    break
-                path = self.workspace.resolve(rec["checkpoint"])
-                try:
-                    state = load_checkpoint(path)
-                except Exception as err:
-                    print(f"[pbt member {self.member_id}] skipping unreadable checkpoint {path}: {err}", flush=True)
-                    continue
-                loaded = str(path)
-                break
+            state, loaded = self._newest_loadable_state(int(trainer.collected_frames))
         state, loaded = _broadcast_object((state, loaded))
         if state is None:
             return None
@@ -920,6 +1239,21 @@ class PBTMember(TrainerHookBase):
             print(f"[pbt member {self.member_id}] resumed from workspace checkpoint {loaded} at "
                   f"{trainer.collected_frames} frames (round {self.last_round})", flush=True)
         return loaded
+
+    def _newest_loadable_state(self, frames: int) -> tuple[dict[str, Any] | None, str | None]:
+        """The newest own checkpoint ahead of ``frames`` that loads, and its path."""
+        ws = self.workspace
+        max_iteration = None
+        while True:
+            rec = ws.newest_record(max_iteration=max_iteration)
+            if rec is None or rec["frames"] <= frames:
+                return None, None
+            path = ws.resolve(rec["checkpoint"])
+            try:
+                return ws.load_checkpoint(rec), str(path)
+            except Exception as err:
+                print(f"[pbt member {self.member_id}] skipping unreadable checkpoint {path}: {err}", flush=True)
+                max_iteration = rec["iteration"] - 1
 
     def _load_trainer_state(self, state: dict[str, Any], path: str) -> None:
         """``OnPolicyTrainer.restore`` of a state already read (every rank has it in memory)."""
@@ -944,6 +1278,7 @@ class PBTMember(TrainerHookBase):
         trainer.register_op("post_steps_log", self._on_log)
 
     def _on_setup(self) -> None:
+        self.claim()
         if self.resume:
             self.resume_from_workspace()
         trainer = self._trainer

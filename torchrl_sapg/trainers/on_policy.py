@@ -88,6 +88,32 @@ def gaussian_kl(
         return (total / rows.clamp_min(1)).max()  # a policy without rows in the minibatch counts 0
 
 
+@contextlib.contextmanager
+def skip_if_nonfinite(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], finite: torch.Tensor):
+    """Make the enclosed ``optimizer.step()`` a no-op for the weights when ``finite`` is False, without a host sync.
+
+    The gradients are zeroed and every group's learning rate multiplied by ``finite``, so NaN/inf never
+    reaches a weight (Adam's moments decay once). The trainer raises on the non-finite loss after the iteration.
+
+    Args:
+        optimizer: the optimiser about to step.
+        params: the parameters it updates.
+        finite: a boolean scalar tensor on the parameters' device.
+    """
+    scale = finite.to(params[0].dtype)
+    for p in params:
+        if p.grad is not None:
+            torch.nan_to_num_(p.grad.mul_(scale), nan=0.0, posinf=0.0, neginf=0.0)
+    saved = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = g["lr"] * scale if isinstance(g["lr"], torch.Tensor) else torch.where(finite, g["lr"], 0.0).item()
+    try:
+        yield
+    finally:
+        for g, lr in zip(optimizer.param_groups, saved):
+            g["lr"] = lr
+
+
 class ClippedGradientStepper(OptimizationStepper):
     """One optimiser step: sum the ``loss_*`` terms, backprop, clip the global grad norm, step.
 
@@ -156,7 +182,8 @@ class ClippedGradientStepper(OptimizationStepper):
             grad_norm = torch.linalg.vector_norm(
                 torch.stack([p.grad.norm() for p in self._params if p.grad is not None])
             )
-        optimizer.step()
+        with skip_if_nonfinite(optimizer, self._params, torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+            optimizer.step()
         if self.lr_schedule is not None:
             self.lr_schedule.on_minibatch(kl)
         out = losses.detach()
@@ -212,6 +239,10 @@ class OnPolicyTrainer(Trainer):
         log_interval: log every that many iterations.
         checkpoint_path: where ``last.pt`` is written (``None``: no checkpoints).
         checkpoint_interval: env frames between checkpoints (and one at the end).
+        keep_checkpoints: rotated copies ``last.<frames>.pt`` kept beside ``last.pt`` (0: only ``last.pt``).
+        nonfinite: a collected batch with NaN/inf observations or rewards: ``"raise"`` (stop, naming the key,
+            env rows and frames) or ``"drop"`` (refill those env rows with copies of random finite rows of the
+            same policy, count them in ``train/nonfinite_rows``, go on).
         headline_policy: the policy whose return is the headline metric (the SAPG leader).
         progress_bar: show a tqdm bar.
         seed: seeds torch and the minibatch generator.
@@ -267,7 +298,11 @@ class OnPolicyTrainer(Trainer):
         checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None,
         sequence_minibatches: bool = False,
         sync=None,
+        keep_checkpoints: int = 3,
+        nonfinite: str = "raise",
     ):
+        if nonfinite not in ("raise", "drop"):
+            raise ValueError(f"nonfinite={nonfinite!r}: choose 'raise' (stop on NaN/inf data) or 'drop' (drop those env rows).")
         if (num_minibatches is None) == (minibatch_size is None):
             raise ValueError(
                 "give exactly one of num_minibatches or minibatch_size: the minibatch is never "
@@ -317,6 +352,9 @@ class OnPolicyTrainer(Trainer):
         self.headline_policy = headline_policy
         self.show_progress = progress_bar
         self.checkpoint_extra = checkpoint_extra
+        self.keep_checkpoints = int(keep_checkpoints)
+        self.nonfinite = nonfinite
+        self.nonfinite_rows = 0  # env rows dropped since the last log line
         self.sequence_minibatches = bool(sequence_minibatches)
         self.iteration = 0
         self.collected_frames = 0
@@ -429,6 +467,7 @@ class OnPolicyTrainer(Trainer):
         try:
             for batch in self.collector if self.collected_frames < self.total_frames else ():
                 frames = batch.numel() * self.world_size  # global: every rank collects as many
+                batch = self._screen_nonfinite(batch, frames)
                 collected = batch
                 with self._recurrent_context():  # GAE and SAPG's aggregate replay whole env-rows
                     batch = self._estimate_values(batch)
@@ -469,6 +508,49 @@ class OnPolicyTrainer(Trainer):
                 pbar.close()
         self._shutdown_hook()
 
+    def _screened_keys(self, batch: TensorDictBase) -> list[NestedKey]:
+        observed = [self.observation_key] + [e[1] for e in self.obs_normalizers if isinstance(e, tuple)]
+        nested = [("next", *k) if isinstance(k, tuple) else ("next", k) for k in observed]
+        keys = [*observed, *nested, self.reward_key]
+        present = batch.keys(include_nested=True)
+        return [k for k in dict.fromkeys(keys) if k in present]
+
+    def _screen_nonfinite(self, batch: TensorDictBase, frames: int) -> TensorDictBase:
+        """Stop on (or drop) env rows whose observations or rewards hold NaN/inf; one host sync per batch."""
+        rows = batch.shape[0]
+        bad_by_key = {}
+        for key in self._screened_keys(batch):
+            value = batch.get(key)
+            bad_by_key[key] = ~torch.isfinite(value.reshape(rows, -1)).all(-1)
+        if not bad_by_key:
+            return batch
+        bad = torch.stack(list(bad_by_key.values())).any(0)
+        if not bool(bad.any()):
+            return batch
+        where = f"frames {self.collected_frames:,}-{self.collected_frames + frames:,} (iteration {self.iteration + 1})"
+        keys = [k for k, b in bad_by_key.items() if bool(b.any())]
+        idx = bad.nonzero().flatten().tolist()
+        if self.nonfinite == "raise":
+            raise FloatingPointError(
+                f"non-finite values in {keys} of the collected batch at {where}: env rows {idx[:8]}"
+                f"{' ...' if len(idx) > 8 else ''} ({len(idx)} of {rows}). Nothing was trained on them and no "
+                "checkpoint was written. Fix the env, or pass nonfinite='drop' (recipe: train.nonfinite=drop) to "
+                "drop such rows and count them in train/nonfinite_rows."
+            )
+        blocks = max(1, int(getattr(self.collector, "num_policies", 1) or 1))
+        good = (~bad).reshape(blocks, -1).float()
+        if not bool(good.sum(-1).gt(0).all()):
+            raise FloatingPointError(
+                f"non-finite values in {keys} at {where} in every env row of a policy: nothing left to train that "
+                "policy on. Fix the env."
+            )
+        block = rows // blocks
+        pick = torch.multinomial(good, block, replacement=True, generator=self.generator)
+        source = pick + torch.arange(blocks, device=pick.device).unsqueeze(-1) * block
+        source = torch.where(bad.reshape(blocks, block), source, torch.arange(rows, device=bad.device).reshape(blocks, block))
+        self.nonfinite_rows += len(idx)
+        return batch[source.reshape(-1)]
+
     def _update_normalizers(self, collected: TensorDictBase) -> None:
         for entry in self.obs_normalizers:
             norm, key = entry if isinstance(entry, tuple) else (entry, self.observation_key)
@@ -495,6 +577,9 @@ class OnPolicyTrainer(Trainer):
             metrics["train/fps_per_rank"] = fps / self.world_size
             metrics["train/world_size"] = float(self.world_size)
         metrics["train/frames"] = float(self.collected_frames)
+        if self.nonfinite == "drop":
+            metrics["train/nonfinite_rows"] = float(self.nonfinite_rows)
+            self.nonfinite_rows = 0
         metrics["train/iteration"] = float(self.iteration)
         stats_fn = getattr(self.collector, "episode_stats", None)
         if stats_fn is not None:
@@ -545,7 +630,7 @@ class OnPolicyTrainer(Trainer):
             raise ValueError("no checkpoint path: pass checkpoint_path= to the trainer or a path to save().")
         state = self.checkpoint_state()  # collective under sync: every rank gets here
         if self.sync is None or self.sync.is_main:
-            save_checkpoint(state, path)
+            save_checkpoint(state, path, keep_last=self.keep_checkpoints)
         self._last_save_frames = self.collected_frames
         return str(path)
 
@@ -562,10 +647,11 @@ class OnPolicyTrainer(Trainer):
         try:
             self.load_state_dict(state["trainer"])
         except (RuntimeError, KeyError, ValueError) as err:
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise RuntimeError(
-                f"checkpoint {source!r} does not match this run's model/optimiser ({err}). Resume with "
+                f"checkpoint {source!r} does not match this run's model/optimiser ({first}). Resume with "
                 "the same algo, env and network config the checkpoint was written with."
-            ) from err
+            ) from None
         self.collected_frames = state["frames"]
         self._last_save_frames = state["frames"]
         self.iteration = state["iteration"]
@@ -580,3 +666,5 @@ class OnPolicyTrainer(Trainer):
             set_rng_state(state["rng"])
         # else: a world size other than the checkpoint's: ranks > 0 keep their own seeded streams
         self.history = list(state.get("history", []))
+        returns = [h.get("episode/return", float("nan")) for h in self.history]
+        self.last_return = next((r for r in reversed(returns) if not math.isnan(r)), float("nan"))
