@@ -13,7 +13,7 @@ from torchrl_sapg.envs.exploration import (
     SparseMountainCarEnv,
 )
 from torchrl_sapg.envs.factory import available_envs, make_env
-from torchrl_sapg.envs.policy_id import PolicyIdTransform, block_policy_ids
+from torchrl_sapg.envs.policy_id import PolicyIdTransform, block_policy_ids, check_policy_id_spec
 
 __all__ = [
     "EMBEDDED_TASKS",
@@ -29,5 +29,6 @@ __all__ = [
     "PolicyIdTransform",
     "available_envs",
     "block_policy_ids",
+    "check_policy_id_spec",
     "make_env",
 ]
