@@ -36,23 +36,6 @@ def env_throughput(lines: list[str]) -> None:
         lines.append("")
 
 
-def learner_update(lines: list[str]) -> None:
-    for path in sorted(RESULTS.glob("learner_update_*.json")):
-        d = json.loads(path.read_text())
-        c = d["config"]
-        lines += [f"### Learner update time, SAPG vs PPO — {d['device']} ({d['device_name']})", "",
-                  f"`python benchmarks/learner_update.py{' --repeats ' + str(c['repeats']) if c.get('repeats', 5) != 5 else ''}` (`{path.name}`): one batch of N={c['num_envs']} envs × "
-                  f"T={c['horizon']}, M={c['num_policies']}, network {c['hidden']}, {c['epochs']} epochs × "
-                  f"{c['minibatches']} minibatches, median of {c['repeats']}.", "",
-                  "| algo | rows trained | update (s) | samples/s |", "|---|---:|---:|---:|"]
-        for r in d["results"]:
-            lines.append(f"| {r['algo']} | {r['rows_trained']} | {r['seconds_median']:.3f} | {r['samples_per_s']:,.0f} |")
-        vt = d.get("sapg_vtrace_over_ppo")
-        vt_text = f", with the recipe's V-trace targets **{vt:.3f}×**" if vt is not None else ""
-        lines += ["", f"SAPG / PPO update time: **{d['sapg_over_ppo']:.3f}×** with the paper's TD(0) targets{vt_text} "
-                  "(goal ≤ 1.3×).", ""]
-
-
 def epo_memory(lines: list[str]) -> None:
     for path in sorted(RESULTS.glob("epo_memory_*.json")):
         d = json.loads(path.read_text())
@@ -104,12 +87,32 @@ def distributed_fps(lines: list[str]) -> None:
         lines += ["", "Commands of the three runs:", ""] + [f"- `{r['command']}`" for r in d["rows"]] + [""]
 
 
+def _throughput_extras(d: dict) -> list[str]:
+    """The FLOP-floor table and every cell's per-phase profile of a throughput.py JSON (if it has them)."""
+    from throughput import floor_markdown, profile_markdown
+
+    out = []
+    floor = floor_markdown(d["cells"])
+    if len(floor) > 2:
+        out += ["FLOP floor: the update's matmul FLOPs per second against a same-run `torch.mm` of its largest "
+                "matmul shape ([minibatch rows, in] × [in, out]); the ratio is achieved / GEMM, `floor s` the "
+                "update's time at the GEMM's rate ([throughput.md](throughput.md#the-flop-floor)).", "", *floor, ""]
+    for cell in d["cells"]:
+        prof = profile_markdown(cell)
+        if prof:
+            out += [*prof, ""]
+    return out
+
+
 def throughput(lines: list[str]) -> None:
+    """``throughput_<device>.json`` (the learner benchmark: the one SAPG / PPO figure per device), then
+    ``profile_<device>.json`` (single-cell profile runs of the same script: profile and FLOP floor only)."""
     for path in sorted(RESULTS.glob("throughput_*.json")):
         d = json.loads(path.read_text())
         command = re.sub(r" --note ('[^']*'|\S+)", "", d["command"])
+        threads = f", {d['torch_num_threads']} thread" if d["device"] == "cpu" else ""
         lines += [f"### Learner and end-to-end throughput vs TorchRL's ClipPPOLoss loop — {d['device']} "
-                  f"({d['device_name']}, {d['torch_num_threads']} thread)", "",
+                  f"({d['device_name']}{threads})", "",
                   f"`{command}` (`{path.name}`, {d['timestamp']}); T = {d['config']['horizon']}, network "
                   f"{d['config']['hidden']}, {d['config']['minibatches']} minibatches; every ratio is against the "
                   "TorchRL baseline timed in the same cell; details in [throughput.md](throughput.md). "
@@ -126,14 +129,36 @@ def throughput(lines: list[str]) -> None:
                     f"{'yes' if r['compile'] else 'no'} | {r['update_s']:.3f} | {r['update_time_vs_torchrl']:.2f} | "
                     f"{r['samples_per_s']:,.0f} | {r['samples_per_s_vs_torchrl']:.2f} | "
                     + (f"{e2e:,.0f} | {r['e2e_frames_per_s_vs_torchrl']:.2f} |" if e2e else "— | — |"))
+
+        def x(o, key):
+            return f"{o[key]:.2f}×" if key in o else "—"
+
         lines += ["", "| N | M | PPO / torchrl update | SAPG / PPO update | EPO / PPO update | SAPG / PPO end-to-end | "
                   "EPO / PPO end-to-end |", "|---:|---:|---:|---:|---:|---:|---:|"]
         for cell in d["cells"]:
             o = cell["overheads"]
-            lines.append(f"| {cell['num_envs']} | {cell['num_policies']} | {o['ppo_over_torchrl_update_time']:.2f}× | "
-                         f"{o['sapg_over_ppo_update_time']:.2f}× | {o['epo_over_ppo_update_time']:.2f}× | "
-                         f"{o['sapg_over_ppo_e2e_time']:.2f}× | {o['epo_over_ppo_e2e_time']:.2f}× |")
+            lines.append(f"| {cell['num_envs']} | {cell['num_policies']} | {x(o, 'ppo_over_torchrl_update_time')} | "
+                         f"{x(o, 'sapg_over_ppo_update_time')} | {x(o, 'epo_over_ppo_update_time')} | "
+                         f"{x(o, 'sapg_over_ppo_e2e_time')} | {x(o, 'epo_over_ppo_e2e_time')} |")
         lines.append("")
+        lines += _throughput_extras(d)
+        check = RESULTS / path.name.replace("throughput_", "device_check_")
+        if check.is_file():
+            c = json.loads(check.read_text())
+            t = c.get("tests") or {}
+            lines += [f"Device check (`bash benchmarks/device_check.sh`, `{check.name}`, {c['timestamp']}): "
+                      f"{c['total_seconds']:.0f} s in all; `pytest -m gpu`: {t.get('tests', 0)} tests, "
+                      f"{t.get('failures', 0) + t.get('errors', 0)} failed, {t.get('skipped', 0)} skipped; steps "
+                      + ", ".join(f"{s['step']} {s['seconds']:.0f} s (exit {s['exit_status']})" for s in c["steps"])
+                      + ".", ""]
+    for path in sorted(RESULTS.glob("profile_*.json")):
+        d = json.loads(path.read_text())
+        command = re.sub(r" --note ('[^']*'|\S+)", "", d["command"])
+        threads = f", {d['torch_num_threads']} thread" if d["device"] == "cpu" else ""
+        lines += [f"### Learner per-phase profile and FLOP floor, one cell — {d['device']} ({d['device_name']}{threads})",
+                  "", f"`{command}` (`{path.name}`, {d['timestamp']}): the profile of `benchmarks/throughput.py` on one "
+                  "cell; the update-time ratios to report are the throughput table's above"
+                  + (f". Note: {d['note']}" if d.get("note") else "") + ".", "", *_throughput_extras(d)]
 
 
 def _scaling_grid(d: dict, protocol: str, cell) -> list[str]:
@@ -333,11 +358,6 @@ def hard_scaling_plot() -> Path | None:
 def headlines() -> list[str]:
     """One-line figures of the other benchmarks (docs/results.md, not the README)."""
     rows = []
-    upd = _load("learner_update_cpu.json")
-    if upd:
-        vt = upd.get("sapg_vtrace_over_ppo")
-        vt_text = f", {vt:.2f}× with V-trace targets" if vt is not None else ""
-        rows += [f"- Learner update time, SAPG / PPO on one batch: **{upd['sapg_over_ppo']:.2f}×** (CPU, TD(0){vt_text})."]
     pbt = _load("pbt_memory_cpu.json")
     if pbt:
         rows += [f"- In-process PBT ({pbt['config']['members']} members) vs {pbt['config']['members']} processes: "
@@ -478,7 +498,6 @@ def main() -> None:
     if other:
         lines += ["## Headlines of the other benchmarks", "", *other, ""]
     env_throughput(lines)
-    learner_update(lines)
     epo_memory(lines)
     pbt_memory(lines)
     throughput(lines)

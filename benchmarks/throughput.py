@@ -1,4 +1,9 @@
-"""Learner-update and end-to-end throughput of PPO, SAPG and EPO against TorchRL's own PPO loop.
+"""Learner-update and end-to-end throughput of PPO, SAPG and EPO against TorchRL's own PPO loop,
+with a per-phase profile of every variant and the update's distance from the device's GEMM rate.
+
+This is the library's one learner benchmark: ``benchmarks/learner_update.py`` is a thin wrapper
+that calls it. "PPO" here is always our PPO as the recipe builds it (same network family, same
+trainer); SAPG / EPO overheads are always divided by it.
 
 Four variants, each at every grid cell (N envs, M policies; horizon T; same network sizes):
 
@@ -10,14 +15,18 @@ Four variants, each at every grid cell (N envs, M policies; horizon T; same netw
 * ``ppo``: our PPO exactly as ``recipes/train.py`` builds it (``recipes/common.py``: one policy,
   TorchRL's ``ClipPPOLoss`` + ``GAE``) inside ``OnPolicyTrainer`` (observation normaliser,
   analytic-KL adaptive learning rate, grad clip, hooks, per-iteration log).
-* ``sapg``: the recipe's ``SAPGLoss`` with M policies; ``aggregate`` runs as a ``batch_process``
-  hook (the leader's off-policy rows join the training batch).
+* ``sapg``: the recipe's ``SAPGLoss`` with M policies (V-trace off-policy targets, the adaptive
+  learning rate on the ``max_policy`` KL, as ``recipes/conf/algo/sapg.yaml`` sets them);
+  ``aggregate`` runs as a ``batch_process`` hook (the leader's off-policy rows join the
+  training batch).
 * ``epo``: ``sapg`` plus the recipe's ``GeneticLatentScheduler``, registered in the trainer with
   ``trigger="interval"``, ``interval_frames=1``, ``warmup_frames=0``: one genetic step after
   every update, so its cost is counted. Every variant's env ends its episodes after exactly T
   steps (``max_episode_steps=T``) so every follower has a fitness in every batch.
-* ``ppo_nokl`` (opt-in, ``--variants ppo_nokl``): ``ppo`` without the per-minibatch analytic KL
-  (``kl_actor=None``) and with a fixed learning rate: what the KL-adaptive schedule costs.
+* opt-in (``--variants ...``): ``ppo_nokl``, ``ppo`` without the per-minibatch analytic KL
+  (``kl_actor=None``) and with a fixed learning rate: what the KL-adaptive schedule costs;
+  ``sapg_td0``, ``sapg`` with the paper's one-step off-policy targets
+  (``algo.off_policy_target=td0``; what ``learner_update.py`` used to call "sapg").
 
 Measured for every (variant, N, M):
 
@@ -36,14 +45,40 @@ Measured for every (variant, N, M):
    iteration per variant, then ``--e2e-iters`` round-robin rounds (ours: one iteration of
    ``OnPolicyTrainer.train()`` with the recipe's ``PopulationCollector``; baseline: TorchRL's
    ``Collector`` + the plain loop); frames/s = N x T / median iteration seconds.
-3. **Memory**, one subprocess per eager variant and cell (its own high-water mark), over two
+3. **Per-phase profile** (``--profile``, on by default): ``--profile-iters`` further end-to-end
+   iterations per eager variant (round-robin, after the timed ones) with wall-clock timers
+   around every phase (``torch.cuda.synchronize`` at each timer on CUDA): ``collect``,
+   ``value`` (GAE), ``aggregate`` (the ``batch_process`` hooks: SAPG/EPO's ``aggregate``),
+   ``minibatch`` (shuffle, minibatch indexing and the loop's per-step hooks), ``loss_forward``
+   (the loss module's forward), ``backward``, ``analytic_kl`` (the adaptive learning rate's
+   no-grad actor pass), ``optimizer`` (sum of the loss terms, ``zero_grad``, grad clip, the
+   non-finite guard, ``Adam.step``, the learning-rate rule), ``normalizer``,
+   ``post_steps_hooks`` (EPO's genetic step), ``logging`` (metrics, the per-iteration host
+   syncs) and ``other`` (the rest of the iteration). Library code is not edited: the timers
+   wrap bound methods of the benchmark's own trainer instances (``_estimate_values``,
+   ``_process_batch_hook``, ``optim_steps``, ``optimization_stepper.step``, the loss module's
+   ``forward``...), plus ``torch.Tensor.backward`` and ``on_policy.gaussian_kl`` while the
+   profiled iterations run. Times are exclusive (a phase's nested phases are subtracted); the
+   median of each phase over the iterations is reported, with its share of the update
+   (everything but ``collect``).
+4. **FLOP floor.** Every update's FLOPs are counted from the networks' ``nn.Linear`` layers
+   (2 x rows x in x out per layer forward, 2x that backward): the minibatch forward + backward
+   of actor and critic over ``epochs`` passes of the training rows, the analytic-KL actor pass
+   over the same rows, GAE's critic passes over s and s' (2 x N x T rows) and, for SAPG/EPO,
+   ``aggregate``'s actor pass and two critic passes over the off-policy rows. The same worker
+   times ``torch.mm`` of the update's largest matmul, ``[minibatch_rows, in] x [in, out]``
+   (the largest ``in x out`` of any layer), repeated: the device's practical FLOP/s for that
+   shape. ``flop_floor_ratio`` = (update FLOPs / ``update_s``) / GEMM FLOP/s; 1.0 would be an
+   update running every FLOP at that GEMM's rate.
+5. **Memory**, one subprocess per eager variant and cell (its own high-water mark), over two
    end-to-end iterations: CPU, the process's peak RSS and its increase over those iterations
    (peak minus the RSS just before); CUDA, ``torch.cuda.max_memory_allocated``.
-4. **torch.compile** (cells with N in ``--compile-num-envs``): the learner update again with the
-   loss module's ``forward`` compiled (``torch.compile``, default mode), timed in the same
-   rounds as the eager variants after ``--compile-warmup`` warm-up updates (the first compiles,
-   the second absorbs a recompile). A failure is recorded as ``unsupported`` with the error's
-   first line, a compile past ``--compile-timeout`` seconds as ``timeout``.
+6. **torch.compile** (cells with N in ``--compile-num-envs``): the learner update again with the
+   loss module's ``forward`` compiled (``torch.compile``, ``--compile-backend``, default
+   inductor), timed in the same rounds as the eager variants after ``--compile-warmup``
+   warm-up updates (the first compiles, the second absorbs a recompile). A failure is
+   recorded as ``unsupported`` with the error's first line, a compile past
+   ``--compile-timeout`` seconds as ``timeout``.
 
 Every figure comes with its ratio to the eager ``torchrl`` baseline of the same cell in the same
 run (``*_vs_torchrl``; time ratios > 1 are slower, rate ratios < 1 are slower), and every cell
@@ -55,12 +90,18 @@ frame). N is rounded to the nearest multiple of M (printed).
     python benchmarks/throughput.py --threads 1 --epochs-for 16384:2 --compile-num-envs 4096
     python benchmarks/throughput.py --device cuda       # full grid, 5 epochs -> results/throughput_cuda.json
     python benchmarks/throughput.py --num-envs 16384 --num-policies 64 --no-compile   # one cell
+    # one cell, profile and FLOP floor only (no compile, memory or extra e2e rounds)
+    python benchmarks/throughput.py --threads 1 --num-envs 4096 --num-policies 6 --no-compile --no-memory \
+        --e2e-iters 0 --repeats 2 --out /tmp/profile.json
     python benchmarks/throughput.py --quick --out /tmp/t.json   # tiny smoke run, in-process, no compile
+    bash benchmarks/device_check.sh                     # the one-shot GPU check (docs/throughput.md)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import functools
 import json
 import os
 import platform
@@ -83,9 +124,13 @@ sys.path.insert(0, str(ROOT / "recipes"))
 from env_throughput import _device_name, _sync  # noqa: E402
 
 VARIANTS = ("torchrl", "ppo", "sapg", "epo")
-#: opt-in diagnostic: our PPO without the per-minibatch analytic KL (kl_actor=None, fixed lr)
-EXTRA_VARIANTS = ("ppo_nokl",)
+#: opt-in: our PPO without the per-minibatch analytic KL (kl_actor=None, fixed lr); SAPG with the
+#: paper's one-step (TD(0)) off-policy targets instead of the recipe's V-trace
+EXTRA_VARIANTS = ("ppo_nokl", "sapg_td0")
 BASELINE = "torchrl"
+#: the recipe algo each of our variants is built from, and its extra Hydra overrides
+RECIPE_ALGO = {"ppo": "ppo", "ppo_nokl": "ppo", "sapg": "sapg", "sapg_td0": "sapg", "epo": "epo"}
+EXTRA_OVERRIDES = {"sapg_td0": ["algo.off_policy_target=td0"]}
 
 
 # ---------------------------------------------------------------------------- building
@@ -94,8 +139,8 @@ def nearest_multiple(n: int, m: int) -> int:
     return max(m, m * int(n / m + 0.5))
 
 
-def recipe_config(algo: str, n: int, m: int, args):
-    """The recipe's Hydra config (``recipes/conf``) at this benchmark's sizes."""
+def recipe_config(algo: str, n: int, m: int, args, extra: list[str] = ()):
+    """The recipe's Hydra config (``recipes/conf``) at this benchmark's sizes (plus ``extra`` overrides)."""
     from hydra import compose, initialize_config_dir
 
     overrides = [
@@ -108,6 +153,7 @@ def recipe_config(algo: str, n: int, m: int, args):
         overrides.append(f"algo.num_policies={m}")
     if algo == "epo":  # one genetic step after every update: its cost is part of the figure
         overrides += ["algo.epo.trigger=interval", "algo.epo.warmup_frames=0", "algo.epo.interval_frames=1"]
+    overrides += list(extra)
     with initialize_config_dir(config_dir=str(ROOT / "recipes" / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
@@ -120,8 +166,7 @@ def build_ours(variant: str, n: int, m: int, args, collector=None, agent_state=N
 
     from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
-    single = variant.startswith("ppo")
-    cfg = recipe_config("ppo" if single else variant, n, m, args)
+    cfg = recipe_config(RECIPE_ALGO[variant], n, m, args, EXTRA_OVERRIDES.get(variant, []))
     torch.manual_seed(0)
     env = build_env(cfg) if collector is None else None
     agent = build_agent(cfg, env if env is not None else build_env(cfg, num_envs=cfg.algo.num_policies))
@@ -139,13 +184,15 @@ def build_ours(variant: str, n: int, m: int, args, collector=None, agent_state=N
     schedule = LearningRateSchedule(optimizer, mode="fixed" if variant == "ppo_nokl" else t.lr_schedule,
                                     kl_threshold=t.kl_threshold, min_lr=t.min_lr, max_lr=t.max_lr,
                                     total_frames=int(cfg.total_frames))
+    # the arguments recipes/train.py passes (kl_reduction: max_policy for SAPG/EPO, mean for PPO)
     trainer = OnPolicyTrainer(
         collector=collector, loss_module=loss, optimizer=optimizer, total_frames=n * args.horizon,
-        num_epochs=t.num_epochs, num_minibatches=t.num_minibatches, value_estimator=value_estimator,
-        max_grad_norm=t.max_grad_norm, lr_schedule=schedule, reward_scale=t.reward_scale,
-        kl_actor=None if variant == "ppo_nokl" else agent.actor,
+        num_epochs=t.num_epochs, num_minibatches=t.num_minibatches, minibatch_size=t.minibatch_size,
+        value_estimator=value_estimator, max_grad_norm=t.max_grad_norm, lr_schedule=schedule,
+        reward_scale=t.reward_scale, kl_actor=None if variant == "ppo_nokl" else agent.actor,
+        kl_reduction=cfg.algo.get("kl_reduction", "mean"), nonfinite=t.nonfinite,
         obs_normalizers=[agent.obs_normalizer] if agent.obs_normalizer is not None else [],
-        log_interval=1, progress_bar=False, seed=0,
+        headline_policy=int(cfg.algo.get("leader_id", 0)), log_interval=1, progress_bar=False, seed=0,
     )
     register_algorithm_hooks(cfg, trainer, loss, agent, optimizer)
     return trainer, agent
@@ -168,6 +215,8 @@ class _GaussianMLP(torch.nn.Module):
 
 def build_torchrl(args, device):
     """The baseline: TorchRL's actor, critic, ``ClipPPOLoss``, ``GAE`` and Adam (recipe hyperparameters)."""
+    from types import SimpleNamespace
+
     from tensordict.nn import TensorDictModule
     from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, ValueOperator
     from torchrl.objectives import ClipPPOLoss
@@ -185,27 +234,215 @@ def build_torchrl(args, device):
                        loss_critic_type=t.loss_critic_type)
     gae = GAE(gamma=t.gamma, lmbda=t.lmbda, value_network=critic, average_gae=True)
     optimizer = torch.optim.Adam(loss.parameters(), lr=t.lr)
-    return actor, loss, gae, optimizer, t.max_grad_norm
+    return SimpleNamespace(actor=actor, critic=critic, loss=loss, gae=gae, optimizer=optimizer,
+                           max_grad_norm=t.max_grad_norm)
 
 
-def torchrl_update(batch, loss, gae, optimizer, max_grad_norm, args, generator) -> float:
-    """One learner update the plain TorchRL way: GAE, then epochs of shuffled minibatches."""
-    with torch.no_grad():
-        batch = gae(batch)
+def torchrl_update(batch, base, args, generator, prof: "PhaseProfile | None" = None) -> float:
+    """One learner update the plain TorchRL way: GAE, then epochs of shuffled minibatches.
+
+    ``base`` is :func:`build_torchrl`'s result; ``prof`` (a :class:`PhaseProfile`) times the phases."""
+    phase = prof.phase if prof is not None else (lambda name: contextlib.nullcontext())
+    loss, optimizer = base.loss, base.optimizer
+    with phase("value"), torch.no_grad():
+        batch = base.gae(batch)
     flat = batch.reshape(-1)
     rows = flat.shape[0]
     mb = rows // args.minibatches
     params = list(loss.parameters())
     for _ in range(args.epochs):
-        perm = torch.randperm(rows, generator=generator, device=generator.device)
+        with phase("minibatch"):
+            perm = torch.randperm(rows, generator=generator, device=generator.device)
         for i in range(args.minibatches):
-            out = loss(flat[perm[i * mb:(i + 1) * mb]])
-            total = sum(v for k, v in out.items() if k.startswith("loss_"))
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
+            with phase("minibatch"):
+                sub = flat[perm[i * mb:(i + 1) * mb]]
+            with phase("loss_forward"):
+                out = loss(sub)
+            with phase("optimizer"):
+                total = sum(v for k, v in out.items() if k.startswith("loss_"))
+                optimizer.zero_grad(set_to_none=True)
+            with phase("backward"):
+                total.backward()
+            with phase("optimizer"):
+                torch.nn.utils.clip_grad_norm_(params, base.max_grad_norm)
+                optimizer.step()
     return float(total.detach())  # the update is done when its result is on the host
+
+
+# ---------------------------------------------------------------------------- per-phase profile
+#: the profile's phases, in the order of an iteration (see the module docstring)
+PHASES = ("collect", "value", "aggregate", "minibatch", "loss_forward", "backward", "analytic_kl", "optimizer",
+          "normalizer", "post_steps_hooks", "logging", "other")
+
+
+class PhaseProfile:
+    """Exclusive wall-clock seconds per phase: a phase's nested phases are subtracted from it.
+
+    Every timer mark synchronises CUDA (``torch.cuda.synchronize``) first, so kernels are charged
+    to the phase that launched them; on CPU nothing is synchronised.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._stack: list[list] = []  # [name, start, seconds of nested phases]
+
+    def _now(self) -> float:
+        _sync(self.device)
+        return time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        self._stack.append([name, self._now(), 0.0])
+        try:
+            yield
+        finally:
+            name, start, nested = self._stack.pop()
+            dt = self._now() - start
+            self.seconds[name] += dt - nested
+            if self._stack:
+                self._stack[-1][2] += dt
+
+    def wrap(self, fn, name: str):
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            with self.phase(name):
+                return fn(*a, **k)
+        return timed
+
+
+class _TimedCollector:
+    """Wraps a collector so that each ``next`` batch is timed as ``collect``; everything else is delegated."""
+
+    def __init__(self, inner, prof: PhaseProfile):
+        self._inner, self._prof = inner, prof
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __iter__(self):
+        it = iter(self._inner)
+        while True:
+            with self._prof.phase("collect"):
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+            yield batch
+
+
+@contextlib.contextmanager
+def instrument_trainer(trainer, prof: PhaseProfile):
+    """Time the phases of ``trainer`` (an ``OnPolicyTrainer``) into ``prof`` while the block runs.
+
+    Wraps bound methods of this trainer instance, its stepper and its loss module, and (process
+    wide, restored on exit) ``torch.Tensor.backward`` and ``on_policy.gaussian_kl``. Library code
+    is not changed. A method the trainer no longer calls simply times nothing: its time then
+    lands in the enclosing phase."""
+    from torchrl_sapg.trainers import on_policy
+
+    undo = []
+
+    def patch(obj, attr: str, name: str) -> None:
+        if not hasattr(obj, attr):
+            return
+        own = attr in vars(obj)
+        undo.append((obj, attr, own, vars(obj).get(attr)))
+        setattr(obj, attr, prof.wrap(getattr(obj, attr), name))
+
+    patch(trainer, "_estimate_values", "value")
+    patch(trainer, "_process_batch_hook", "aggregate")  # the batch_process stage: SAPG/EPO's aggregate
+    patch(trainer, "optim_steps", "minibatch")  # exclusive: shuffle, indexing, per-minibatch hooks
+    patch(trainer.optimization_stepper, "step", "optimizer")  # exclusive: loss sum, zero_grad, clip, step, lr rule
+    patch(trainer.loss_module, "forward", "loss_forward")
+    patch(torch.Tensor, "backward", "backward")
+    patch(on_policy, "gaussian_kl", "analytic_kl")
+    patch(trainer, "_update_normalizers", "normalizer")
+    patch(trainer, "_post_steps_hook", "post_steps_hooks")
+    patch(trainer, "_metrics", "logging")
+    patch(trainer, "_write_log", "logging")
+    collector = trainer.collector
+    trainer.collector = _TimedCollector(collector, prof)
+    try:
+        yield prof
+    finally:
+        trainer.collector = collector
+        for obj, attr, own, old in reversed(undo):
+            if own:
+                setattr(obj, attr, old)
+            else:
+                delattr(obj, attr)
+
+
+def summarize_profiles(profiles: list[dict]) -> dict:
+    """Median seconds of each phase over the profiled iterations, the update (all but ``collect``)
+    and every phase's share of that update."""
+    med = {k: statistics.median(p[k] for p in profiles) for k in PHASES}
+    update = sum(v for k, v in med.items() if k != "collect")
+    return {"iterations": len(profiles), "seconds": med, "update_s": update, "iteration_s": update + med["collect"],
+            "share_of_update": {k: (v / update if update > 0 else 0.0) for k, v in med.items() if k != "collect"},
+            "seconds_all": profiles}
+
+
+# ---------------------------------------------------------------------------- FLOP floor
+def linear_layers(*modules: torch.nn.Module) -> list[tuple[int, int]]:
+    """``(in_features, out_features)`` of every ``nn.Linear`` in ``modules`` (each counted once)."""
+    seen, out = set(), []
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.Linear) and id(layer) not in seen:
+                seen.add(id(layer))
+                out.append((layer.in_features, layer.out_features))
+    return out
+
+
+def forward_flops_per_row(*modules: torch.nn.Module) -> int:
+    """Matmul FLOPs of one row through ``modules``' linear layers: 2 x in x out per layer."""
+    return sum(2 * i * o for i, o in linear_layers(*modules))
+
+
+def update_flops(*, actor_fwd: int, critic_fwd: int, rows: int, env_frames: int, epochs: int,
+                 analytic_kl: bool, off_policy_rows: int = 0) -> dict:
+    """FLOPs of one learner update by part (see the module docstring, item 4).
+
+    ``rows``: training rows per epoch (SAPG/EPO: on- and off-policy); ``env_frames``: N x T;
+    ``off_policy_rows``: the rows ``aggregate`` scores with the receiving policy's actor and critic."""
+    parts = {
+        # forward + backward (~2x the forward: grads w.r.t. inputs and weights) of actor and critic
+        "train_forward_backward": 3 * (actor_fwd + critic_fwd) * rows * epochs,
+        "analytic_kl": actor_fwd * rows * epochs if analytic_kl else 0,
+        "value_estimation": 2 * critic_fwd * env_frames,  # GAE: V(s) and V(s')
+        "aggregate": (actor_fwd + 2 * critic_fwd) * off_policy_rows,  # log-prob, V(s), V(s')
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def gemm_flops_per_s(rows: int, k: int, n: int, device: torch.device, seconds: float = 0.3) -> dict:
+    """Practical FLOP/s of ``torch.mm([rows, k], [k, n])`` on ``device``: repeated for about
+    ``seconds`` after a warm-up, best of 3 such runs."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(rows, k, generator=gen).to(device)
+    b = torch.randn(k, n, generator=gen).to(device)
+    flops = 2 * rows * k * n
+    for _ in range(3):
+        torch.mm(a, b)
+    _sync(device)
+    t0 = time.perf_counter()
+    torch.mm(a, b)
+    _sync(device)
+    one = max(time.perf_counter() - t0, 1e-7)
+    reps = max(3, int(seconds / 3 / one))
+    best = float("inf")
+    for _ in range(3):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        _sync(device)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return {"shape": [rows, k, n], "flops": flops, "seconds_per_mm": best, "flops_per_s": flops / best,
+            "repeats": reps}
 
 
 @torch.no_grad()
@@ -250,23 +487,29 @@ class ReplayCollector:
 class Learner:
     """One variant's learner update on a cell's batch, ready to be timed (:meth:`update`)."""
 
-    def __init__(self, variant: str, n: int, m: int, args, batch, agent_state, use_compile: bool):
+    def __init__(self, variant: str, n: int, m: int, args, batch, agent_state, use_compile: bool, compile_backend="inductor"):
         self.variant, self.device, self.args = variant, torch.device(args.device), args
         self.frames = batch.numel()
         if variant == BASELINE:
-            actor, self.loss, self.gae, self.optimizer, self.max_grad_norm = build_torchrl(args, self.device)
-            self.batch = rescore(batch, actor, self.loss.tensor_keys.sample_log_prob)
+            self.base = build_torchrl(args, self.device)
+            self.loss = self.base.loss
+            self.nets = (self.base.actor, self.base.critic)
+            self.batch = rescore(batch, self.base.actor, self.loss.tensor_keys.sample_log_prob)
             self.generator = torch.Generator(device=self.device).manual_seed(0)
             self.rows = self.frames
+            self.analytic_kl = False
         else:
             self.replay = ReplayCollector(self.device)
+            single = RECIPE_ALGO[variant] == "ppo"
             self.trainer, agent = build_ours(variant, n, m, args, collector=self.replay,
-                                             agent_state=None if variant.startswith("ppo") else agent_state)
+                                             agent_state=None if single else agent_state)
             self.loss = self.trainer.loss_module
-            self.replay.batch = (rescore(batch, agent.actor, self.loss.tensor_keys.sample_log_prob)
-                                 if variant.startswith("ppo") else batch)
+            self.nets = (agent.actor, agent.critic)
+            self.replay.batch = rescore(batch, agent.actor, self.loss.tensor_keys.sample_log_prob) if single else batch
+            stepper = self.trainer.optimization_stepper
+            self.analytic_kl = bool(getattr(stepper, "_analytic_kl", getattr(stepper, "kl_actor", None) is not None))
         if use_compile:
-            self.loss.forward = torch.compile(self.loss.forward)
+            self.loss.forward = torch.compile(self.loss.forward, backend=compile_backend)
 
     def update(self) -> float:
         """Seconds of one learner update (ours: one iteration of ``OnPolicyTrainer.train()``)."""
@@ -274,7 +517,7 @@ class Learner:
             data = self.batch.clone()
             _sync(self.device)
             t0 = time.perf_counter()
-            torchrl_update(data, self.loss, self.gae, self.optimizer, self.max_grad_norm, self.args, self.generator)
+            torchrl_update(data, self.base, self.args, self.generator)
             _sync(self.device)
             return time.perf_counter() - t0
         trainer, replay = self.trainer, self.replay
@@ -285,6 +528,28 @@ class Learner:
         _sync(self.device)
         replay.ends.append(time.perf_counter())
         return replay.ends[0] - replay.starts[0]
+
+    def rows_per_update(self) -> int:
+        return self.rows if self.variant == BASELINE else self.trainer.batch_layout["rows"]
+
+    def minibatch_rows(self) -> int:
+        if self.variant == BASELINE:
+            return self.rows // self.args.minibatches
+        return self.trainer.batch_layout["minibatch_size"]
+
+    def largest_matmul(self) -> tuple[int, int, int]:
+        """``(minibatch_rows, in, out)`` of the update's largest matmul (the layer with most weights)."""
+        i, o = max(linear_layers(*self.nets), key=lambda io: io[0] * io[1])
+        return self.minibatch_rows(), i, o
+
+    def flops(self) -> dict:
+        actor, critic = self.nets
+        a, c, rows = forward_flops_per_row(actor), forward_flops_per_row(critic), self.rows_per_update()
+        parts = update_flops(actor_fwd=a, critic_fwd=c, rows=rows, env_frames=self.frames, epochs=self.args.epochs,
+                             analytic_kl=self.analytic_kl, off_policy_rows=rows - self.frames)
+        return {"per_update": parts, "actor_forward_flops_per_row": a, "critic_forward_flops_per_row": c,
+                "actor_layers": linear_layers(actor), "critic_layers": linear_layers(critic),
+                "analytic_kl": self.analytic_kl, "largest_matmul": list(self.largest_matmul())}
 
     def details(self) -> dict:
         if self.variant == BASELINE:
@@ -336,6 +601,7 @@ def time_cell(n: int, m: int, args, with_compile: bool) -> list[dict]:
     trainer, agent = build_ours("sapg", n, m, args)  # the cell's M-policy actor collects the batch
     t0 = time.perf_counter()
     batch = next(iter(trainer.collector)).detach()
+    _sync(device)
     collect_s = time.perf_counter() - t0
     trainer.collector.shutdown()
     state = {"actor": copy.deepcopy(agent.actor.state_dict()), "critic": copy.deepcopy(agent.critic.state_dict())}
@@ -347,7 +613,7 @@ def time_cell(n: int, m: int, args, with_compile: bool) -> list[dict]:
     for v, c in configs:
         rows[v, c] = {"variant": v, "num_envs": n, "num_policies": m, "compile": c, "epochs": args.epochs,
                       "batch_collect_s": collect_s}
-        learners[v, c] = Learner(v, n, m, args, batch, state, c)
+        learners[v, c] = Learner(v, n, m, args, batch, state, c, args.compile_backend)
     # warm-up, round-robin too: compiled graphs guard on tensordict's global class memo, which
     # grows while the other variants run their first updates (a recompile, not a timed one)
     budget = {key: args.compile_timeout for key in learners if key[1]}
@@ -382,6 +648,17 @@ def time_cell(n: int, m: int, args, with_compile: bool) -> list[dict]:
         med = statistics.median(r["update_s_all"])
         r.update(status="ok", update_s=med, samples_per_s=r["rows_per_update"] * args.epochs / med,
                  env_frames_per_s=learner.frames / med)
+    # the FLOP floor: the update's FLOPs per second against a same-run GEMM of its largest matmul
+    gemms: dict[tuple, dict] = {}
+    for key, learner in learners.items():
+        shape = learner.largest_matmul()
+        if shape not in gemms:
+            gemms[shape] = gemm_flops_per_s(*shape, device=device, seconds=args.gemm_seconds)
+        flops, gemm, r = learner.flops(), gemms[shape], rows[key]
+        achieved = flops["per_update"]["total"] / r["update_s"]
+        r.update(flops=flops, flops_per_update=flops["per_update"]["total"], achieved_flops_per_s=achieved,
+                 gemm=gemm, gemm_flops_per_s=gemm["flops_per_s"], flop_floor_ratio=achieved / gemm["flops_per_s"],
+                 floor_update_s=flops["per_update"]["total"] / gemm["flops_per_s"])
     if with_compile:
         from torch._dynamo.utils import counters
 
@@ -410,7 +687,8 @@ def _rss_peak() -> int:
 class EndToEnd:
     """One variant's collection + update, one iteration per :meth:`step` (ours: one iteration of
     ``OnPolicyTrainer.train()`` with the recipe's ``PopulationCollector``; the baseline: TorchRL's
-    ``Collector`` and the plain loop)."""
+    ``Collector`` and the plain loop). :meth:`profile_step` is the same iteration with the
+    per-phase timers on."""
 
     def __init__(self, variant: str, n: int, m: int, args):
         self.variant, self.device, self.args = variant, torch.device(args.device), args
@@ -420,26 +698,39 @@ class EndToEnd:
 
             from torchrl_sapg.envs import make_env
 
-            actor, self.loss, self.gae, self.optimizer, self.max_grad_norm = build_torchrl(args, self.device)
+            self.base = build_torchrl(args, self.device)
             env = make_env("pendulum", n, device=self.device, seed=0, max_episode_steps=args.horizon)
-            self.collector = Collector(env, actor, frames_per_batch=self.frames, auto_register_policy_transforms=False)
+            self.collector = Collector(env, self.base.actor, frames_per_batch=self.frames,
+                                       auto_register_policy_transforms=False)
             self.iterator = iter(self.collector)
             self.generator = torch.Generator(device=self.device).manual_seed(0)
         else:
             self.trainer, _ = build_ours(variant, n, m, args)
             self.collector = self.trainer.collector
 
-    def step(self) -> float:
-        _sync(self.device)
-        t0 = time.perf_counter()
+    def _iteration(self, prof: PhaseProfile | None = None) -> None:
         if self.variant == BASELINE:
-            torchrl_update(next(self.iterator), self.loss, self.gae, self.optimizer, self.max_grad_norm,
-                           self.args, self.generator)
+            with prof.phase("collect") if prof is not None else contextlib.nullcontext():
+                batch = next(self.iterator)
+            torchrl_update(batch, self.base, self.args, self.generator, prof)
         else:
             self.trainer.total_frames = self.trainer.collected_frames + self.frames
             self.trainer.train()
+
+    def step(self) -> float:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self._iteration()
         _sync(self.device)
         return time.perf_counter() - t0
+
+    def profile_step(self) -> dict:
+        """Exclusive seconds per phase (:data:`PHASES`) of one iteration."""
+        prof = PhaseProfile(self.device)
+        scope = instrument_trainer(self.trainer, prof) if self.variant != BASELINE else contextlib.nullcontext()
+        with scope, prof.phase("other"):
+            self._iteration(prof)
+        return dict(prof.seconds)
 
     def close(self) -> None:
         self.collector.shutdown()
@@ -447,7 +738,8 @@ class EndToEnd:
 
 def time_e2e(n: int, m: int, args, rows: list[dict]) -> None:
     """End-to-end frames/s of every eager variant: one warm-up iteration each, then
-    ``e2e_iters`` round-robin rounds (median reported); written into ``rows``."""
+    ``e2e_iters`` round-robin rounds (median reported), then ``profile_iters`` round-robin
+    profiled iterations (``--profile``); written into ``rows``."""
     runners = {r["variant"]: EndToEnd(r["variant"], n, m, args) for r in rows if not r["compile"]}
     times = {v: [] for v in runners}
     for rnd in range(args.e2e_iters + 1):
@@ -455,10 +747,19 @@ def time_e2e(n: int, m: int, args, rows: list[dict]) -> None:
             seconds = runner.step()
             if rnd:
                 times[v].append(seconds)
+    profiles = {v: [] for v in runners}
+    for _ in range(args.profile_iters if args.profile else 0):
+        for v, runner in runners.items():
+            profiles[v].append(runner.profile_step())
     for r in rows:
-        if r["variant"] in times and not r["compile"]:
-            t = statistics.median(times[r["variant"]])
-            r.update(e2e_s=t, e2e_s_all=times[r["variant"]], e2e_frames_per_s=runners[r["variant"]].frames / t)
+        v = r["variant"]
+        if v not in runners or r["compile"]:
+            continue
+        if times[v]:
+            t = statistics.median(times[v])
+            r.update(e2e_s=t, e2e_s_all=times[v], e2e_frames_per_s=runners[v].frames / t)
+        if profiles[v]:
+            r["profile"] = summarize_profiles(profiles[v])
     for runner in runners.values():
         runner.close()
 
@@ -486,7 +787,7 @@ def measure_memory(variant: str, n: int, m: int, args) -> dict:
 def worker(job: dict, args) -> object:
     if job["kind"] == "time":
         rows = time_cell(job["num_envs"], job["num_policies"], args, job["compile"])
-        if args.e2e_iters > 0:
+        if args.e2e_iters > 0 or (args.profile and args.profile_iters > 0):
             time_e2e(job["num_envs"], job["num_policies"], args, rows)
         return rows
     return measure_memory(job["variant"], job["num_envs"], job["num_policies"], args)
@@ -528,16 +829,84 @@ def add_ratios(rows: list[dict]) -> dict:
     over = {}
     if "ppo" in eager:
         over["ppo_over_torchrl_update_time"] = eager["ppo"]["update_s"] / base["update_s"]
-        for v in ("sapg", "epo"):
-            if v in eager:
-                over[f"{v}_over_ppo_update_time"] = eager[v]["update_s"] / eager["ppo"]["update_s"]
-                if "e2e_frames_per_s" in eager[v]:
-                    over[f"{v}_over_ppo_e2e_time"] = eager["ppo"]["e2e_frames_per_s"] / eager[v]["e2e_frames_per_s"]
+        if "e2e_frames_per_s" in eager["ppo"]:
+            over["ppo_over_torchrl_e2e_time"] = base["e2e_frames_per_s"] / eager["ppo"]["e2e_frames_per_s"]
+        for v in eager:
+            if v in (BASELINE, "ppo"):
+                continue
+            over[f"{v}_over_ppo_update_time"] = eager[v]["update_s"] / eager["ppo"]["update_s"]
+            if "e2e_frames_per_s" in eager[v]:
+                over[f"{v}_over_ppo_e2e_time"] = eager["ppo"]["e2e_frames_per_s"] / eager[v]["e2e_frames_per_s"]
+    # where the extra time goes, phase by phase (profiled iterations): ppo - torchrl, and each variant - ppo
+    excess = {}
+    for v, r in eager.items():
+        ref = BASELINE if v == "ppo" else "ppo"
+        if v == BASELINE or "profile" not in r or "profile" not in eager.get(ref, {}):
+            continue
+        a, b = r["profile"], eager[ref]["profile"]
+        excess[v] = {"reference": ref, "update_s": a["update_s"] - b["update_s"],
+                     "seconds": {k: a["seconds"][k] - b["seconds"][k] for k in PHASES}}
+    if excess:
+        over["profile_excess_s"] = excess
     return over
 
 
+#: the profile table's columns: (header, phases summed into it)
+PROFILE_COLUMNS = (
+    ("value (GAE)", ("value",)), ("aggregate", ("aggregate",)), ("minibatch", ("minibatch",)),
+    ("loss fwd", ("loss_forward",)), ("backward", ("backward",)), ("analytic KL", ("analytic_kl",)),
+    ("optimizer", ("optimizer",)), ("hooks, log, norm, other", ("normalizer", "post_steps_hooks", "logging", "other")),
+)
+
+
+def profile_markdown(cell: dict) -> list[str]:
+    """One cell's profile table (seconds and share of the update) and its excess-time table."""
+    rows = [r for r in cell["results"] if r.get("profile")]
+    if not rows:
+        return []
+    iters = rows[0]["profile"]["iterations"]
+    lines = [f"Per-phase profile, N={cell['num_envs']}, M={cell['num_policies']}, {cell['epochs']} epochs: median "
+             f"seconds of {iters} profiled end-to-end iteration(s) (share of the update = everything but collect)", "",
+             "| variant | collect s | " + " | ".join(h for h, _ in PROFILE_COLUMNS) + " | update s |",
+             "|---|---:|" + "---:|" * len(PROFILE_COLUMNS) + "---:|"]
+    for r in rows:
+        p = r["profile"]
+        cols = []
+        for _, phases in PROFILE_COLUMNS:
+            sec = sum(p["seconds"][k] for k in phases)
+            cols.append(f"{sec:.3f} ({100 * sec / p['update_s']:.0f}%)" if p["update_s"] else f"{sec:.3f}")
+        lines.append(f"| {r['variant']} | {p['seconds']['collect']:.3f} | " + " | ".join(cols) + f" | {p['update_s']:.3f} |")
+    excess = cell["overheads"].get("profile_excess_s")
+    if excess:
+        lines += ["", "Excess seconds over the reference, by phase (> 0: slower than the reference):", "",
+                  "| variant | vs | collect | " + " | ".join(h for h, _ in PROFILE_COLUMNS) + " | update |",
+                  "|---|---|---:|" + "---:|" * len(PROFILE_COLUMNS) + "---:|"]
+        for v, e in excess.items():
+            cols = [f"{sum(e['seconds'][k] for k in phases):+.3f}" for _, phases in PROFILE_COLUMNS]
+            lines.append(f"| {v} | {e['reference']} | {e['seconds']['collect']:+.3f} | " + " | ".join(cols)
+                         + f" | {e['update_s']:+.3f} |")
+    return lines
+
+
+def floor_markdown(cells: list[dict]) -> list[str]:
+    """The FLOP-floor table: the update's FLOPs, achieved FLOP/s, the same-run GEMM's and their ratio."""
+    lines = ["| N | M | variant | compile | update GFLOP | achieved GFLOP/s | GEMM shape | GEMM GFLOP/s | "
+             "achieved / GEMM | floor s | update s |", "|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for cell in cells:
+        for r in cell["results"]:
+            if r.get("status") != "ok" or "flop_floor_ratio" not in r:
+                continue
+            shape = "x".join(map(str, r["gemm"]["shape"]))
+            lines.append(
+                f"| {r['num_envs']} | {r['num_policies']} | {r['variant']} | {'yes' if r['compile'] else 'no'} | "
+                f"{r['flops_per_update'] / 1e9:,.1f} | {r['achieved_flops_per_s'] / 1e9:,.1f} | {shape} | "
+                f"{r['gemm_flops_per_s'] / 1e9:,.1f} | {r['flop_floor_ratio']:.3f} | {r['floor_update_s']:.3f} | "
+                f"{r['update_s']:.3f} |")
+    return lines
+
+
 def markdown(cells: list[dict]) -> str:
-    """The per-variant table and the overhead table."""
+    """The per-variant table, the overhead table, the FLOP-floor table and each cell's profile."""
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
@@ -569,6 +938,13 @@ def markdown(cells: list[dict]) -> str:
             f"{f(o.get('sapg_over_ppo_update_time'), '.2f')} | {f(o.get('epo_over_ppo_update_time'), '.2f')} | "
             f"{f(o.get('sapg_over_ppo_e2e_time'), '.2f')} | {f(o.get('epo_over_ppo_e2e_time'), '.2f')} |"
         )
+    floor = floor_markdown(cells)
+    if len(floor) > 2:
+        lines += ["", *floor]
+    for cell in cells:
+        prof = profile_markdown(cell)
+        if prof:
+            lines += ["", *prof]
     return "\n".join(lines)
 
 
@@ -588,11 +964,17 @@ def parse_args(argv=None):
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="peak memory of each eager variant, one subprocess each")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + EXTRA_VARIANTS,
-                   help="torchrl is always included; ppo_nokl (opt-in): our PPO without the per-minibatch "
-                        "analytic KL and with a fixed learning rate")
+                   help="torchrl is always included; opt-in: ppo_nokl (our PPO without the per-minibatch "
+                        "analytic KL, fixed learning rate), sapg_td0 (SAPG with one-step off-policy targets)")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                   help="per-phase profile: --profile-iters instrumented end-to-end iterations per eager variant")
+    p.add_argument("--profile-iters", type=int, default=2, help="profiled iterations per variant (median reported)")
+    p.add_argument("--gemm-seconds", type=float, default=0.3, help="seconds of the FLOP-floor GEMM timing per shape")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="also time torch.compile'd losses")
     p.add_argument("--compile-num-envs", type=int, nargs="*", default=None,
                    help="requested N at which to time compiled losses (default: every N)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (device_check.sh --dry-run uses eager: dynamo only, fast)")
     p.add_argument("--compile-warmup", type=int, default=2, help="warm-up updates of a compiled loss")
     p.add_argument("--compile-timeout", type=float, default=600, help="seconds for a compiled loss's warm-up")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (and the workers' OMP_NUM_THREADS)")
@@ -606,7 +988,7 @@ def parse_args(argv=None):
     if args.quick:
         args.num_envs, args.num_policies, args.horizon, args.hidden = [32], [4], 4, [32, 32]
         args.epochs, args.minibatches, args.warmup, args.repeats, args.e2e_iters = 1, 2, 1, 1, 1
-        args.compile, args.in_process = False, True
+        args.compile, args.in_process, args.profile_iters, args.gemm_seconds = False, True, 1, 0.02
     if BASELINE not in args.variants:
         args.variants = [BASELINE, *args.variants]  # every ratio needs it
     args.epochs_for = {int(k): int(v) for k, v in (s.split(":") for s in args.epochs_for)}
@@ -642,7 +1024,8 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             rows = run_job({"kind": "time", "num_envs": n, "num_policies": m, "compile": with_compile}, cargs, argv)
             for r in rows:
-                msg = (f"update {r['update_s']:.3f} s, {r['samples_per_s']:,.0f} samples/s"
+                msg = (f"update {r['update_s']:.3f} s, {r['samples_per_s']:,.0f} samples/s, "
+                       f"{r['achieved_flops_per_s'] / 1e9:,.2f} GFLOP/s = {r['flop_floor_ratio']:.3f} x GEMM"
                        if r.get("status") == "ok" else f"{r.get('status')}: {r.get('error')}")
                 print(f"[N={n} M={m} epochs={cargs.epochs}] {r['variant']:<8} compile={r['compile']!s:<5} {msg}", flush=True)
             for r in rows:
@@ -685,6 +1068,20 @@ def main(argv=None) -> dict:
             "train_memory_increase_bytes": "that peak minus the memory just before the two iterations",
             "*_vs_torchrl": "the figure / the same figure of the cell's eager torchrl baseline",
             "*_over_ppo_*_time": "time ratio to our eager PPO of the cell (> 1: slower)",
+            "profile": "profiled end-to-end iterations (after the timed ones): median exclusive wall-clock seconds "
+                       "per phase (" + ", ".join(PHASES) + "); update_s = all phases but collect; share_of_update = "
+                       "phase / update_s; CUDA synchronised at every timer",
+            "profile_excess_s": "(in overheads) profile seconds minus the reference's, per phase: ppo vs torchrl, "
+                                "every other variant vs ppo",
+            "flops_per_update": "matmul FLOPs of one update from the nn.Linear layers: 3 x (actor + critic forward) "
+                                "x training rows x epochs (forward + ~2x backward), + actor forward x rows x epochs "
+                                "(analytic KL, when on), + 2 x critic forward x N x T (GAE: V(s), V(s')), + (actor + "
+                                "2 x critic forward) x off-policy rows (SAPG/EPO aggregate)",
+            "achieved_flops_per_s": "flops_per_update / update_s",
+            "gemm_flops_per_s": "same worker, torch.mm of the update's largest matmul [minibatch rows, in] x [in, out] "
+                                "(the layer with the largest in x out), repeated, best of 3",
+            "flop_floor_ratio": "achieved_flops_per_s / gemm_flops_per_s (1.0: every FLOP at the GEMM's rate)",
+            "floor_update_s": "flops_per_update / gemm_flops_per_s: the update's time at the GEMM's rate",
         },
         "cells": cells,
         "table_markdown": table,

@@ -76,3 +76,96 @@ def test_ratios_are_figures_over_the_baseline(quick):
     for v in ("sapg", "epo"):
         assert o[f"{v}_over_ppo_update_time"] == pytest.approx(rows[v]["update_s"] / ppo["update_s"])
         assert o[f"{v}_over_ppo_e2e_time"] == pytest.approx(ppo["e2e_frames_per_s"] / rows[v]["e2e_frames_per_s"])
+
+
+def test_flop_floor_is_counted_for_every_variant(quick):
+    """Every cell has the update's FLOPs from the networks' linear layers, a same-run GEMM of the
+    largest minibatch matmul, and achieved / GEMM as the floor ratio."""
+    (cell,) = quick["cells"]
+    rows = {r["variant"]: r for r in cell["results"]}
+    cfg, n, m = quick["config"], cell["num_envs"], cell["num_policies"]
+    t, epochs, hidden = cfg["horizon"], cell["epochs"], cfg["hidden"]
+
+    def fwd(sizes):  # 2 x in x out per linear layer, per row
+        return sum(2 * i * o for i, o in zip(sizes[:-1], sizes[1:]))
+
+    plain = fwd([3, *hidden, 1])  # Pendulum: 3 observation dims, 1 action; the critic has one output too
+    latent = fwd([3 + 32, *hidden, 1])  # SAPG/EPO: the recipe's 32-d latent joins the observation
+    for v, r in rows.items():
+        f = r["flops"]
+        a = c = plain if v in ("torchrl", "ppo") else latent
+        assert (f["actor_forward_flops_per_row"], f["critic_forward_flops_per_row"]) == (a, c)
+        rows_trained = r["rows_per_update"]
+        expect = 3 * (a + c) * rows_trained * epochs + 2 * c * n * t  # train fwd+bwd, GAE's V(s) and V(s')
+        expect += 0 if v == "torchrl" else a * rows_trained * epochs  # the analytic KL of the adaptive lr
+        expect += (a + 2 * c) * (rows_trained - n * t)  # aggregate's re-scoring of the off-policy rows
+        assert r["flops_per_update"] == f["per_update"]["total"] == expect
+        assert f["analytic_kl"] == (v != "torchrl")
+        mb = rows_trained // cfg["minibatches"]
+        assert r["gemm"]["shape"] == f["largest_matmul"] == [mb, *max(f["actor_layers"] + f["critic_layers"],
+                                                                     key=lambda io: io[0] * io[1])]
+        assert r["achieved_flops_per_s"] == pytest.approx(r["flops_per_update"] / r["update_s"])
+        assert r["flop_floor_ratio"] == pytest.approx(r["achieved_flops_per_s"] / r["gemm_flops_per_s"])
+        assert r["floor_update_s"] == pytest.approx(r["flops_per_update"] / r["gemm_flops_per_s"])
+    assert "achieved / GEMM" in quick["table_markdown"]
+
+
+def test_profile_splits_every_variant_into_phases(quick):
+    (cell,) = quick["cells"]
+    rows = {r["variant"]: r for r in cell["results"]}
+    for v, r in rows.items():
+        p = r["profile"]
+        assert set(p["seconds"]) == set(throughput.PHASES) and p["iterations"] == quick["config"]["profile_iters"]
+        assert all(s >= 0 for s in p["seconds"].values())
+        assert p["update_s"] == pytest.approx(sum(s for k, s in p["seconds"].items() if k != "collect"))
+        assert sum(p["share_of_update"].values()) == pytest.approx(1.0)
+        # the phases every variant has
+        for phase in ("collect", "value", "minibatch", "loss_forward", "backward", "optimizer"):
+            assert p["seconds"][phase] > 0, (v, phase)
+        assert (p["seconds"]["analytic_kl"] > 0) == (v != "torchrl")
+        if v == "torchrl":  # the plain loop has no hooks, normaliser or log
+            assert p["seconds"]["aggregate"] == p["seconds"]["normalizer"] == p["seconds"]["logging"] == 0
+        else:
+            assert p["seconds"]["normalizer"] > 0 and p["seconds"]["logging"] > 0
+    # PPO's batch_process stage is an empty loop; SAPG/EPO's runs aggregate
+    assert min(rows["sapg"]["profile"]["seconds"]["aggregate"], rows["epo"]["profile"]["seconds"]["aggregate"]) > \
+        rows["ppo"]["profile"]["seconds"]["aggregate"]
+    excess = cell["overheads"]["profile_excess_s"]
+    assert excess["ppo"]["reference"] == "torchrl" and excess["sapg"]["reference"] == "ppo"
+    for v, e in excess.items():
+        ref = rows[e["reference"]]["profile"]
+        assert e["update_s"] == pytest.approx(rows[v]["profile"]["update_s"] - ref["update_s"])
+    assert "Per-phase profile" in quick["table_markdown"]
+
+
+def test_profile_instrumentation_is_removed_afterwards():
+    """The timers wrap bound methods of the benchmark's own trainer and two process-wide functions
+    only while the block runs; afterwards the trainer, torch and the library are as before."""
+    from torchrl_sapg.trainers import on_policy
+
+    args = throughput.parse_args(["--quick"])
+    runner = throughput.EndToEnd("sapg", 8, 2, args)
+    trainer = runner.trainer
+    backward, kl, collector = torch.Tensor.backward, on_policy.gaussian_kl, trainer.collector
+    try:
+        seconds = runner.profile_step()
+    finally:
+        runner.close()
+    assert torch.Tensor.backward is backward and on_policy.gaussian_kl is kl and trainer.collector is collector
+    for name in ("_estimate_values", "_process_batch_hook", "optim_steps", "_metrics"):
+        assert name not in vars(trainer)
+    assert "forward" not in vars(trainer.loss_module) and "step" not in vars(trainer.optimization_stepper)
+    assert seconds["backward"] > 0 and seconds["aggregate"] > 0
+
+
+def test_learner_update_is_a_wrapper_over_throughput(monkeypatch, tmp_path):
+    """One learner benchmark: learner_update.py calls throughput.main with our PPO and SAPG."""
+    import learner_update
+
+    seen = {}
+    monkeypatch.setattr(throughput, "main", lambda argv: seen.setdefault("argv", argv))
+    learner_update.main(["--threads", "1"])
+    argv = seen["argv"]
+    args = throughput.parse_args([a for a in argv if a != "--worker"])
+    assert args.variants == ["torchrl", "ppo", "sapg", "sapg_td0"] and not args.compile and not args.memory
+    assert args.out.endswith("learner_update_cpu.json") and args.threads == 1

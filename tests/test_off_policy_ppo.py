@@ -69,7 +69,7 @@ def _hand_entropy(scale):
     return (0.5 + 0.5 * math.log(2 * math.pi) + scale.log()).sum(-1)
 
 
-def _hand_loss(ac, td, *, eps=EPS, lam=1.0, mu_correction=True, critic_coeff=1.0, entropy_coeff=0.0, rho_bar=None):
+def _hand_loss(ac, td, *, eps=EPS, eps_high=None, lam=1.0, mu_correction=True, critic_coeff=1.0, entropy_coeff=0.0, rho_bar=None):
     """Reference: weighted clipped surrogate + critic + entropy, plain torch ops."""
     loc, scale = _gauss(ac, td)
     logp = _hand_logp(loc, scale, td["action"])
@@ -81,7 +81,8 @@ def _hand_loss(ac, td, *, eps=EPS, lam=1.0, mu_correction=True, critic_coeff=1.0
     else:
         mu = torch.ones(B)
     A = td["advantage"].squeeze(-1)
-    clipped_r = torch.minimum(torch.maximum(r, mu * (1 - eps)), mu * (1 + eps))
+    eps_high = eps if eps_high is None else eps_high
+    clipped_r = torch.minimum(torch.maximum(r, mu * (1 - eps)), mu * (1 + eps_high))
     gain = torch.minimum(r * A, clipped_r * A)
     if rho_bar is not None:  # truncated importance weight: scale off rows by min(mu, rho_bar) / mu
         true_mu = torch.exp(td["target_log_prob"] - behaviour)
@@ -93,7 +94,7 @@ def _hand_loss(ac, td, *, eps=EPS, lam=1.0, mu_correction=True, critic_coeff=1.0
     H = _hand_entropy(scale)
     out["loss_entropy"] = -(w * entropy_coeff * H).sum() / w.sum()
     with torch.no_grad():
-        is_clipped = (r < mu * (1 - eps)) | (r > mu * (1 + eps))
+        is_clipped = (r < mu * (1 - eps)) | (r > mu * (1 + eps_high))
         out.update(r=r.detach(), mu=mu, off=off, is_clipped=is_clipped, logp=logp.detach())
     return out
 
@@ -226,11 +227,21 @@ def test_lambda_zero_on_all_off_policy_minibatch_is_finite(ac):
         assert out[key] == 0, key
 
 
-def test_negative_lambda_and_asymmetric_clip_rejected(ac):
+def test_negative_lambda_rejected(ac):
     with pytest.raises(ValueError, match="off_policy_coeff"):
         OffPolicyClipPPOLoss(ac.actor, ac.critic, off_policy_coeff=-0.1)
-    with pytest.raises(ValueError, match="symmetric"):
-        OffPolicyClipPPOLoss(ac.actor, ac.critic, clip_epsilon=(0.1, 0.3))
+
+
+def test_asymmetric_clip_is_centred_on_mu(ac):
+    """clip_epsilon=(low, high): off-policy rows clip r to [mu(1 - low), mu(1 + high)]."""
+    td = _batch(ac, seed=11)
+    td["target_log_prob"] = td["action_log_prob"] + 0.6 * torch.randn(B, generator=torch.Generator().manual_seed(3))
+    loss = OffPolicyClipPPOLoss(ac.actor, ac.critic, clip_epsilon=(0.05, 0.3), entropy_bonus=False)
+    out = loss(td.clone())
+    ref = _hand_loss(ac, td, eps=0.05, eps_high=0.3)
+    torch.testing.assert_close(out["loss_objective"], ref["loss_objective"])
+    assert float(out["clip_fraction"]) == pytest.approx(float(ref["is_clipped"].float().mean()))
+    assert 0 < float(ref["is_clipped"].float().mean()) < 1  # the bounds bind on some rows only
 
 
 # ----------------------------------------------------------------------------- 2. == ClipPPOLoss on-policy
@@ -345,9 +356,10 @@ def test_2d_batch_ess_is_normalised(ac):
     ref = ClipPPOLoss(ac.actor, ac.critic, **kw)(td.exclude("off_policy", "target_log_prob"))
     # ratio == 1 on every row: the normalised effective sample size is 1, whatever the layout
     torch.testing.assert_close(ref["ESS"], torch.ones_like(ref["ESS"]), rtol=1e-5, atol=1e-5)
-    # one ESS over all N*T rows (ClipPPOLoss reports one per column of a 2-d batch)
-    assert out["ESS"].shape == () and out["ESS_on"].shape == ()
-    torch.testing.assert_close(out["ESS"], torch.ones(()), rtol=1e-5, atol=1e-5)
+    # ESS as ClipPPOLoss reports it (one per column of a 2-d batch); ESS_on / ESS_off over all rows
+    assert out["ESS"].shape == ref["ESS"].shape == (td.shape[1],)
+    torch.testing.assert_close(out["ESS"], ref["ESS"])
+    assert out["ESS_on"].shape == ()
     torch.testing.assert_close(out["ESS_on"], torch.ones(()), rtol=1e-5, atol=1e-5)
 
 

@@ -35,7 +35,7 @@ def main(iterations: int = 20, num_envs: int = 96, horizon: int = 32, seed: int 
         for _ in range(4):                           # mini-epochs
             for idx in torch.randperm(data.numel()).chunk(4):
                 out = loss(data[idx])
-                total = out["loss_objective"] + out["loss_critic"] + out.get("loss_entropy", 0.0)
+                total = sum(v for k, v in out.items() if k.startswith("loss_"))  # every term: bounds, entropy...
                 optim.zero_grad()
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(loss.parameters(), 1.0)

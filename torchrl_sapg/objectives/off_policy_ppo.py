@@ -1,11 +1,12 @@
 """Clipped PPO with an importance-sampled, off-policy-corrected trust region (SAPG Eq. 3)."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase, is_tensor_collection
 from tensordict.nn import dispatch
 from tensordict.utils import NestedKey
 from torchrl.objectives import ClipPPOLoss
@@ -38,8 +39,12 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
       (written by :meth:`SAPGLoss.aggregate`);
     * surrogate ``min(r·A, clip(r, mu(1-eps), mu(1+eps))·A)``.
 
-    Rows without ``"target_log_prob"`` (or a batch without the key) use ``mu = 1``: on such data
-    the loss *is* TorchRL's ``ClipPPOLoss``. ``mu_correction=False`` clips to ``1 ± eps`` on every
+    The forward pass is ``ClipPPOLoss.forward`` itself: off-policy rows enter through its proximal-
+    policy correction (``log_weight = log r - log mu``, ``log_is_weight = log mu``), so composite
+    and multi-agent actions, the value-estimator fallback, the keyword-argument call path, masks
+    and every reduction behave as in ``ClipPPOLoss``. A batch without ``"off_policy"`` is on-policy
+    data, on which the loss *is* ``ClipPPOLoss`` (``tests/torchrl_conformance``). A
+    ``clip_epsilon=(low, high)`` tuple clips to ``[mu(1 - low), mu(1 + high)]``. ``mu_correction=False`` clips to ``1 ± eps`` on every
     row, as the SAPG reference code does (``mu_*`` still report the true mu). ``mu_truncation``
     caps the importance weight of off-policy rows (a departure from the paper). Rows flagged ``"off_policy"`` are weighted by
     ``off_policy_coeff`` (lambda, Eq. 4 and 9) in both the actor and the critic terms; the
@@ -107,8 +112,6 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
             raise ValueError(f"off_policy_coeff (lambda) must be >= 0, got {off_policy_coeff}.")
         if mu_truncation is not None and not mu_truncation > 0:
             raise ValueError(f"mu_truncation must be > 0 (IMPALA's rho_bar, e.g. 1.0) or None, got {mu_truncation}.")
-        if isinstance(kwargs.get("clip_epsilon"), (tuple, list)):
-            raise ValueError("OffPolicyClipPPOLoss needs a symmetric clip_epsilon (a float): mu(1 ± eps).")
         for name in ("delay_actor", "max_importance_ratio"):
             if kwargs.get(name):
                 raise ValueError(
@@ -118,7 +121,8 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         super().__init__(actor_network, critic_network, **kwargs)
         self.mu_correction = mu_correction
         self.mu_truncation = None if mu_truncation is None else float(mu_truncation)
-        self.register_buffer("off_policy_coeff", torch.tensor(float(off_policy_coeff), device=self.clip_epsilon.device))
+        self.register_buffer("off_policy_coeff", torch.tensor(float(off_policy_coeff), device=self.entropy_coeff.device))
+        self._call: dict | None = None  # what _log_weight saw in the current forward (read by the hooks below)
 
     @property
     def out_keys(self):
@@ -133,111 +137,123 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         self._out_keys = values
 
     # hooks SAPGLoss overrides -------------------------------------------------------
-    def _entropy_coeff_rows(self, tensordict: TensorDictBase, shape: torch.Size) -> torch.Tensor:
-        """Entropy coefficient of every row (a scalar broadcasts)."""
-        return self.entropy_coeff
+    def _entropy_coeff_rows(self, tensordict: TensorDictBase, shape: torch.Size) -> torch.Tensor | None:
+        """Per-row entropy coefficients, or ``None`` for ClipPPOLoss's (scalar or per-head) coefficient."""
+        return None
 
-    def _extra_losses(self, tensordict: TensorDictBase, dist, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _extra_losses(self, tensordict: TensorDictBase, dist) -> dict[str, torch.Tensor]:
+        """Further per-row ``loss_*`` terms (reduced like the others)."""
         return {}
+
+    # ClipPPOLoss hooks ----------------------------------------------------------------
+    def _log_weight(self, tensordict: TensorDictBase, adv_shape: torch.Size):
+        """ClipPPOLoss's ratio, re-centred on mu for off-policy rows.
+
+        ClipPPOLoss clips ``log_weight = log(pi_theta / pi_prox)`` to ``[log(1 - eps), log(1 + eps)]`` and
+        weights the surrogate by ``exp(log_weight + log_is_weight) = pi_theta / pi_behaviour``. With
+        ``pi_prox = pi_target_old``, i.e. ``log_weight = log r - log mu`` and ``log_is_weight = log mu``,
+        its clipped term is ``clip(r, mu(1 - eps), mu(1 + eps))·A``: SAPG Eq. 3.
+        """
+        log_weight, dist, kl_approx, log_is_weight = super()._log_weight(tensordict, adv_shape)
+        off = tensordict.get(self.tensor_keys.off_policy, None)
+        self._call = {"tensordict": tensordict, "dist": dist, "log_ratio": log_weight.detach(), "off": None}
+        if off is None or is_tensor_collection(log_weight):
+            return log_weight, dist, kl_approx, log_is_weight  # on-policy data: ClipPPOLoss exactly
+        off = off.reshape(log_weight.shape).to(torch.bool)
+        target_lp = tensordict.get(self.tensor_keys.target_log_prob, None)
+        if target_lp is None:
+            log_mu = torch.zeros_like(log_weight)
+        else:  # on-policy rows have mu = 1 by definition (target == behaviour)
+            behaviour_lp = tensordict.get(self.tensor_keys.sample_log_prob).reshape(log_weight.shape)
+            log_mu = torch.where(off, target_lp.reshape(log_weight.shape) - behaviour_lp, torch.zeros_like(log_weight)).detach()
+        self._call.update(off=off, log_mu=log_mu)
+        centre = log_mu if self.mu_correction else torch.zeros_like(log_mu)
+        log_is = centre
+        if self.mu_truncation is not None:
+            # x min(mu, rho_bar) / mu on off-policy rows: the gradient at theta_old is min(mu, rho_bar)·A·grad log pi
+            log_scale = (math.log(self.mu_truncation) - log_mu).clamp_max(0.0)
+            log_is = log_is + torch.where(off, log_scale, torch.zeros_like(log_scale))
+        if log_is_weight is not None:
+            log_is = log_is + log_is_weight
+        return log_weight - centre, dist, kl_approx, log_is
+
+    def _weighted_loss_entropy(self, entropy):
+        if self._call is None:
+            return super()._weighted_loss_entropy(entropy)
+        if is_tensor_collection(entropy):  # composite actions: the heads' entropies summed, as ClipPPOLoss does
+            total = functools.reduce(torch.add, entropy.values(include_nested=True, leaves_only=True))
+        else:
+            total = entropy
+        coeff = self._entropy_coeff_rows(self._call["tensordict"], total.shape)
+        if coeff is None:
+            return super()._weighted_loss_entropy(entropy)
+        return -coeff * total
+
+    def _reduce_loss(self, loss, tensordict=None, *, mask=None, reduction=None, weights=None):
+        """ClipPPOLoss's reduction, with off-policy rows weighted by lambda: ``sum(w·l) / sum(w)`` for the mean."""
+        off = None if self._call is None else self._call["off"]
+        if off is None or weights is not None or is_tensor_collection(loss):
+            return super()._reduce_loss(loss, tensordict, mask=mask, reduction=reduction, weights=weights)
+        off = self._expand_loss_mask(off, loss)
+        coeff = self.off_policy_coeff.to(loss.dtype)
+        weights = torch.where(off, coeff, torch.ones_like(coeff))
+        if (reduction or self.reduction) != "mean":
+            return super()._reduce_loss(loss, tensordict, mask=mask, reduction=reduction, weights=weights)
+        if mask is not None:
+            mask = self._expand_loss_mask(mask, loss)
+        for key in self._loss_mask_keys() if tensordict is not None else ():
+            found = tensordict.get(key, default=None)
+            if found is not None:
+                found = self._expand_loss_mask(found, loss)
+                mask = found if mask is None else mask & found
+        if mask is not None:
+            loss = torch.where(mask, loss, torch.zeros_like(loss))
+            weights = weights * mask.to(weights.dtype)
+        # a minibatch of only zero-weight rows (lambda = 0) gives 0, not NaN
+        return (loss * weights).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
 
     # ---------------------------------------------------------------------------------
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        tensordict = tensordict.clone(False)
-        advantage = tensordict.get(self.tensor_keys.advantage, None)
-        if advantage is None:
-            raise KeyError(
-                f"OffPolicyClipPPOLoss needs {self.tensor_keys.advantage!r} in the input: run a value "
-                "estimator (e.g. TorchRL's GAE) and SAPGLoss.aggregate before the loss."
-            )
-        advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=False)
-        log_weight, dist, _, _ = self._log_weight(tensordict, adv_shape=advantage.shape[:-1])
-        # log_weight = log pi_theta - log pi_b, shape [B, 1]
-        behaviour_lp = tensordict.get(self.tensor_keys.sample_log_prob).reshape(log_weight.shape)
-        off = tensordict.get(self.tensor_keys.off_policy, None)
+        self._call = None
+        try:
+            td_out = super().forward(tensordict)
+            call = self._call
+            if call is None:
+                return td_out
+            td_in = call["tensordict"]
+            for name, value in self._extra_losses(td_in, call["dist"]).items():
+                td_out.set(name, self._reduce_loss(value, td_in).squeeze(-1))
+            self._add_diagnostics(td_out, call)
+            return td_out
+        finally:
+            self._call = None
+
+    @torch.no_grad()
+    def _add_diagnostics(self, td_out: TensorDictBase, call: dict) -> None:
+        """On/off-policy clip fractions and ESS, mu statistics, the off-policy fraction; KL over on-policy rows."""
+        off = call["off"]
         if off is None:
-            off = torch.zeros(log_weight.shape, dtype=torch.bool, device=log_weight.device)
-        else:
-            off = off.reshape(log_weight.shape).to(torch.bool)
+            one, zero = torch.ones_like(td_out["clip_fraction"]), torch.zeros_like(td_out["clip_fraction"])
+            td_out.update({"clip_fraction_on": td_out["clip_fraction"], "clip_fraction_off": zero,
+                           "ESS_on": td_out["ESS"], "ESS_off": torch.zeros_like(td_out["ESS"]),
+                           "mu_mean": one, "mu_min": one, "mu_max": one, "off_policy_fraction": zero})
+            return
         on = ~off
-        target_lp = tensordict.get(self.tensor_keys.target_log_prob, None)
-        if target_lp is None:
-            log_mu = torch.zeros_like(log_weight)
-        else:
-            # on-policy rows have mu = 1 by definition (target == behaviour)
-            target_lp = target_lp.reshape(log_weight.shape)
-            log_mu = torch.where(off, target_lp - behaviour_lp, torch.zeros_like(log_weight)).detach()
+        log_ratio, log_mu = call["log_ratio"], call["log_mu"]
         centre = log_mu if self.mu_correction else torch.zeros_like(log_mu)
-        lo, hi = self._clip_bounds  # log(1 - eps), log(1 + eps)
-        log_weight_clip = torch.minimum(torch.maximum(log_weight, centre + lo), centre + hi)
-        clipped = log_weight_clip != log_weight
-        gain1 = log_weight.exp() * advantage
-        gain2 = log_weight_clip.exp() * advantage
-        gain = torch.minimum(gain1, gain2)
-        if self.mu_truncation is not None:
-            # min(mu, rho_bar) / mu: the gradient at theta_old becomes min(mu, rho_bar)·A·grad log pi
-            log_scale = (math.log(self.mu_truncation) - log_mu).clamp_max(0.0)
-            gain = gain * torch.where(off, log_scale, torch.zeros_like(log_scale)).exp()
-
-        coeff = self.off_policy_coeff.to(gain.dtype)
-        weights = torch.where(off, coeff, torch.ones_like(coeff)).expand_as(gain)
-
-        td_out = TensorDict()
-        td_out.set("loss_objective", -gain)
-        with torch.no_grad():
-            clip_f = clipped.to(gain.dtype)
-            td_out.set("clip_fraction", clip_f.mean())
-            td_out.set("clip_fraction_on", _masked_mean(clip_f, on))
-            td_out.set("clip_fraction_off", _masked_mean(clip_f, off))
-            td_out.set("kl_approx", _masked_mean(-log_weight, on))
-            lw = log_weight.squeeze(-1)
-            td_out.set("ESS", _masked_ess(lw, torch.ones_like(lw, dtype=torch.bool)))
-            td_out.set("ESS_on", _masked_ess(lw, on.squeeze(-1)))
-            td_out.set("ESS_off", _masked_ess(lw, off.squeeze(-1)))
-            # mu statistics of the off-policy rows (1 when the minibatch has none)
-            mu = log_mu.exp()
-            any_off = off.any()
-            one = torch.ones((), dtype=mu.dtype, device=mu.device)
-            td_out.set("mu_mean", torch.where(any_off, _masked_mean(mu, off), one))
-            td_out.set("mu_min", torch.where(any_off, torch.where(off, mu, float("inf")).min(), one))
-            td_out.set("mu_max", torch.where(any_off, torch.where(off, mu, float("-inf")).max(), one))
-            td_out.set("off_policy_fraction", off.to(gain.dtype).mean())
-            ratio = log_weight.exp()
-            td_out.set("max_ratio", ratio.max())
-            td_out.set("mean_ratio", ratio.mean())
-
-        if self.entropy_bonus:
-            entropy = self._get_entropy(dist, adv_shape=advantage.shape[:-1])
-            td_out.set("entropy", entropy.detach().mean())
-            coeff_rows = self._entropy_coeff_rows(tensordict, entropy.shape)
-            td_out.set("loss_entropy", -coeff_rows * entropy)
-        if self._has_critic:
-            loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
-            td_out.set("loss_critic", loss_critic)
-            if value_clip_fraction is not None:
-                td_out.set("value_clip_fraction", value_clip_fraction)
-            if explained_variance is not None:
-                td_out.set("explained_variance", explained_variance)
-        for name, value in self._extra_losses(tensordict, dist, weights).items():
-            td_out.set(name, value)
-
-        def reduce(name, value):
-            if not name.startswith("loss_"):
-                return value
-            if value.shape != weights.shape:
-                raise RuntimeError(f"{name} has shape {tuple(value.shape)}, expected per-row {tuple(weights.shape)}.")
-            if self.reduction in (None, "mean"):
-                # sum(w·l) / sum(w); a minibatch of only zero-weight rows (lambda = 0) gives 0, not NaN
-                return (value * weights).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
-            return self._reduce_loss(value, tensordict, weights=weights).squeeze(-1)
-
-        td_out = td_out.named_apply(reduce)
-        self._clear_weakrefs(
-            tensordict,
-            td_out,
-            "actor_network_params",
-            "critic_network_params",
-            "target_actor_network_params",
-            "target_critic_network_params",
-        )
-        return td_out
+        lo, hi = self._clip_bounds
+        clipped = ((log_ratio - centre).clamp(lo, hi) != (log_ratio - centre)).to(log_ratio.dtype)
+        td_out.set("clip_fraction_on", _masked_mean(clipped, on))
+        td_out.set("clip_fraction_off", _masked_mean(clipped, off))
+        td_out.set("kl_approx", _masked_mean(-log_ratio, on))
+        lw = log_ratio.squeeze(-1)
+        td_out.set("ESS_on", _masked_ess(lw, on.squeeze(-1)))
+        td_out.set("ESS_off", _masked_ess(lw, off.squeeze(-1)))
+        mu = log_mu.exp()
+        any_off = off.any()
+        one = torch.ones((), dtype=mu.dtype, device=mu.device)
+        td_out.set("mu_mean", torch.where(any_off, _masked_mean(mu, off), one))
+        td_out.set("mu_min", torch.where(any_off, torch.where(off, mu, float("inf")).min(), one))
+        td_out.set("mu_max", torch.where(any_off, torch.where(off, mu, float("-inf")).max(), one))
+        td_out.set("off_policy_fraction", off.to(mu.dtype).mean())

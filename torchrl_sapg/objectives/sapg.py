@@ -1,16 +1,30 @@
 """SAPG: split-and-aggregate policy gradients (Singla et al., ICML 2024)."""
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
 from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_sapg.modules.latents import check_policy_ids
 from torchrl_sapg.objectives.off_policy_ppo import OffPolicyClipPPOLoss, _masked_mean
 
 Aggregation = Literal["leader_follower", "symmetric", "none"]
+
+#: ClipPPOLoss arguments SAPGLoss replaces, and what to pass instead
+_CLIP_PPO_ONLY = {
+    "entropy_coeff": "entropy_coeffs=[...] (one per policy, leader first) or entropy_sigma=<sigma> (the paper's schedule)",
+    "entropy_bonus": "entropy_coeffs / entropy_sigma (the bonus is on when any coefficient is non-zero)",
+    "normalize_advantage": "advantage_normalization='minibatch' (or 'batch', 'split', 'split_centre', 'none')",
+}
+
+
+def _next_key(key: NestedKey) -> tuple:
+    return ("next", *key) if isinstance(key, tuple) else ("next", key)
 
 
 def sapg_entropy_coeffs(num_policies: int, sigma: float, leader_id: int = 0) -> torch.Tensor:
@@ -193,6 +207,19 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         ['loss_critic', 'loss_entropy', 'loss_objective']
     """
 
+    @dataclass
+    class _AcceptedKeys(OffPolicyClipPPOLoss._AcceptedKeys):
+        """Keys of :class:`SAPGLoss`; all of :class:`OffPolicyClipPPOLoss`'s plus:
+
+        Attributes:
+            policy_id (NestedKey): the integer policy id of every row, as ``PolicyIdTransform`` /
+                ``PopulationCollector`` write it and the actor reads it. Defaults to ``"policy_id"``.
+        """
+
+        policy_id: NestedKey = "policy_id"
+
+    default_keys = _AcceptedKeys
+
     def __init__(
         self,
         actor,
@@ -222,6 +249,9 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         generator: torch.Generator | None = None,
         **kwargs,
     ):
+        for name, instead in _CLIP_PPO_ONLY.items():
+            if name in kwargs:
+                raise TypeError(f"SAPGLoss does not take ClipPPOLoss's {name}=; use {instead}.")
         if aggregation not in ("leader_follower", "symmetric", "none"):
             raise ValueError(f"aggregation={aggregation!r}: choose 'leader_follower', 'symmetric' or 'none'.")
         if not isinstance(num_policies, int) or num_policies < 1:
@@ -274,7 +304,7 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             off_policy_coeff=off_policy_coeff,
             **kwargs,
         )
-        device = self.clip_epsilon.device
+        device = self.entropy_coeff.device
         self.register_buffer("entropy_coeffs", coeffs.to(device))
         self.num_policies = num_policies
         self.leader_id = leader_id
@@ -289,13 +319,26 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         self.gamma = float(gamma)
         self.advantage_normalization = advantage_normalization
         self.generator = generator
+        self._actor_reads_policy_id: bool | None = None  # checked once, at the first aggregate
+
+    def _set_in_keys(self):
+        super()._set_in_keys()
+        if self.tensor_keys.policy_id not in self._in_keys:  # read by the entropy rows even if the actor does not
+            self._in_keys.append(self.tensor_keys.policy_id)
 
     # ------------------------------------------------------------------ loss hooks
     def _entropy_coeff_rows(self, tensordict: TensorDictBase, shape: torch.Size) -> torch.Tensor:
-        policy_id = tensordict.get("policy_id")
-        return self.entropy_coeffs[policy_id].reshape(shape)
+        policy_id = tensordict.get(self.tensor_keys.policy_id, None)
+        if policy_id is None:
+            raise KeyError(f"SAPGLoss: {self.tensor_keys.policy_id!r} is missing from the input; it selects each "
+                           "row's entropy coefficient (set_keys(policy_id=...) if your data names it otherwise).")
+        coeff = self.entropy_coeffs[policy_id]
+        if coeff.ndim > len(shape):  # a trailing singleton of the id ([B, 1]) against a [B] entropy
+            return coeff.reshape(shape)
+        # per-row ids against per-row ([B, 1]) or per-agent ([B, A, 1]) entropies: broadcast over the rest
+        return coeff.reshape(coeff.shape + (1,) * (len(shape) - coeff.ndim)).expand(shape)
 
-    def _extra_losses(self, tensordict, dist, weights):
+    def _extra_losses(self, tensordict, dist):
         if self.bounds_loss_coeff == 0.0:
             return {}
         mu = dist.mean
@@ -327,16 +370,15 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         if batch.batch_dims != 2:
             raise ValueError(f"aggregate expects an [N, T] batch from the collector, got batch_size={tuple(batch.batch_size)}.")
         keys = self.tensor_keys
-        for key in ("policy_id", keys.action, keys.sample_log_prob, keys.advantage, keys.value_target, keys.value, ("next", keys.reward)):
-            if key not in batch.keys(True, True):
-                raise KeyError(
-                    f"SAPGLoss.aggregate: {key!r} is missing from the batch. Collect with "
-                    "PopulationCollector (policy_id, log-prob) and run a value estimator such as GAE first."
-                )
+        self._check_batch_keys(batch)
         N, T = batch.shape
-        policy_id = batch.get("policy_id")
+        policy_id = batch.get(keys.policy_id)
+        policy_id = policy_id.reshape(N, T) if policy_id.numel() == N * T else policy_id
         row_ids = policy_id[:, 0]
-        check_policy_ids(row_ids, self.num_policies)
+        check_policy_ids(row_ids, self.num_policies, name=str(keys.policy_id))
+        self._check_env_major(policy_id)
+        if self.aggregation != "none":
+            self._check_actor_reads_policy_id(batch, row_ids)
         if N % self.num_policies:
             raise ValueError(f"the batch has {N} env rows, not divisible by num_policies={self.num_policies}.")
         block = N // self.num_policies
@@ -369,6 +411,60 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             centred = torch.where(off, adv - _masked_mean(adv, off), adv - _masked_mean(adv, ~off))
             out.set(keys.advantage, centred / centred.pow(2).sum().div(max(centred.numel() - 2, 1)).sqrt().clamp_min(1e-8))
         return out
+
+    # ------------------------------------------------------------------ misuse checks
+    def _check_batch_keys(self, batch: TensorDictBase) -> None:
+        """Every entry aggregate reads, named with the fix when missing."""
+        keys = self.tensor_keys
+        needed = [keys.policy_id, keys.action, keys.sample_log_prob, keys.advantage, keys.value_target, keys.value,
+                  _next_key(keys.reward), _next_key(keys.done), _next_key(keys.terminated)]
+        needed += [_next_key(k) for k in self.critic_network.in_keys if k != "is_init"]  # V_old(s') of relabelled rows
+        present = batch.keys(True, True)
+        missing = [k for k in dict.fromkeys(needed) if k not in present]
+        if missing:
+            raise KeyError(
+                f"SAPGLoss.aggregate: {missing} missing from the batch. Collect with PopulationCollector (or a TorchRL "
+                "collector over an env with PolicyIdTransform), which records actions, log-probs and the ('next', ...) "
+                "reward / done / terminated / observations, then run a value estimator such as GAE before aggregate."
+            )
+
+    def _check_env_major(self, policy_id: torch.Tensor) -> None:
+        """Every env row holds one policy's steps: ids vary along dim 0 only ([N, T], not time-major [T, N])."""
+        varies = (policy_id != policy_id[:, :1]).any()
+        msg = (f"SAPGLoss.aggregate: {self.tensor_keys.policy_id!r} changes along dim 1 of the [N, T] batch, so its rows "
+               "are not env rows. Is it time-major ([T, N])? Pass batch.transpose(0, 1) (PopulationCollector's and "
+               "TorchRL collectors' layout is [N, T]).")
+        if policy_id.device.type == "cpu" and not torch.compiler.is_compiling():
+            if bool(varies):
+                raise ValueError(msg)
+        else:  # no host sync on an accelerator: surfaces at the next synchronisation
+            torch._assert_async(~varies, msg)
+
+    @torch.no_grad()
+    def _check_actor_reads_policy_id(self, batch: TensorDictBase, row_ids: torch.Tensor) -> None:
+        """Once: an actor that does not read the policy id is refused; one whose output does not change with it
+        (mu == 1, the off-policy rows copies of the followers' data) is warned about."""
+        if self._actor_reads_policy_id:
+            return
+        pid = self.tensor_keys.policy_id
+        fix = (f"Use a latent-conditioned actor (make_actor_critic(num_policies={self.num_policies}, latent_dim>0), "
+               f"LatentConditionedActor) or set_keys(policy_id=...) to the key your actor reads.")
+        if pid not in self.actor_network.in_keys:
+            raise ValueError(f"SAPGLoss: the actor does not read {pid!r} (its in_keys are {self.actor_network.in_keys}), "
+                             f"so every policy is the same network and aggregation has nothing to relabel. {fix}")
+        sample = batch[:, 0].clone(False)
+        other = sample.clone(False)
+        other.set(pid, ((row_ids + 1) % self.num_policies).reshape(sample.get(pid).shape))
+        with set_exploration_type(ExplorationType.RANDOM), (
+            self.actor_network_params.to_module(self.actor_network) if self.functional else _null()
+        ):
+            action = sample.get(self.tensor_keys.action)
+            same = torch.equal(self.actor_network.get_dist(sample).log_prob(action),
+                               self.actor_network.get_dist(other).log_prob(action))
+        if same:  # a warning: identical latents can also be deliberate (a test, a shared-policy ablation)
+            warnings.warn(f"SAPGLoss: the actor's output does not depend on {pid!r} (same log-prob under every id), "
+                          f"so mu is exactly 1 and the leader's off-policy rows are copies. {fix}", stacklevel=3)
+        self._actor_reads_policy_id = True
 
     def _critic_values(self, td: TensorDictBase) -> torch.Tensor:
         with self.critic_network_params.to_module(self.critic_network) if self.functional else _null():
@@ -405,9 +501,10 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         rows = noise.argsort(dim=1)[:, :k]  # [R, k], never a receiver's own row
         off = batch[rows.reshape(-1)]
         new_id = receivers.repeat_interleave(k).unsqueeze(1).expand(-1, batch.shape[1])
-        off.set("policy_id", new_id.clone())
-        if ("next", "policy_id") in off.keys(True, True):
-            off.set(("next", "policy_id"), new_id.clone())
+        pid = keys.policy_id
+        off.set(pid, new_id.reshape(off.get(pid).shape).clone())
+        if _next_key(pid) in off.keys(True, True):
+            off.set(_next_key(pid), new_id.reshape(off.get(_next_key(pid)).shape).clone())
         # the receiving policy's pre-update actor and critic on the follower's data
         with set_exploration_type(ExplorationType.RANDOM), (
             self.actor_network_params.to_module(self.actor_network) if self.functional else _null()
