@@ -108,6 +108,9 @@ def _check_train(cfg: DictConfig) -> None:
     _choice(cfg, "train.lr_schedule", ("adaptive", "linear", "fixed"))
     _choice(cfg, "train.normalize_advantage", ("batch", "minibatch", "none"))
     _choice(cfg, "train.nonfinite", ("raise", "drop"))
+    if _get(cfg, "train.cudagraphs", False) and not str(_get(cfg, "device", "cpu")).startswith("cuda"):
+        raise ValueError(f"train.cudagraphs=true needs device=cuda (device={_get(cfg, 'device', 'cpu')!r}); "
+                         "use train.compile=true alone on this device.")
 
 
 def _check_minibatches(cfg: DictConfig) -> None:

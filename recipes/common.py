@@ -4,13 +4,12 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 from torchrl.envs import TransformedEnv
-from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from torchrl_sapg.envs import make_env
 from torchrl_sapg.modules import ActorCritic, make_actor_critic
 from torchrl_sapg.modules.recurrent import add_recurrent_transforms, collection_policy, make_recurrent_actor_critic
-from torchrl_sapg.objectives import SAPGLoss
+from torchrl_sapg.objectives import OffPolicyClipPPOLoss, SAPGLoss
 from torchrl_sapg.population import GeneticLatentScheduler, PBTMember
 from torchrl_sapg.population.ensemble import (
     EnsembleActor,
@@ -117,7 +116,9 @@ def build_loss(cfg: DictConfig, agent: ActorCritic):
     if t.normalize_advantage not in ("batch", "minibatch", "none"):
         raise ValueError(f"train.normalize_advantage={t.normalize_advantage!r}: choose batch, minibatch or none.")
     if cfg.algo.name == "ppo":
-        loss = ClipPPOLoss(
+        # TorchRL's ClipPPOLoss on on-policy data (tests/torchrl_conformance), plus the analytic KL from its own
+        # forward pass, which saves the adaptive learning rate a second actor pass per minibatch
+        loss = OffPolicyClipPPOLoss(
             agent.actor,
             agent.critic,
             clip_epsilon=t.clip_epsilon,

@@ -108,6 +108,8 @@ def main(cfg: DictConfig) -> dict:
         checkpoint_interval=int(cfg.checkpoint_interval),
         keep_checkpoints=int(cfg.keep_checkpoints),
         nonfinite=cfg.train.nonfinite,
+        compile=bool(cfg.train.compile),
+        cudagraphs=bool(cfg.train.cudagraphs),
         seed=cfg.seed,
         checkpoint_extra=lambda: {"config": resolved},
         headline_policy=headline_policy(cfg),

@@ -728,3 +728,40 @@ def test_shutdown_stage_runs_even_when_there_is_nothing_left_to_train(tmp_path):
     again.trainer.register_op("shutdown", lambda: calls.append("shutdown"))
     again.trainer.train()
     assert calls == ["setup", "shutdown"]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "max_policy"])
+def test_the_loss_reports_the_analytic_kl_from_its_own_forward(reduction):
+    """The KL the adaptive rate reads comes from the loss's forward (no second actor pass) and equals gaussian_kl's."""
+    from tensordict import TensorDict
+
+    from torchrl_sapg.objectives import SAPGLoss
+    from torchrl_sapg.trainers.on_policy import gaussian_kl
+
+    torch.manual_seed(0)
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    td = ac.actor(TensorDict({"observation": torch.randn(32, 3), "policy_id": torch.arange(32) % M}, [32])).detach()
+    td.update({"advantage": torch.randn(32, 1), "value_target": torch.randn(32, 1),
+               "off_policy": torch.arange(32) % 5 == 0, "target_log_prob": td["action_log_prob"]})
+    with torch.no_grad():
+        ac.actor.log_std.add_(torch.tensor([[0.3], [-0.2]]))  # the policies moved since collection
+    loss = SAPGLoss(ac.actor, ac.critic, num_policies=M)
+    optim = torch.optim.Adam(loss.parameters(), lr=1e-3)
+    collector = PopulationCollector(make_env("pendulum", 4, seed=0), ac.actor, num_policies=M, frames_per_batch=8)
+    trainer = OnPolicyTrainer(collector=collector, loss_module=loss, optimizer=optim, total_frames=8, num_epochs=1,
+                              num_minibatches=1, lr_schedule=LearningRateSchedule(optim, mode="adaptive"),
+                              kl_actor=ac.actor, kl_reduction=reduction, progress_bar=False)
+    assert loss.analytic_kl == reduction  # configured by the trainer
+    ref = gaussian_kl(ac.actor, td, reduction=reduction, num_policies=M)  # the extra pass, before the step
+    passes, get_dist = [], loss.actor_network.get_dist
+
+    def counting_get_dist(*args, **kwargs):
+        passes.append(1)
+        return get_dist(*args, **kwargs)
+
+    loss.actor_network.get_dist = counting_get_dist  # instrumentation only: counts actor passes
+    out = trainer.optimization_stepper.step(trainer, td.clone())
+    del loss.actor_network.get_dist
+    assert len(passes) == 1  # the loss's own pass; none for the KL
+    assert float(out["kl"]) > 0
+    torch.testing.assert_close(out["kl"], ref)

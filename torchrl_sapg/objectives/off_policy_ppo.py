@@ -12,6 +12,8 @@ from tensordict.utils import NestedKey
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.ppo import PPOLoss
 
+from torchrl_sapg.objectives.kl import gaussian_kl_from_dist
+
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(x.dtype)
@@ -123,6 +125,10 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         self.mu_truncation = None if mu_truncation is None else float(mu_truncation)
         self.register_buffer("off_policy_coeff", torch.tensor(float(off_policy_coeff), device=self.entropy_coeff.device))
         self._call: dict | None = None  # what _log_weight saw in the current forward (read by the hooks below)
+        #: ``"mean"`` / ``"max_policy"``: forward also reports the analytic Gaussian KL to the behaviour policy as
+        #: ``"kl"``, from its own distribution (no extra actor pass; OnPolicyTrainer sets it for the adaptive LR)
+        self.analytic_kl: str | None = None
+        self.analytic_kl_num_policies: int | None = None
 
     @property
     def out_keys(self):
@@ -154,9 +160,13 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         ``pi_prox = pi_target_old``, i.e. ``log_weight = log r - log mu`` and ``log_is_weight = log mu``,
         its clipped term is ``clip(r, mu(1 - eps), mu(1 + eps))·A``: SAPG Eq. 3.
         """
+        behaviour = None
+        if self.analytic_kl is not None:  # read before the actor's forward overwrites loc / scale
+            behaviour = tensordict.select("loc", "scale", strict=False).copy()
         log_weight, dist, kl_approx, log_is_weight = super()._log_weight(tensordict, adv_shape)
         off = tensordict.get(self.tensor_keys.off_policy, None)
-        self._call = {"tensordict": tensordict, "dist": dist, "log_ratio": log_weight.detach(), "off": None}
+        self._call = {"tensordict": tensordict, "dist": dist, "log_ratio": log_weight.detach(), "off": None,
+                      "behaviour": behaviour}
         if off is None or is_tensor_collection(log_weight):
             return log_weight, dist, kl_approx, log_is_weight  # on-policy data: ClipPPOLoss exactly
         off = off.reshape(log_weight.shape).to(torch.bool)
@@ -225,6 +235,14 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
             for name, value in self._extra_losses(td_in, call["dist"]).items():
                 td_out.set(name, self._reduce_loss(value, td_in).squeeze(-1))
             self._add_diagnostics(td_out, call)
+            if call["behaviour"] is not None:
+                rows = call["behaviour"].update(td_in.select(self.tensor_keys.off_policy, strict=False))
+                pid = getattr(self.tensor_keys, "policy_id", "policy_id")
+                if pid in td_in.keys(True, True):
+                    rows.set(pid, td_in.get(pid))
+                td_out.set("kl", gaussian_kl_from_dist(
+                    call["dist"], rows, mask_key=self.tensor_keys.off_policy, reduction=self.analytic_kl,
+                    policy_id_key=pid, num_policies=self.analytic_kl_num_policies))
             return td_out
         finally:
             self._call = None

@@ -14,78 +14,12 @@ from torchrl.objectives import LossModule
 from torchrl.record.loggers import Logger
 from torchrl.trainers import OptimizationStepper, Trainer
 
+from torchrl_sapg.objectives.kl import gaussian_kl
 from torchrl_sapg.trainers.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from torchrl_sapg.trainers.distributed import rank_seed
 from torchrl_sapg.trainers.lr_schedule import LearningRateSchedule
 
 CHECKPOINT_FORMAT = "torchrl-sapg/1"
-
-
-def gaussian_kl(
-    actor,
-    batch: TensorDictBase,
-    *,
-    loc_key: NestedKey = "loc",
-    scale_key: NestedKey = "scale",
-    mask_key: NestedKey | None = "off_policy",
-    reduction: str = "mean",
-    policy_id_key: NestedKey = "policy_id",
-    num_policies: int | None = None,
-) -> torch.Tensor:
-    """Analytic KL(pi_old || pi_theta) of diagonal Gaussians over ``batch``'s rows.
-
-    ``pi_old`` is read from the ``loc``/``scale`` the behaviour policy stored at collection;
-    ``pi_theta`` is ``actor``'s current distribution. Rows flagged ``mask_key`` (SAPG's
-    relabelled off-policy rows, whose stored distribution is another policy's) are excluded.
-    ``reduction="mean"`` is the mean over rows, the KL rl_games and rsl_rl feed their adaptive
-    learning rate; ``"max_policy"`` is the largest of the per-policy means (rows grouped by
-    ``policy_id_key``, ``num_policies`` groups; no host sync). With M policies sharing one
-    optimiser, the mean lets one policy (the SAPG leader, trained on its own and the followers'
-    rows) move far while the others barely move; the maximum holds every policy to the
-    threshold. With one policy the two are equal.
-
-    Examples:
-        >>> from tensordict import TensorDict
-        >>> from torchrl_sapg.modules import make_actor_critic
-        >>> actor = make_actor_critic(3, 1).actor
-        >>> td = actor(TensorDict({"observation": torch.randn(8, 3), "policy_id": torch.zeros(8, dtype=torch.long)}, [8]))
-        >>> float(gaussian_kl(actor, td))  # same parameters: zero
-        0.0
-        >>> with torch.no_grad():
-        ...     _ = actor.log_std.add_(0.5)
-        >>> round(float(gaussian_kl(actor, td)), 4)  # log(e^0.5) + 1/(2 e) - 1/2
-        0.1839
-        >>> pop = make_actor_critic(3, 1, num_policies=2, latent_dim=2).actor
-        >>> ids = torch.tensor([0, 0, 0, 1])
-        >>> td = pop(TensorDict({"observation": torch.randn(4, 3), "policy_id": ids}, [4]))
-        >>> with torch.no_grad():
-        ...     _ = pop.log_std[1].add_(0.5)  # only policy 1 (one row of four) moved
-        >>> round(float(gaussian_kl(pop, td)), 4), round(float(gaussian_kl(pop, td, reduction="max_policy", num_policies=2)), 4)
-        (0.046, 0.1839)
-    """
-    with torch.no_grad():
-        old_loc, old_scale = batch.get(loc_key), batch.get(scale_key)
-        # on a shallow copy: the actor writes its own loc/scale, which must not replace the stored ones
-        dist = actor.get_dist(batch.copy())
-        new_loc, new_scale = dist.mean, dist.stddev
-        kl = (
-            torch.log(new_scale / old_scale)
-            + (old_scale.pow(2) + (old_loc - new_loc).pow(2)) / (2 * new_scale.pow(2))
-            - 0.5
-        ).sum(-1)
-        keep = torch.ones_like(kl)
-        if mask_key is not None and mask_key in batch.keys(True, True):
-            keep = (~batch.get(mask_key).reshape(kl.shape)).to(kl.dtype)
-        if reduction == "mean":
-            return (kl * keep).sum() / keep.sum().clamp_min(1)
-        if reduction != "max_policy":
-            raise ValueError(f"reduction={reduction!r}: choose 'mean' or 'max_policy'.")
-        if num_policies is None:
-            raise ValueError("reduction='max_policy' needs num_policies (the number of policy ids).")
-        ids = batch.get(policy_id_key).reshape(kl.shape).flatten()
-        total = kl.new_zeros(num_policies).index_add_(0, ids, (kl * keep).flatten())
-        rows = kl.new_zeros(num_policies).index_add_(0, ids, keep.flatten())
-        return (total / rows.clamp_min(1)).max()  # a policy without rows in the minibatch counts 0
 
 
 @contextlib.contextmanager
@@ -130,6 +64,10 @@ class ClippedGradientStepper(OptimizationStepper):
             minibatch, so a fixed or linear schedule skips it.
         kl_reduction: ``"mean"`` over the minibatch's on-policy rows, or ``"max_policy"``: the
             largest per-policy mean (:func:`gaussian_kl`; needs ``kl_actor.num_policies``).
+        compile: run :meth:`loss_step` (loss forward, analytic KL, sum of ``loss_*``; its backward is
+            compiled with it) through ``torch.compile``: ``False``, ``True`` or a dict of
+            ``torch.compile`` keyword arguments.
+        cudagraphs: compile with ``mode="reduce-overhead"`` (CUDA graphs; CUDA only).
     """
 
     def __init__(
@@ -140,9 +78,16 @@ class ClippedGradientStepper(OptimizationStepper):
         kl_key: str = "kl_approx",
         kl_actor=None,
         kl_reduction: str = "mean",
+        compile: bool | dict = False,
+        cudagraphs: bool = False,
     ):
         if kl_reduction not in ("mean", "max_policy"):
             raise ValueError(f"kl_reduction={kl_reduction!r}: choose 'mean' or 'max_policy'.")
+        options = dict(compile) if isinstance(compile, dict) else {}
+        if cudagraphs:
+            options.setdefault("mode", "reduce-overhead")
+        self.compiled = bool(compile) or bool(cudagraphs)
+        self._loss_step = torch.compile(self.loss_step, **options) if self.compiled else self.loss_step
         self.max_grad_norm = max_grad_norm
         self.lr_schedule = lr_schedule
         self.kl_key = kl_key
@@ -159,17 +104,26 @@ class ClippedGradientStepper(OptimizationStepper):
         kl = losses.get("kl") if self._analytic_kl else losses.get(self.kl_key, None)
         return None if kl is None else kl.detach().float().mean().reshape(1)
 
-    def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
-        optimizer = trainer.optimizer
-        if self._params is None:
-            self._params = [p for g in optimizer.param_groups for p in g["params"]]
-        losses = trainer.compute_loss(sub_batch)
-        if self._analytic_kl:
+    def loss_step(self, loss_module: nn.Module, sub_batch: TensorDictBase) -> tuple[TensorDictBase, torch.Tensor]:
+        """The loss terms of one minibatch (plus the analytic KL) and their sum: the compiled region.
+
+        Args:
+            loss_module: the trainer's loss.
+            sub_batch: the minibatch.
+        """
+        losses = loss_module(sub_batch)
+        if self._analytic_kl and "kl" not in losses.keys():  # else: the loss computed it in its own forward
             losses.set("kl", gaussian_kl(
                 self.kl_actor, sub_batch, reduction=self.kl_reduction,
                 num_policies=getattr(self.kl_actor, "num_policies", None),
             ))
-        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        return losses, sum(v for k, v in losses.items() if k.startswith("loss_"))
+
+    def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
+        optimizer = trainer.optimizer
+        if self._params is None:
+            self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        losses, loss = self._loss_step(trainer.loss_module, sub_batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         kl = self._kl(losses) if self.lr_schedule is not None else None
@@ -239,6 +193,9 @@ class OnPolicyTrainer(Trainer):
         log_interval: log every that many iterations.
         checkpoint_path: where ``last.pt`` is written (``None``: no checkpoints).
         checkpoint_interval: env frames between checkpoints (and one at the end).
+        compile: ``torch.compile`` the update step (:meth:`ClippedGradientStepper.loss_step`): ``False``,
+            ``True`` or a dict of ``torch.compile`` keyword arguments (docs/throughput.md).
+        cudagraphs: compile it with CUDA graphs (``mode="reduce-overhead"``; needs a CUDA device).
         keep_checkpoints: rotated copies ``last.<frames>.pt`` kept beside ``last.pt`` (0: only ``last.pt``).
         nonfinite: a collected batch with NaN/inf observations or rewards: ``"raise"`` (stop, naming the key,
             env rows and frames) or ``"drop"`` (refill those env rows with copies of random finite rows of the
@@ -300,6 +257,8 @@ class OnPolicyTrainer(Trainer):
         sync=None,
         keep_checkpoints: int = 3,
         nonfinite: str = "raise",
+        compile: bool | dict = False,
+        cudagraphs: bool = False,
     ):
         if nonfinite not in ("raise", "drop"):
             raise ValueError(f"nonfinite={nonfinite!r}: choose 'raise' (stop on NaN/inf data) or 'drop' (drop those env rows).")
@@ -320,7 +279,7 @@ class OnPolicyTrainer(Trainer):
             logger, progress_bar = None, False  # rank 0 logs for everyone
         stepper = ClippedGradientStepper(
             max_grad_norm=max_grad_norm, lr_schedule=self.lr_schedule, kl_key=kl_key, kl_actor=kl_actor,
-            kl_reduction=kl_reduction,
+            kl_reduction=kl_reduction, compile=compile, cudagraphs=cudagraphs,
         )
         super().__init__(
             collector=collector,
@@ -363,6 +322,13 @@ class OnPolicyTrainer(Trainer):
         self.last_return = float("nan")  # headline return of the last iteration in which episodes ended
         self.history: list[dict[str, float]] = []
         device = next(iter(loss_module.parameters())).device
+        if stepper._analytic_kl and hasattr(loss_module, "analytic_kl"):
+            # the loss reports the KL from its own forward: no second actor pass per minibatch
+            loss_module.analytic_kl = kl_reduction
+            loss_module.analytic_kl_num_policies = getattr(kl_actor, "num_policies", None)
+        if cudagraphs and device.type != "cuda":
+            raise ValueError(f"cudagraphs=True needs the loss on a CUDA device, not {device}: pass device=cuda, or "
+                             "compile=True alone (recipe: train.cudagraphs=false).")
         self.generator = torch.Generator(device=device)
         if seed is not None:  # under torchrun each rank its own action noise and shuffles
             seed = seed if sync is None else rank_seed(seed, sync.rank)
