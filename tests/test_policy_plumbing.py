@@ -393,3 +393,21 @@ def test_make_actor_critic_shares_latents_and_normalizer():
     td = env.reset()
     td["policy_id"] = torch.zeros(2, dtype=torch.int64)
     assert plain.actor(td)["action"].shape == torch.Size([2, 1])
+
+
+def test_folded_first_layer_is_the_concatenation():
+    """The backbone's folded first layer computes mlp(concat(obs, phi[id])): values and gradients."""
+    from torchrl_sapg.modules.actor_critic import LatentConditionedMLP
+    from torchrl_sapg.modules.latents import PolicyLatents
+
+    torch.manual_seed(0)
+    net = LatentConditionedMLP(5, 2, latents=PolicyLatents(3, 4), hidden_sizes=(8, 8))
+    obs, ids = torch.randn(4, 6, 5), torch.randint(0, 3, (4, 6))
+    folded = net(obs, ids)
+    reference = net.mlp(torch.cat([obs, net.latents.weight[ids]], dim=-1))
+    torch.testing.assert_close(folded, reference)
+    g_folded = torch.autograd.grad(folded.square().sum(), list(net.parameters()))
+    g_reference = torch.autograd.grad(net.mlp(torch.cat([obs, net.latents.weight[ids]], -1)).square().sum(),
+                                      list(net.parameters()))
+    for a, b in zip(g_folded, g_reference):
+        torch.testing.assert_close(a, b)
