@@ -433,3 +433,14 @@ def test_the_reliability_table_names_real_tests():
     for row in rows:
         for path, name in re.findall(r"`(tests/test_\w+\.py)::(\w+)", row):
             assert re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M), (path, name)
+
+
+def test_a_checkpoint_written_before_the_module_layout_change_resumes(tmp_path):
+    """tests/fixtures/sapg_pendulum_2048_before_issue19.pt: a SAPG run (M = 2) written before population/,
+    objectives/ and the distributed helpers moved (issue 19); it must still resume."""
+    fixture = REPO / "tests" / "fixtures" / "sapg_pendulum_2048_before_issue19.pt"
+    args = [a for a in RECIPE if not a.startswith("algo=")] + ["algo=sapg", "algo.num_policies=2"]
+    run = tmp_path / "run"
+    res = _ok(_train(args + [f"resume={fixture}", f"total_frames={3 * RECIPE_FPB}", f"hydra.run.dir={run}"], tmp_path))
+    assert f"at {2 * RECIPE_FPB} frames" in res.stdout
+    assert json.loads((run / "summary.json").read_text())["frames"] == 3 * RECIPE_FPB
