@@ -29,7 +29,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.envs import EnvBase, RenameTransform, RewardSum, StepCounter, Transform, TransformedEnv
-from torchrl_sapg.trainers.distributed import world_info
+from torchrl_sapg.runtime import world_info
 
 __all__ = [
     "ISAACLAB_TASK_ALIASES",

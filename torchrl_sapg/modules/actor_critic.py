@@ -16,7 +16,8 @@ from torchrl_sapg.modules.normalization import ObservationNormalizer
 _ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
 
 
-def _activation(name: str) -> type[nn.Module]:
+def activation_class(name: str) -> type[nn.Module]:
+    """The ``nn.Module`` class of an activation name (``"elu"``, ``"relu"``, ``"tanh"``...)."""
     try:
         return _ACTIVATIONS[name.lower()]
     except KeyError:
@@ -66,7 +67,7 @@ class LatentConditionedMLP(nn.Module):
         self.latents = latents
         self.obs_normalizer = obs_normalizer
         latent_dim = latents.latent_dim if latents is not None else 0
-        act = _activation(activation)
+        act = activation_class(activation)
         layers: list[nn.Module] = []
         width = observation_dim + latent_dim
         for h in hidden_sizes:

@@ -35,7 +35,7 @@ from torch import nn
 from torchrl.envs import EnvBase, InitTracker, Transform, TransformedEnv
 from torchrl.modules import IndependentNormal, LSTMModule, ProbabilisticActor, set_recurrent_mode
 
-from torchrl_sapg.modules.actor_critic import LatentConditionedMLP, _activation, check_latents
+from torchrl_sapg.modules.actor_critic import LatentConditionedMLP, activation_class, check_latents
 from torchrl_sapg.modules.factory import ActorCritic
 from torchrl_sapg.modules.latents import PolicyLatents, check_policy_ids
 from torchrl_sapg.modules.normalization import ObservationNormalizer
@@ -67,7 +67,7 @@ class _Embed(nn.Module):
             activation=activation,
             obs_normalizer=obs_normalizer,
         )
-        self.act = _activation(activation)()
+        self.act = activation_class(activation)()
         self.latent_to_lstm = bool(latent_to_lstm and latents is not None and latents.latent_dim > 0)
         self.out_dim = mlp_sizes[-1] + (latents.latent_dim if self.latent_to_lstm else 0)
 
@@ -94,12 +94,13 @@ class _GaussianHead(nn.Module):
         return loc, scale
 
 
-def _hidden_keys(prefix: str) -> tuple[str, str]:
+def hidden_state_keys(prefix: str) -> tuple[str, str]:
+    """The ``(h, c)`` keys of an LSTM's recorded hidden state, e.g. ``("recurrent_state_h_actor", ...)``."""
     return f"recurrent_state_h_{prefix}", f"recurrent_state_c_{prefix}"
 
 
 def _lstm(in_dim: int, hidden: int, prefix: str, backend: str) -> LSTMModule:
-    h, c = _hidden_keys(prefix)
+    h, c = hidden_state_keys(prefix)
     return LSTMModule(
         input_size=in_dim,
         hidden_size=hidden,
@@ -141,7 +142,7 @@ class RecurrentLatentActor(ProbabilisticActor):
         embed = _Embed(observation_dim, tuple(mlp_sizes), latents, activation, obs_normalizer, latent_to_lstm)
         lstm = _lstm(embed.out_dim, lstm_hidden, "actor", recurrent_backend)
         head = _GaussianHead(lstm_hidden, action_dim, num_policies, init_log_std)
-        h, c = _hidden_keys("actor")
+        h, c = hidden_state_keys("actor")
         module = TensorDictSequential(
             TensorDictModule(embed, in_keys=[observation_key, policy_id_key], out_keys=["actor_embed"]),
             lstm,
@@ -203,7 +204,7 @@ class RecurrentLatentValue(TensorDictSequential):
         check_latents(latents, num_policies)
         embed = _Embed(observation_dim, tuple(mlp_sizes), latents, activation, obs_normalizer, latent_to_lstm)
         lstm = _lstm(embed.out_dim, lstm_hidden, "critic", recurrent_backend)
-        h, c = _hidden_keys("critic")
+        h, c = hidden_state_keys("critic")
         super().__init__(
             TensorDictModule(embed, in_keys=[observation_key, policy_id_key], out_keys=["critic_embed"]),
             lstm,
@@ -299,7 +300,7 @@ def collection_policy(agent: ActorCritic) -> TensorDictSequential:
     and are stored (the critic's ``"state_value"`` is dropped; GAE computes it)."""
     if agent.critic is None or not is_recurrent(agent.critic):
         return agent.actor
-    h, c = _hidden_keys("critic")
+    h, c = hidden_state_keys("critic")
     keep = [k for k in agent.actor.out_keys] + [("next", h), ("next", c)]
     # the critic's value is not kept: GAE stacks root and ("next") inputs, which need equal keys
     return TensorDictSequential(agent.actor, agent.critic, selected_out_keys=keep)
@@ -309,3 +310,6 @@ def recurrent_mode(enabled: bool = True):
     """Context manager: run every ``LSTMModule`` over ``[B, T]`` sequences (TorchRL's
     ``set_recurrent_mode``) when ``enabled``; a no-op otherwise."""
     return set_recurrent_mode(True) if enabled else contextlib.nullcontext()
+
+
+_hidden_keys = hidden_state_keys  # old private name, still imported by population/ensemble.py

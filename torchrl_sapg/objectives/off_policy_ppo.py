@@ -15,7 +15,8 @@ from torchrl.objectives.ppo import PPOLoss
 from torchrl_sapg.objectives.kl import gaussian_kl_from_dist
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the entries selected by ``mask`` (0 when none is); no host sync."""
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp_min(1)
 
@@ -262,16 +263,16 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         centre = log_mu if self.mu_correction else torch.zeros_like(log_mu)
         lo, hi = self._clip_bounds
         clipped = ((log_ratio - centre).clamp(lo, hi) != (log_ratio - centre)).to(log_ratio.dtype)
-        td_out.set("clip_fraction_on", _masked_mean(clipped, on))
-        td_out.set("clip_fraction_off", _masked_mean(clipped, off))
-        td_out.set("kl_approx", _masked_mean(-log_ratio, on))
+        td_out.set("clip_fraction_on", masked_mean(clipped, on))
+        td_out.set("clip_fraction_off", masked_mean(clipped, off))
+        td_out.set("kl_approx", masked_mean(-log_ratio, on))
         lw = log_ratio.squeeze(-1)
         td_out.set("ESS_on", _masked_ess(lw, on.squeeze(-1)))
         td_out.set("ESS_off", _masked_ess(lw, off.squeeze(-1)))
         mu = log_mu.exp()
         any_off = off.any()
         one = torch.ones((), dtype=mu.dtype, device=mu.device)
-        td_out.set("mu_mean", torch.where(any_off, _masked_mean(mu, off), one))
+        td_out.set("mu_mean", torch.where(any_off, masked_mean(mu, off), one))
         td_out.set("mu_min", torch.where(any_off, torch.where(off, mu, float("inf")).min(), one))
         td_out.set("mu_max", torch.where(any_off, torch.where(off, mu, float("-inf")).max(), one))
         td_out.set("off_policy_fraction", off.to(mu.dtype).mean())

@@ -11,7 +11,8 @@ from tensordict.utils import NestedKey
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_sapg.modules.latents import check_policy_ids
-from torchrl_sapg.objectives.off_policy_ppo import OffPolicyClipPPOLoss, _masked_mean
+from torchrl_sapg.objectives.off_policy_ppo import OffPolicyClipPPOLoss, masked_mean
+from torchrl_sapg.objectives.value import n_step_return, vtrace_lambda_target
 
 Aggregation = Literal["leader_follower", "symmetric", "none"]
 
@@ -43,89 +44,6 @@ def sapg_entropy_coeffs(num_policies: int, sigma: float, leader_id: int = 0) -> 
     rank = torch.where(rank < leader_id, rank + 1, rank)
     rank[leader_id] = 0
     return rank * sigma
-
-
-def n_step_return(
-    reward: torch.Tensor,
-    next_value: torch.Tensor,
-    done: torch.Tensor,
-    terminated: torch.Tensor,
-    gamma: float,
-    n: int,
-) -> torch.Tensor:
-    """n-step value targets over ``[N, T]`` rollouts (SAPG Eq. 5, n = 3 in the paper).
-
-    ``G_t = sum_{k<n'} gamma^k r_{t+k} + gamma^{n'} V(s'_{t+n'-1}) (1 - terminated_{t+n'-1})`` where
-    ``n' <= n`` stops early at an episode end (done) or at the rollout's last step, and ``V(s')``
-    is the value of the recorded next state (so truncated episodes still bootstrap).
-    All inputs are ``[N, T]`` (or ``[N, T, 1]``); no Python loop over envs or time steps.
-
-    Examples:
-        >>> r = torch.ones(1, 4); v = torch.zeros(1, 4); d = torch.zeros(1, 4, dtype=torch.bool)
-        >>> n_step_return(r, v, d, d, gamma=0.5, n=3)
-        tensor([[1.7500, 1.7500, 1.5000, 1.0000]])
-    """
-    shape = reward.shape
-    r = reward.reshape(shape[0], shape[1]).to(next_value.dtype)
-    v = next_value.reshape(r.shape)
-    d = done.reshape(r.shape).to(r.dtype)
-    term = terminated.reshape(r.shape).to(r.dtype)
-    T = r.shape[1]
-    t = torch.arange(T, device=r.device)
-    out = torch.zeros_like(r)
-    alive = torch.ones_like(r)
-    disc = 1.0
-    for k in range(n):
-        idx = (t + k).clamp_max(T - 1)
-        valid = (t + k < T).to(r.dtype)
-        last = ((t + k == T - 1) | torch.tensor(k == n - 1, device=r.device)).to(r.dtype)
-        r_k, d_k, term_k, v_k = r[:, idx], d[:, idx], term[:, idx], v[:, idx]
-        live = alive * valid
-        out = out + live * disc * r_k
-        stop = live * torch.clamp(d_k + last, max=1.0)
-        out = out + stop * disc * gamma * v_k * (1.0 - term_k)
-        alive = live * (1.0 - d_k) * (1.0 - last)
-        disc *= gamma
-    return out.reshape(shape)
-
-
-def vtrace_lambda_target(
-    gamma: float,
-    lmbda: float,
-    log_rho: torch.Tensor,
-    value: torch.Tensor,
-    next_value: torch.Tensor,
-    reward: torch.Tensor,
-    done: torch.Tensor,
-    terminated: torch.Tensor,
-) -> torch.Tensor:
-    """V-trace targets over ``[N, T]`` rows with lambda-scaled traces (IMPALA, Espeholt et al.
-    2018, Sec. 4.1 and its remark on ``c_i = lambda·min(c_bar, rho_i)``), ``rho_bar = c_bar = 1``:
-
-    ``v_t = V(s_t) + sum_{k>=t} gamma^(k-t) (prod_{t<=i<k} c_i) min(1, rho_k) delta_k`` with
-    ``delta_k = r_k + gamma·V(s'_k)·(1 - terminated_k) - V(s_k)``, the sum stopping at episode
-    ends (``done``) and at the rollout's last step. ``lmbda = 1`` is TorchRL's
-    ``vtrace_advantage_estimate`` (which has no lambda); on-policy (``rho = 1``) ``v_t - V(s_t)`` is
-    GAE(lambda). One reverse scan over ``T`` in batched ops; ``log_rho = log pi_target - log pi_behaviour``.
-
-    Examples:
-        >>> z = torch.zeros(1, 3); d = torch.zeros(1, 3, dtype=torch.bool)
-        >>> vtrace_lambda_target(0.5, 1.0, z, z, z, torch.ones(1, 3), d, d)
-        tensor([[1.7500, 1.5000, 1.0000]])
-        >>> vtrace_lambda_target(0.5, 0.0, z, z, z, torch.ones(1, 3), d, d)  # lambda = 0: one-step
-        tensor([[1., 1., 1.]])
-    """
-    rho = log_rho.exp()
-    not_done = (~done.to(torch.bool)).to(value.dtype)
-    not_term = (~terminated.to(torch.bool)).to(value.dtype)
-    delta = rho.clamp_max(1.0) * (reward + gamma * not_term * next_value - value)
-    decay = gamma * lmbda * rho.clamp_max(1.0) * not_done
-    acc = torch.zeros_like(value[:, 0])
-    out = torch.empty_like(value)
-    for t in range(value.shape[1] - 1, -1, -1):
-        acc = delta[:, t] + decay[:, t] * acc
-        out[:, t] = acc
-    return value + out
 
 
 class SAPGLoss(OffPolicyClipPPOLoss):
@@ -408,7 +326,7 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             out.set(keys.advantage, torch.where(off, _standardize(adv, off), _standardize(adv, ~off)))
         elif self.advantage_normalization == "split_centre":
             off = out.get(keys.off_policy).reshape(adv.shape)
-            centred = torch.where(off, adv - _masked_mean(adv, off), adv - _masked_mean(adv, ~off))
+            centred = torch.where(off, adv - masked_mean(adv, off), adv - masked_mean(adv, ~off))
             out.set(keys.advantage, centred / centred.pow(2).sum().div(max(centred.numel() - 2, 1)).sqrt().clamp_min(1e-8))
         return out
 

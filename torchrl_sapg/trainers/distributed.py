@@ -27,33 +27,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from torchrl_sapg.runtime import RANK_SEED_STRIDE, rank_seed, world_info  # noqa: F401  (re-exported)
+
 __all__ = ["DistributedSync", "init_distributed", "rank_seed", "world_info"]
-
-RANK_SEED_STRIDE = 1_000_003
-
-
-def rank_seed(seed: int, rank: int | None = None) -> int:
-    """Rank ``rank``'s seed for its envs and action noise: ``seed + rank * 1_000_003``.
-
-    Rank 0 keeps ``seed``, so a one-process run is unchanged. Population decisions (genetic
-    step, PBT) must use the plain ``seed`` on every rank: they have to agree.
-
-    Examples:
-        >>> rank_seed(7, 0), rank_seed(7, 2)
-        (7, 2000013)
-    """
-    rank = world_info()[0] if rank is None else rank
-    return int(seed) + RANK_SEED_STRIDE * int(rank)
-
-
-def world_info() -> tuple[int, int, int]:
-    """``(rank, local_rank, world_size)`` from torchrun's environment (``(0, 0, 1)`` without it)."""
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-    )
-
 
 def init_distributed(device: str | torch.device = "cpu", backend: str | None = None) -> "DistributedSync | None":
     """Join torchrun's process group; ``None`` when the process runs alone (``WORLD_SIZE`` <= 1).

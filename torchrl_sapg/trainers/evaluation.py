@@ -7,7 +7,7 @@ from torchrl.envs import EnvBase, ExplorationType, InitTracker, Transform, Trans
 from torchrl.modules import GRUModule, LSTMModule
 
 from torchrl_sapg.collectors.population import prepare_population_env
-from torchrl_sapg.modules.recurrent import _hidden_keys
+from torchrl_sapg.modules.recurrent import hidden_state_keys
 
 
 def _recurrent_env_needs(actor) -> tuple[list, list[Transform]]:
@@ -18,7 +18,7 @@ def _recurrent_env_needs(actor) -> tuple[list, list[Transform]]:
     the recurrent population's :class:`~torchrl_sapg.population.ensemble.RecurrentEnsembleActor`."""
     ensemble = getattr(actor, "ensemble", None)
     if getattr(ensemble, "is_recurrent", False):
-        return ["is_init", *_hidden_keys("actor")], list(ensemble.env_transforms())
+        return ["is_init", *hidden_state_keys("actor")], list(ensemble.env_transforms())
     cells = [m for m in actor.modules() if isinstance(m, (LSTMModule, GRUModule))]
     if not cells:
         return [], []

@@ -1,0 +1,91 @@
+"""Value targets of ``[N, T]`` rollouts that TorchRL's estimators do not provide: SAPG's n-step return (Eq. 5)
+and V-trace(lambda) over relabelled rows. Pure functions of tensors, like ``torchrl.objectives.value.functional``.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["n_step_return", "vtrace_lambda_target"]
+
+
+def n_step_return(
+    reward: torch.Tensor,
+    next_value: torch.Tensor,
+    done: torch.Tensor,
+    terminated: torch.Tensor,
+    gamma: float,
+    n: int,
+) -> torch.Tensor:
+    """n-step value targets over ``[N, T]`` rollouts (SAPG Eq. 5, n = 3 in the paper).
+
+    ``G_t = sum_{k<n'} gamma^k r_{t+k} + gamma^{n'} V(s'_{t+n'-1}) (1 - terminated_{t+n'-1})`` where
+    ``n' <= n`` stops early at an episode end (done) or at the rollout's last step, and ``V(s')``
+    is the value of the recorded next state (so truncated episodes still bootstrap).
+    All inputs are ``[N, T]`` (or ``[N, T, 1]``); no Python loop over envs or time steps.
+
+    Examples:
+        >>> r = torch.ones(1, 4); v = torch.zeros(1, 4); d = torch.zeros(1, 4, dtype=torch.bool)
+        >>> n_step_return(r, v, d, d, gamma=0.5, n=3)
+        tensor([[1.7500, 1.7500, 1.5000, 1.0000]])
+    """
+    shape = reward.shape
+    r = reward.reshape(shape[0], shape[1]).to(next_value.dtype)
+    v = next_value.reshape(r.shape)
+    d = done.reshape(r.shape).to(r.dtype)
+    term = terminated.reshape(r.shape).to(r.dtype)
+    T = r.shape[1]
+    t = torch.arange(T, device=r.device)
+    out = torch.zeros_like(r)
+    alive = torch.ones_like(r)
+    disc = 1.0
+    for k in range(n):
+        idx = (t + k).clamp_max(T - 1)
+        valid = (t + k < T).to(r.dtype)
+        last = ((t + k == T - 1) | torch.tensor(k == n - 1, device=r.device)).to(r.dtype)
+        r_k, d_k, term_k, v_k = r[:, idx], d[:, idx], term[:, idx], v[:, idx]
+        live = alive * valid
+        out = out + live * disc * r_k
+        stop = live * torch.clamp(d_k + last, max=1.0)
+        out = out + stop * disc * gamma * v_k * (1.0 - term_k)
+        alive = live * (1.0 - d_k) * (1.0 - last)
+        disc *= gamma
+    return out.reshape(shape)
+
+
+def vtrace_lambda_target(
+    gamma: float,
+    lmbda: float,
+    log_rho: torch.Tensor,
+    value: torch.Tensor,
+    next_value: torch.Tensor,
+    reward: torch.Tensor,
+    done: torch.Tensor,
+    terminated: torch.Tensor,
+) -> torch.Tensor:
+    """V-trace targets over ``[N, T]`` rows with lambda-scaled traces (IMPALA, Espeholt et al.
+    2018, Sec. 4.1 and its remark on ``c_i = lambda·min(c_bar, rho_i)``), ``rho_bar = c_bar = 1``:
+
+    ``v_t = V(s_t) + sum_{k>=t} gamma^(k-t) (prod_{t<=i<k} c_i) min(1, rho_k) delta_k`` with
+    ``delta_k = r_k + gamma·V(s'_k)·(1 - terminated_k) - V(s_k)``, the sum stopping at episode
+    ends (``done``) and at the rollout's last step. ``lmbda = 1`` is TorchRL's
+    ``vtrace_advantage_estimate`` (which has no lambda); on-policy (``rho = 1``) ``v_t - V(s_t)`` is
+    GAE(lambda). One reverse scan over ``T`` in batched ops; ``log_rho = log pi_target - log pi_behaviour``.
+
+    Examples:
+        >>> z = torch.zeros(1, 3); d = torch.zeros(1, 3, dtype=torch.bool)
+        >>> vtrace_lambda_target(0.5, 1.0, z, z, z, torch.ones(1, 3), d, d)
+        tensor([[1.7500, 1.5000, 1.0000]])
+        >>> vtrace_lambda_target(0.5, 0.0, z, z, z, torch.ones(1, 3), d, d)  # lambda = 0: one-step
+        tensor([[1., 1., 1.]])
+    """
+    rho = log_rho.exp()
+    not_done = (~done.to(torch.bool)).to(value.dtype)
+    not_term = (~terminated.to(torch.bool)).to(value.dtype)
+    delta = rho.clamp_max(1.0) * (reward + gamma * not_term * next_value - value)
+    decay = gamma * lmbda * rho.clamp_max(1.0) * not_done
+    acc = torch.zeros_like(value[:, 0])
+    out = torch.empty_like(value)
+    for t in range(value.shape[1] - 1, -1, -1):
+        acc = delta[:, t] + decay[:, t] * acc
+        out[:, t] = acc
+    return value + out
