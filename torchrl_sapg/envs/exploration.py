@@ -14,7 +14,8 @@ from typing import ClassVar
 
 import torch
 
-from torchrl_sapg.envs.classic_control import BatchedClassicControlEnv, MountainCarContinuousEnv
+from torchrl_sapg.envs.batched import BatchedClassicControlEnv
+from torchrl_sapg.envs.classic_control import MountainCarContinuousEnv
 
 __all__ = [
     "EXPLORATION_TASKS",

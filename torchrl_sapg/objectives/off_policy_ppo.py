@@ -126,10 +126,16 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         self.mu_truncation = None if mu_truncation is None else float(mu_truncation)
         self.register_buffer("off_policy_coeff", torch.tensor(float(off_policy_coeff), device=self.entropy_coeff.device))
         self._call: dict | None = None  # what _log_weight saw in the current forward (read by the hooks below)
+        self._register_load_state_dict_pre_hook(self._accept_clip_ppo_state)
         #: ``"mean"`` / ``"max_policy"``: forward also reports the analytic Gaussian KL to the behaviour policy as
         #: ``"kl"``, from its own distribution (no extra actor pass; OnPolicyTrainer sets it for the adaptive LR)
         self.analytic_kl: str | None = None
         self.analytic_kl_num_policies: int | None = None
+
+    def _accept_clip_ppo_state(self, state_dict, prefix, *args) -> None:
+        """A ``ClipPPOLoss`` state (e.g. a PPO checkpoint written before the recipe used this class) loads:
+        the buffer it lacks keeps this loss's value."""
+        state_dict.setdefault(prefix + "off_policy_coeff", self.off_policy_coeff.detach().clone())
 
     @property
     def out_keys(self):
