@@ -44,7 +44,7 @@ if [[ "$DRY_RUN" == 1 ]]; then
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
     ENV_ARGS=(--tasks pendulum --num-envs 64 --steps 5 --warmup 1 --repeats 1)
     # tiny sizes; torch.compile with the eager backend (dynamo tracing only: no C++ / Triton codegen)
-    TP_ARGS=(--num-envs 32 --num-policies 2 4 --horizon 4 --hidden 32 32 --epochs 1 --minibatches 2
+    TP_ARGS=(--num-envs 32 --num-policies 4 8 --horizon 4 --hidden 32 32 --epochs 1 --minibatches 2
              --warmup 1 --repeats 1 --e2e-iters 1 --profile-iters 1 --compile-warmup 1 --compile-backend eager
              --compile-timeout 120 --gemm-seconds 0.02 --no-memory --in-process --threads 1)
 else

@@ -155,8 +155,12 @@ def throughput(lines: list[str]) -> None:
         d = json.loads(path.read_text())
         command = re.sub(r" --note ('[^']*'|\S+)", "", d["command"])
         threads = f", {d['torch_num_threads']} thread" if d["device"] == "cpu" else ""
-        lines += [f"### Learner per-phase profile and FLOP floor, one cell — {d['device']} ({d['device_name']}{threads})",
-                  "", f"`{command}` (`{path.name}`, {d['timestamp']}): the profile of `benchmarks/throughput.py` on one "
+        commit = d.get("git_commit")
+        at = (f"commit `{commit[:7]}`" + (" plus uncommitted changes" if d.get("git_uncommitted_changes") else "")
+              if commit else "commit not recorded")
+        lines += [f"### Learner per-phase profile and FLOP floor, one cell — {d['device']} ({d['device_name']}{threads}), "
+                  f"`{path.name}`", "",
+                  f"`{command}` (`{path.name}`, {d['timestamp']}, {at}): the profile of `benchmarks/throughput.py` on one "
                   "cell; the update-time ratios to report are the throughput table's above"
                   + (f". Note: {d['note']}" if d.get("note") else "") + ".", "", *_throughput_extras(d)]
 

@@ -13,8 +13,9 @@ Four variants, each at every grid cell (N envs, M policies; horizon T; same netw
   (``torchrl.modules.MLP`` actor with a state-independent log-std, ``MLP`` critic, ELU; no
   observation normaliser). No code of this library in the learner.
 * ``ppo``: our PPO exactly as ``recipes/train.py`` builds it (``recipes/common.py``: one policy,
-  TorchRL's ``ClipPPOLoss`` + ``GAE``) inside ``OnPolicyTrainer`` (observation normaliser,
-  analytic-KL adaptive learning rate, grad clip, hooks, per-iteration log).
+  the recipe's PPO loss, TorchRL's ``ClipPPOLoss`` semantics, + ``GAE``) inside
+  ``OnPolicyTrainer`` (observation normaliser, analytic-KL adaptive learning rate, grad clip,
+  hooks, per-iteration log).
 * ``sapg``: the recipe's ``SAPGLoss`` with M policies (V-trace off-policy targets, the adaptive
   learning rate on the ``max_policy`` KL, as ``recipes/conf/algo/sapg.yaml`` sets them);
   ``aggregate`` runs as a ``batch_process`` hook (the leader's off-policy rows join the
@@ -57,28 +58,34 @@ Measured for every (variant, N, M):
    syncs) and ``other`` (the rest of the iteration). Library code is not edited: the timers
    wrap bound methods of the benchmark's own trainer instances (``_estimate_values``,
    ``_process_batch_hook``, ``optim_steps``, ``optimization_stepper.step``, the loss module's
-   ``forward``...), plus ``torch.Tensor.backward`` and ``on_policy.gaussian_kl`` while the
+   ``forward``...), plus ``torch.Tensor.backward`` and ``gaussian_kl`` while the
    profiled iterations run. Times are exclusive (a phase's nested phases are subtracted); the
    median of each phase over the iterations is reported, with its share of the update
    (everything but ``collect``).
-4. **FLOP floor.** Every update's FLOPs are counted from the networks' ``nn.Linear`` layers
-   (2 x rows x in x out per layer forward, 2x that backward): the minibatch forward + backward
-   of actor and critic over ``epochs`` passes of the training rows, the analytic-KL actor pass
-   over the same rows, GAE's critic passes over s and s' (2 x N x T rows) and, for SAPG/EPO,
-   ``aggregate``'s actor pass and two critic passes over the off-policy rows. The same worker
-   times ``torch.mm`` of the update's largest matmul, ``[minibatch_rows, in] x [in, out]``
-   (the largest ``in x out`` of any layer), repeated: the device's practical FLOP/s for that
-   shape. ``flop_floor_ratio`` = (update FLOPs / ``update_s``) / GEMM FLOP/s; 1.0 would be an
-   update running every FLOP at that GEMM's rate.
+4. **FLOP floor.** Every update's matmul FLOPs are counted on one extra (untimed) eager update
+   by a ``TorchDispatchMode`` that adds up every matmul-like aten op as it runs (``mm``,
+   ``addmm``, ``bmm``...; ``torch.utils.flop_counter``'s ``2 x m x k x n``; the backward's
+   matmuls as autograd really runs them; GAE's ``vmap`` seen with physical shapes). The FLOPs
+   are split by the profile phase they ran in: ``train_forward_backward`` (the minibatch
+   losses and their backward), ``analytic_kl`` (an extra actor pass of the adaptive learning
+   rate, if the trainer makes one), ``value_estimation`` (GAE: V(s) and V(s')), ``aggregate``
+   (SAPG/EPO's re-scoring of the off-policy rows). So the count follows the passes the library
+   really runs. The same worker times ``torch.mm`` of the update's largest matmul,
+   ``[minibatch_rows, in] x [in, out]`` (the largest forward matmul the count saw in the loss),
+   repeated: the device's practical FLOP/s for that shape. ``flop_floor_ratio`` = (update
+   FLOPs / ``update_s``) / GEMM FLOP/s; 1.0 would be an update running every FLOP at that
+   GEMM's rate.
 5. **Memory**, one subprocess per eager variant and cell (its own high-water mark), over two
    end-to-end iterations: CPU, the process's peak RSS and its increase over those iterations
    (peak minus the RSS just before); CUDA, ``torch.cuda.max_memory_allocated``.
-6. **torch.compile** (cells with N in ``--compile-num-envs``): the learner update again with the
-   loss module's ``forward`` compiled (``torch.compile``, ``--compile-backend``, default
-   inductor), timed in the same rounds as the eager variants after ``--compile-warmup``
-   warm-up updates (the first compiles, the second absorbs a recompile). A failure is
-   recorded as ``unsupported`` with the error's first line, a compile past
-   ``--compile-timeout`` seconds as ``timeout``.
+6. **torch.compile** (cells with N in ``--compile-num-envs``): the learner update again,
+   compiled (``torch.compile``, ``--compile-backend``, default inductor): our variants through
+   the trainer's own switch where it has one (``OnPolicyTrainer(compile=...)``, the recipe's
+   ``train.compile``: loss forward, analytic KL and loss sum with their backward), else, like
+   the baseline, the loss module's ``forward`` (``compile_scope`` in the JSON). Timed in the
+   same rounds as the eager variants after ``--compile-warmup`` warm-up updates (the first
+   compiles, the second absorbs a recompile). A failure is recorded as ``unsupported`` with
+   the error's first line, a compile past ``--compile-timeout`` seconds as ``timeout``.
 
 Every figure comes with its ratio to the eager ``torchrl`` baseline of the same cell in the same
 run (``*_vs_torchrl``; time ratios > 1 are slower, rate ratios < 1 are slower), and every cell
@@ -103,6 +110,7 @@ import contextlib
 import copy
 import functools
 import json
+import math
 import os
 import platform
 import resource
@@ -158,10 +166,20 @@ def recipe_config(algo: str, n: int, m: int, args, extra: list[str] = ()):
         return compose(config_name="config", overrides=overrides)
 
 
-def build_ours(variant: str, n: int, m: int, args, collector=None, agent_state=None):
+def trainer_compiles() -> bool:
+    """Whether ``OnPolicyTrainer`` has the ``compile`` switch (``train.compile``: the whole update step)."""
+    import inspect
+
+    from torchrl_sapg.trainers import OnPolicyTrainer
+
+    return "compile" in inspect.signature(OnPolicyTrainer.__init__).parameters
+
+
+def build_ours(variant: str, n: int, m: int, args, collector=None, agent_state=None, compile_options=None):
     """``(trainer, agent)`` as ``recipes/train.py`` builds them (no logger, no checkpoints).
 
-    ``collector=None`` builds the recipe's env and ``PopulationCollector``."""
+    ``collector=None`` builds the recipe's env and ``PopulationCollector``; ``compile_options``
+    (a dict of ``torch.compile`` arguments) turns on the trainer's ``compile`` switch."""
     from common import build_agent, build_env, build_loss, register_algorithm_hooks
 
     from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
@@ -193,6 +211,7 @@ def build_ours(variant: str, n: int, m: int, args, collector=None, agent_state=N
         kl_reduction=cfg.algo.get("kl_reduction", "mean"), nonfinite=t.nonfinite,
         obs_normalizers=[agent.obs_normalizer] if agent.obs_normalizer is not None else [],
         headline_policy=int(cfg.algo.get("leader_id", 0)), log_interval=1, progress_bar=False, seed=0,
+        **({"compile": compile_options} if compile_options is not None else {}),
     )
     register_algorithm_hooks(cfg, trainer, loss, agent, optimizer)
     return trainer, agent
@@ -336,7 +355,8 @@ def instrument_trainer(trainer, prof: PhaseProfile):
     """Time the phases of ``trainer`` (an ``OnPolicyTrainer``) into ``prof`` while the block runs.
 
     Wraps bound methods of this trainer instance, its stepper and its loss module, and (process
-    wide, restored on exit) ``torch.Tensor.backward`` and ``on_policy.gaussian_kl``. Library code
+    wide, restored on exit) ``torch.Tensor.backward`` and ``gaussian_kl`` (in ``on_policy`` and
+    ``objectives.kl``). Library code
     is not changed. A method the trainer no longer calls simply times nothing: its time then
     lands in the enclosing phase."""
     from torchrl_sapg.trainers import on_policy
@@ -356,7 +376,13 @@ def instrument_trainer(trainer, prof: PhaseProfile):
     patch(trainer.optimization_stepper, "step", "optimizer")  # exclusive: loss sum, zero_grad, clip, step, lr rule
     patch(trainer.loss_module, "forward", "loss_forward")
     patch(torch.Tensor, "backward", "backward")
-    patch(on_policy, "gaussian_kl", "analytic_kl")
+    patch(on_policy, "gaussian_kl", "analytic_kl")  # the trainer's extra actor pass, where it makes one
+    try:
+        from torchrl_sapg.objectives import kl as kl_module
+    except ImportError:  # older library: gaussian_kl lives in on_policy only
+        kl_module = None
+    if kl_module is not None:
+        patch(kl_module, "gaussian_kl", "analytic_kl")
     patch(trainer, "_update_normalizers", "normalizer")
     patch(trainer, "_post_steps_hook", "post_steps_hooks")
     patch(trainer, "_metrics", "logging")
@@ -401,21 +427,40 @@ def forward_flops_per_row(*modules: torch.nn.Module) -> int:
     return sum(2 * i * o for i, o in linear_layers(*modules))
 
 
-def update_flops(*, actor_fwd: int, critic_fwd: int, rows: int, env_frames: int, epochs: int,
-                 analytic_kl: bool, off_policy_rows: int = 0) -> dict:
-    """FLOPs of one learner update by part (see the module docstring, item 4).
+#: the FLOP count's parts: the profile phase a matmul ran in -> the part it is counted in
+FLOP_PART_OF_PHASE = {"loss_forward": "train_forward_backward", "backward": "train_forward_backward",
+                      "analytic_kl": "analytic_kl", "value": "value_estimation", "aggregate": "aggregate"}
+FLOP_PARTS = ("train_forward_backward", "analytic_kl", "value_estimation", "aggregate", "other")
 
-    ``rows``: training rows per epoch (SAPG/EPO: on- and off-policy); ``env_frames``: N x T;
-    ``off_policy_rows``: the rows ``aggregate`` scores with the receiving policy's actor and critic."""
-    parts = {
-        # forward + backward (~2x the forward: grads w.r.t. inputs and weights) of actor and critic
-        "train_forward_backward": 3 * (actor_fwd + critic_fwd) * rows * epochs,
-        "analytic_kl": actor_fwd * rows * epochs if analytic_kl else 0,
-        "value_estimation": 2 * critic_fwd * env_frames,  # GAE: V(s) and V(s')
-        "aggregate": (actor_fwd + 2 * critic_fwd) * off_policy_rows,  # log-prob, V(s), V(s')
-    }
-    parts["total"] = sum(parts.values())
-    return parts
+
+def flop_counter(prof: PhaseProfile, counts: dict):
+    """A ``TorchDispatchMode`` adding the FLOPs of every matmul-like aten op that runs (``mm``,
+    ``addmm``, ``bmm``..., with ``torch.utils.flop_counter``'s formulas: ``2 x m x k x n`` per
+    matmul, backward included as the ops autograd really runs) to ``counts``, by the part of
+    the update (:data:`FLOP_PART_OF_PHASE`) whose profile phase is open. Ops under ``vmap``
+    (TorchRL's GAE) are seen with their physical shapes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+
+    class _Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = flop_registry.get(func._overloadpacket)
+            if count is not None:
+                phase = prof._stack[-1][0] if prof._stack else "other"
+                part = FLOP_PART_OF_PHASE.get(phase, "other")
+                counts[part] = counts.get(part, 0) + int(count(*args, **kwargs, out_val=out))
+                if phase == "loss_forward" and func._overloadpacket in (aten.mm, aten.addmm):
+                    a, b = args[-2], args[-1]  # mm(a, b), addmm(bias, a, b)
+                    shape = (a.shape[0], a.shape[1], b.shape[1])
+                    if shape[0] * shape[1] * shape[2] > math.prod(counts.get("largest_forward_mm", (0, 0, 0))):
+                        counts["largest_forward_mm"] = shape
+            return out
+
+    return _Counter()
 
 
 def gemm_flops_per_s(rows: int, k: int, n: int, device: torch.device, seconds: float = 0.3) -> dict:
@@ -490,6 +535,7 @@ class Learner:
     def __init__(self, variant: str, n: int, m: int, args, batch, agent_state, use_compile: bool, compile_backend="inductor"):
         self.variant, self.device, self.args = variant, torch.device(args.device), args
         self.frames = batch.numel()
+        library_compile = False
         if variant == BASELINE:
             self.base = build_torchrl(args, self.device)
             self.loss = self.base.loss
@@ -497,19 +543,24 @@ class Learner:
             self.batch = rescore(batch, self.base.actor, self.loss.tensor_keys.sample_log_prob)
             self.generator = torch.Generator(device=self.device).manual_seed(0)
             self.rows = self.frames
-            self.analytic_kl = False
         else:
             self.replay = ReplayCollector(self.device)
             single = RECIPE_ALGO[variant] == "ppo"
+            # the library's switch where it exists (train.compile: loss forward, analytic KL, loss sum and their
+            # backward), else the loss module's forward as for the baseline
+            library_compile = use_compile and trainer_compiles()
             self.trainer, agent = build_ours(variant, n, m, args, collector=self.replay,
-                                             agent_state=None if single else agent_state)
+                                             agent_state=None if single else agent_state,
+                                             compile_options={"backend": compile_backend} if library_compile else None)
             self.loss = self.trainer.loss_module
             self.nets = (agent.actor, agent.critic)
             self.replay.batch = rescore(batch, agent.actor, self.loss.tensor_keys.sample_log_prob) if single else batch
-            stepper = self.trainer.optimization_stepper
-            self.analytic_kl = bool(getattr(stepper, "_analytic_kl", getattr(stepper, "kl_actor", None) is not None))
-        if use_compile:
+        self.compile_scope = None
+        if library_compile:
+            self.compile_scope = "update step (OnPolicyTrainer compile=)"
+        elif use_compile:
             self.loss.forward = torch.compile(self.loss.forward, backend=compile_backend)
+            self.compile_scope = "loss forward"
 
     def update(self) -> float:
         """Seconds of one learner update (ours: one iteration of ``OnPolicyTrainer.train()``)."""
@@ -538,23 +589,37 @@ class Learner:
         return self.trainer.batch_layout["minibatch_size"]
 
     def largest_matmul(self) -> tuple[int, int, int]:
-        """``(minibatch_rows, in, out)`` of the update's largest matmul (the layer with most weights)."""
+        """``(minibatch_rows, in, out)`` of the layer with most weights: the fallback when the FLOP
+        count saw no matmul in the loss forward (the count's largest forward matmul is used)."""
         i, o = max(linear_layers(*self.nets), key=lambda io: io[0] * io[1])
         return self.minibatch_rows(), i, o
 
     def flops(self) -> dict:
+        """The matmul FLOPs of one extra (untimed, eager) update, counted as they run, by part."""
+        prof, counts = PhaseProfile(self.device), {}
+        with flop_counter(prof, counts):
+            if self.variant == BASELINE:
+                with prof.phase("other"):
+                    torchrl_update(self.batch.clone(), self.base, self.args, self.generator, prof)
+            else:
+                trainer = self.trainer
+                trainer.total_frames = trainer.collected_frames + self.frames
+                with instrument_trainer(trainer, prof), prof.phase("other"):
+                    trainer.train()
+        parts = {k: int(counts.get(k, 0)) for k in FLOP_PARTS}
+        parts["total"] = sum(parts.values())
         actor, critic = self.nets
-        a, c, rows = forward_flops_per_row(actor), forward_flops_per_row(critic), self.rows_per_update()
-        parts = update_flops(actor_fwd=a, critic_fwd=c, rows=rows, env_frames=self.frames, epochs=self.args.epochs,
-                             analytic_kl=self.analytic_kl, off_policy_rows=rows - self.frames)
-        return {"per_update": parts, "actor_forward_flops_per_row": a, "critic_forward_flops_per_row": c,
+        largest = counts.get("largest_forward_mm") or self.largest_matmul()
+        return {"per_update": parts, "actor_forward_flops_per_row": forward_flops_per_row(actor),
+                "critic_forward_flops_per_row": forward_flops_per_row(critic),
                 "actor_layers": linear_layers(actor), "critic_layers": linear_layers(critic),
-                "analytic_kl": self.analytic_kl, "largest_matmul": list(self.largest_matmul())}
+                "analytic_kl_pass": parts["analytic_kl"] > 0, "largest_matmul": [int(x) for x in largest]}
 
     def details(self) -> dict:
+        scope = {"compile_scope": self.compile_scope} if self.compile_scope else {}
         if self.variant == BASELINE:
-            return {"rows_per_update": self.rows}
-        out = {"rows_per_update": self.trainer.batch_layout["rows"], "batch_layout": self.trainer.batch_layout}
+            return {"rows_per_update": self.rows, **scope}
+        out = {"rows_per_update": self.trainer.batch_layout["rows"], "batch_layout": self.trainer.batch_layout, **scope}
         if self.variant == "epo":
             sched = self.trainer._modules["genetic_scheduler"]
             out.update(genetic_steps=sched.num_steps, genetic_decisions=sched.num_decisions)
@@ -649,12 +714,14 @@ def time_cell(n: int, m: int, args, with_compile: bool) -> list[dict]:
         r.update(status="ok", update_s=med, samples_per_s=r["rows_per_update"] * args.epochs / med,
                  env_frames_per_s=learner.frames / med)
     # the FLOP floor: the update's FLOPs per second against a same-run GEMM of its largest matmul
+    # (counted on one extra eager update per variant, after the timed rounds; a compiled row has its eager twin's)
     gemms: dict[tuple, dict] = {}
+    counted = {v: learner.flops() for (v, c), learner in learners.items() if not c}
     for key, learner in learners.items():
-        shape = learner.largest_matmul()
+        shape = tuple(counted[key[0]]["largest_matmul"])
         if shape not in gemms:
             gemms[shape] = gemm_flops_per_s(*shape, device=device, seconds=args.gemm_seconds)
-        flops, gemm, r = learner.flops(), gemms[shape], rows[key]
+        flops, gemm, r = counted[key[0]], gemms[shape], rows[key]
         achieved = flops["per_update"]["total"] / r["update_s"]
         r.update(flops=flops, flops_per_update=flops["per_update"]["total"], achieved_flops_per_s=achieved,
                  gemm=gemm, gemm_flops_per_s=gemm["flops_per_s"], flop_floor_ratio=achieved / gemm["flops_per_s"],
@@ -948,6 +1015,18 @@ def markdown(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _git_state() -> dict:
+    """The commit measured, and whether library / recipe / benchmark files differed from it."""
+    def git(*a):
+        return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
+
+    try:
+        dirty = git("status", "--porcelain", "--", "torchrl_sapg", "recipes", "benchmarks/throughput.py")
+        return {"git_commit": git("rev-parse", "HEAD"), "git_uncommitted_changes": bool(dirty)}
+    except (OSError, subprocess.CalledProcessError):  # no git (e.g. a copied tree on a device machine)
+        return {"git_commit": None, "git_uncommitted_changes": None}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-envs", type=int, nargs="+", default=[4096, 16384], help="N (rounded to a multiple of M)")
@@ -1053,7 +1132,7 @@ def main(argv=None) -> dict:
         "device": str(device), "device_name": _device_name(device), "cpu_model": _device_name(torch.device("cpu")),
         "cpu_count": os.cpu_count(), "torch_num_threads": torch.get_num_threads(),
         "torch_version": torch.__version__, "torchrl_version": torchrl.__version__,
-        "python_version": platform.python_version(), "wall_seconds": wall, "note": args.note,
+        "python_version": platform.python_version(), "wall_seconds": wall, "note": args.note, **_git_state(),
         "load_average_start": load_start, "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "config": {k: v for k, v in vars(args).items() if k != "worker"},
         "definitions": {
@@ -1073,13 +1152,13 @@ def main(argv=None) -> dict:
                        "phase / update_s; CUDA synchronised at every timer",
             "profile_excess_s": "(in overheads) profile seconds minus the reference's, per phase: ppo vs torchrl, "
                                 "every other variant vs ppo",
-            "flops_per_update": "matmul FLOPs of one update from the nn.Linear layers: 3 x (actor + critic forward) "
-                                "x training rows x epochs (forward + ~2x backward), + actor forward x rows x epochs "
-                                "(analytic KL, when on), + 2 x critic forward x N x T (GAE: V(s), V(s')), + (actor + "
-                                "2 x critic forward) x off-policy rows (SAPG/EPO aggregate)",
+            "flops_per_update": "matmul FLOPs of one update (aten mm/addmm/bmm..., 2 x m x k x n, forward and the "
+                                "backward autograd runs), counted by a TorchDispatchMode during one extra eager "
+                                "update; flops.per_update splits them by the phase they ran in "
+                                "(train_forward_backward, analytic_kl, value_estimation, aggregate, other)",
             "achieved_flops_per_s": "flops_per_update / update_s",
             "gemm_flops_per_s": "same worker, torch.mm of the update's largest matmul [minibatch rows, in] x [in, out] "
-                                "(the layer with the largest in x out), repeated, best of 3",
+                                "(the largest forward matmul of the loss the FLOP count saw), repeated, best of 3",
             "flop_floor_ratio": "achieved_flops_per_s / gemm_flops_per_s (1.0: every FLOP at the GEMM's rate)",
             "floor_update_s": "flops_per_update / gemm_flops_per_s: the update's time at the GEMM's rate",
         },

@@ -79,35 +79,61 @@ def test_ratios_are_figures_over_the_baseline(quick):
 
 
 def test_flop_floor_is_counted_for_every_variant(quick):
-    """Every cell has the update's FLOPs from the networks' linear layers, a same-run GEMM of the
+    """Every cell has the update's matmul FLOPs, counted as they run, a same-run GEMM of the
     largest minibatch matmul, and achieved / GEMM as the floor ratio."""
     (cell,) = quick["cells"]
     rows = {r["variant"]: r for r in cell["results"]}
-    cfg, n, m = quick["config"], cell["num_envs"], cell["num_policies"]
+    cfg, n = quick["config"], cell["num_envs"]
     t, epochs, hidden = cfg["horizon"], cell["epochs"], cfg["hidden"]
 
     def fwd(sizes):  # 2 x in x out per linear layer, per row
         return sum(2 * i * o for i, o in zip(sizes[:-1], sizes[1:]))
 
     plain = fwd([3, *hidden, 1])  # Pendulum: 3 observation dims, 1 action; the critic has one output too
-    latent = fwd([3 + 32, *hidden, 1])  # SAPG/EPO: the recipe's 32-d latent joins the observation
+    for v in ("torchrl", "ppo"):  # plain MLPs: the count is the textbook one
+        r = rows[v]
+        parts, rows_trained = r["flops"]["per_update"], r["rows_per_update"]
+        assert r["flops"]["actor_forward_flops_per_row"] == r["flops"]["critic_forward_flops_per_row"] == plain
+        # forward + 2x backward, except the first layer's input gradient (observations need none): actor and critic
+        assert parts["train_forward_backward"] == (3 * 2 * plain - 2 * 2 * 3 * hidden[0]) * rows_trained * epochs
+        assert parts["value_estimation"] == 2 * plain * n * t  # GAE's V(s) and V(s') (under vmap)
+        assert parts["aggregate"] == parts["other"] == 0
+    assert rows["torchrl"]["flops"]["per_update"]["analytic_kl"] == 0
+    # an extra actor pass for the adaptive learning rate, where the trainer makes one: one no-grad forward
+    assert rows["ppo"]["flops"]["per_update"]["analytic_kl"] in (0, plain * rows["ppo"]["rows_per_update"] * epochs)
+    for v in ("sapg", "epo"):  # latent-conditioned nets; aggregate re-scores the off-policy rows
+        parts = rows[v]["flops"]["per_update"]
+        assert parts["train_forward_backward"] > rows["ppo"]["flops"]["per_update"]["train_forward_backward"]
+        assert parts["aggregate"] > 0 and parts["value_estimation"] > 0
+    assert rows["sapg"]["flops"]["per_update"] == rows["epo"]["flops"]["per_update"]
     for v, r in rows.items():
-        f = r["flops"]
-        a = c = plain if v in ("torchrl", "ppo") else latent
-        assert (f["actor_forward_flops_per_row"], f["critic_forward_flops_per_row"]) == (a, c)
-        rows_trained = r["rows_per_update"]
-        expect = 3 * (a + c) * rows_trained * epochs + 2 * c * n * t  # train fwd+bwd, GAE's V(s) and V(s')
-        expect += 0 if v == "torchrl" else a * rows_trained * epochs  # the analytic KL of the adaptive lr
-        expect += (a + 2 * c) * (rows_trained - n * t)  # aggregate's re-scoring of the off-policy rows
-        assert r["flops_per_update"] == f["per_update"]["total"] == expect
-        assert f["analytic_kl"] == (v != "torchrl")
-        mb = rows_trained // cfg["minibatches"]
-        assert r["gemm"]["shape"] == f["largest_matmul"] == [mb, *max(f["actor_layers"] + f["critic_layers"],
-                                                                     key=lambda io: io[0] * io[1])]
+        f, parts = r["flops"], r["flops"]["per_update"]
+        assert f["analytic_kl_pass"] == (parts["analytic_kl"] > 0)
+        assert r["flops_per_update"] == parts["total"] == sum(x for k, x in parts.items() if k != "total")
+        # the largest forward matmul of the loss: a minibatch through the hidden layer with most weights
+        mb = r["rows_per_update"] // cfg["minibatches"]
+        assert r["gemm"]["shape"] == f["largest_matmul"] == [mb, hidden[0], hidden[1]]
         assert r["achieved_flops_per_s"] == pytest.approx(r["flops_per_update"] / r["update_s"])
         assert r["flop_floor_ratio"] == pytest.approx(r["achieved_flops_per_s"] / r["gemm_flops_per_s"])
         assert r["floor_update_s"] == pytest.approx(r["flops_per_update"] / r["gemm_flops_per_s"])
     assert "achieved / GEMM" in quick["table_markdown"]
+
+
+def test_flop_counter_counts_forward_and_backward_matmuls():
+    """2 x m x k x n per matmul, forward and the backward autograd really runs, by the open phase."""
+    prof, counts = throughput.PhaseProfile(torch.device("cpu")), {}
+    layer = torch.nn.Linear(5, 7)
+    x = torch.randn(11, 5, requires_grad=True)
+    with throughput.flop_counter(prof, counts):
+        with prof.phase("loss_forward"):
+            y = layer(x).sum()
+        with prof.phase("backward"):
+            y.backward()
+        with prof.phase("value"), torch.no_grad():
+            torch.vmap(layer)(torch.randn(2, 11, 5))  # physical shapes under vmap
+    fwd = 2 * 11 * 5 * 7
+    assert counts.pop("largest_forward_mm") == (11, 5, 7)  # the loss forward's largest matmul: the GEMM to time
+    assert counts == {"train_forward_backward": 3 * fwd, "value_estimation": 2 * fwd}
 
 
 def test_profile_splits_every_variant_into_phases(quick):
@@ -122,7 +148,8 @@ def test_profile_splits_every_variant_into_phases(quick):
         # the phases every variant has
         for phase in ("collect", "value", "minibatch", "loss_forward", "backward", "optimizer"):
             assert p["seconds"][phase] > 0, (v, phase)
-        assert (p["seconds"]["analytic_kl"] > 0) == (v != "torchrl")
+        # the KL pass is timed where the trainer makes one (it is FLOP-counted in the same phase)
+        assert (p["seconds"]["analytic_kl"] > 0) == r["flops"]["analytic_kl_pass"]
         if v == "torchrl":  # the plain loop has no hooks, normaliser or log
             assert p["seconds"]["aggregate"] == p["seconds"]["normalizer"] == p["seconds"]["logging"] == 0
         else:
@@ -141,17 +168,20 @@ def test_profile_splits_every_variant_into_phases(quick):
 def test_profile_instrumentation_is_removed_afterwards():
     """The timers wrap bound methods of the benchmark's own trainer and two process-wide functions
     only while the block runs; afterwards the trainer, torch and the library are as before."""
+    from torchrl_sapg.objectives import kl as kl_module
     from torchrl_sapg.trainers import on_policy
 
     args = throughput.parse_args(["--quick"])
     runner = throughput.EndToEnd("sapg", 8, 2, args)
     trainer = runner.trainer
-    backward, kl, collector = torch.Tensor.backward, on_policy.gaussian_kl, trainer.collector
+    backward, collector = torch.Tensor.backward, trainer.collector
+    kl, kl2 = on_policy.gaussian_kl, kl_module.gaussian_kl
     try:
         seconds = runner.profile_step()
     finally:
         runner.close()
-    assert torch.Tensor.backward is backward and on_policy.gaussian_kl is kl and trainer.collector is collector
+    assert torch.Tensor.backward is backward and on_policy.gaussian_kl is kl and kl_module.gaussian_kl is kl2
+    assert trainer.collector is collector
     for name in ("_estimate_values", "_process_batch_hook", "optim_steps", "_metrics"):
         assert name not in vars(trainer)
     assert "forward" not in vars(trainer.loss_module) and "step" not in vars(trainer.optimization_stepper)
