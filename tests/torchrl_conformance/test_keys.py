@@ -160,7 +160,10 @@ def test_state_dict_superset(factory, config):
     assert not missing, missing
     result = cand.load_state_dict(ref_sd, strict=False)
     assert not result.unexpected_keys
-    assert set(result.missing_keys) == set(cand_sd) - set(ref_sd)
+    # our extra buffers are the only ones not in ClipPPOLoss's state; off_policy_coeff is filled in on load
+    # (a PPO checkpoint written by ClipPPOLoss resumes into OffPolicyClipPPOLoss)
+    assert set(result.missing_keys) <= set(cand_sd) - set(ref_sd)
+    assert "off_policy_coeff" not in result.missing_keys
 
 
 def test_class_level_contract(factory):

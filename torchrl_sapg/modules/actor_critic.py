@@ -92,7 +92,8 @@ class LatentConditionedMLP(nn.Module):
         first = self.mlp[0]
         obs_dim = x.shape[-1]
         per_policy = nn.functional.linear(self.latents.weight, first.weight[:, obs_dim:], first.bias)  # [M, H]
-        h = nn.functional.linear(x, first.weight[:, :obs_dim]) + per_policy[policy_id]
+        # embedding, not per_policy[policy_id]: its backward is a fast scatter-add (3x on CPU at 19k rows)
+        h = nn.functional.linear(x, first.weight[:, :obs_dim]) + nn.functional.embedding(policy_id, per_policy)
         return self.mlp[1:](h)
 
 
@@ -149,7 +150,7 @@ class _GaussianHead(nn.Module):
     def forward(self, observation: torch.Tensor, policy_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc = self.backbone(observation, policy_id)
         check_policy_ids(policy_id, self.num_policies)
-        scale = self.log_std[policy_id].exp()
+        scale = nn.functional.embedding(policy_id, self.log_std).exp()
         return loc, scale
 
 

@@ -84,7 +84,7 @@ class PolicyLatents(nn.Module):
 
     def forward(self, policy_id: torch.Tensor) -> torch.Tensor:
         check_policy_ids(policy_id, self.num_policies)
-        return self.weight[policy_id]
+        return torch.nn.functional.embedding(policy_id, self.weight)
 
     def extra_repr(self) -> str:
         return f"num_policies={self.num_policies}, latent_dim={self.latent_dim}"

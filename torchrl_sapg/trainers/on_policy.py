@@ -27,22 +27,9 @@ CHECKPOINT_FORMAT = "torchrl-sapg/1"
 class OnPolicyTrainer(Trainer):
     """collect → value estimation → mini-epochs of shuffled minibatches → log → checkpoint.
 
-    A TorchRL :class:`~torchrl.trainers.Trainer`: every hook stage of TorchRL's trainer
-    (``batch_process``, ``pre_epoch``, ``post_optim``, ``post_steps``, the ``*_log`` stages...)
-    works, and library parts such as EPO's genetic scheduler ``register`` into it. What it adds
-    over TorchRL's loop is what on-policy training at scale needs:
-
-    * value estimation once per collected batch, without gradient (``value_estimator``, e.g.
-      TorchRL's ``GAE``), before any ``batch_process`` hook;
-    * explicit batch arithmetic: give exactly one of ``num_minibatches`` or ``minibatch_size``;
-      a batch that does not split evenly raises instead of silently changing the minibatch;
-    * a :class:`ClippedGradientStepper` (grad-norm clip) and a :class:`LearningRateSchedule`
-      (KL-adaptive, linear or fixed);
-    * running observation normalisers updated once per batch, after the update;
-    * per-policy logging (``policy/<i>/<stat>``) of :class:`PopulationCollector` statistics,
-      a progress bar with frames/s and return;
-    * atomic checkpoints and an exact resume (:meth:`load`): frames, optimiser, normalisers,
-      schedule, hooks, the minibatch generator and the global RNG states.
+    A TorchRL :class:`~torchrl.trainers.Trainer` (every hook stage works): value estimation once per
+    batch, explicit minibatching, clipped NaN-safe steps, a KL-adaptive LR, normalisers, per-policy
+    logging, validated checkpoints and an exact resume. The loop, stage by stage: ``docs/trainer.md``.
 
     Args:
         collector: a :class:`~torchrl_sapg.collectors.PopulationCollector` (or any TorchRL
@@ -150,19 +137,10 @@ class OnPolicyTrainer(Trainer):
             kl_reduction=kl_reduction, compile=compile, cudagraphs=cudagraphs,
         )
         super().__init__(
-            collector=collector,
-            total_frames=total_frames,
-            frame_skip=1,
-            optim_steps_per_batch=1,
-            loss_module=loss_module,
-            optimizer=optimizer,
-            optimization_stepper=stepper,
-            logger=logger,
+            collector=collector, total_frames=total_frames, frame_skip=1, optim_steps_per_batch=1,
+            loss_module=loss_module, optimizer=optimizer, optimization_stepper=stepper, logger=logger,
             progress_bar=False,  # our own bar: it knows about resumes and per-policy returns
-            seed=None,
-            save_trainer_interval=checkpoint_interval or 0,
-            log_interval=0,
-            num_epochs=num_epochs,
+            seed=None, save_trainer_interval=checkpoint_interval or 0, log_interval=0, num_epochs=num_epochs,
             auto_log_optim_steps=False,
         )
         self.lr_schedule.register(self)
@@ -183,14 +161,18 @@ class OnPolicyTrainer(Trainer):
         self.nonfinite = nonfinite
         self.nonfinite_rows = 0  # env rows dropped since the last log line
         self.sequence_minibatches = bool(sequence_minibatches)
+        self._reset_progress()
+        self._setup_device(loss_module, stepper, kl_actor, kl_reduction, cudagraphs, seed, sync)
+
+
+    def _reset_progress(self) -> None:
+        """Counters, the metric history and the headline return of a run that has not trained yet."""
         self.iteration = 0
         self.collected_frames = 0
         self._last_save_frames = 0
         self.last_metrics: dict[str, float] = {}
         self.last_return = float("nan")  # headline return of the last iteration in which episodes ended
         self.history: list[dict[str, float]] = []
-        self._setup_device(loss_module, stepper, kl_actor, kl_reduction, cudagraphs, seed, sync)
-
 
     @staticmethod
     def _check_arguments(num_epochs, num_minibatches, minibatch_size, total_frames, nonfinite) -> None:
