@@ -1,35 +1,40 @@
-"""Population methods: EPO's genetic latent scheduler and DexPBT (decentralised and in-process)."""
-from torchrl_sapg.population.ensemble import (
-    EnsembleActor,
-    PolicyEnsemble,
-    RecurrentEnsembleActor,
-    RecurrentEnsembleValue,
-    RecurrentPolicyEnsemble,
-    ensemble_collection_policy,
-    ensemble_gae,
-)
-from torchrl_sapg.population.genetic import GeneticLatentScheduler, GeneticStepReport, latent_diversity
-from torchrl_sapg.population.inprocess import PBTTrainer, PopulationLearner, StackedAdam
-from torchrl_sapg.population.inprocess_pbt import InProcessPBT
-from torchrl_sapg.population.pbt import (
+"""Population methods, one sub-package each: EPO (``epo``), in-process DexPBT (``pbt_inprocess``)
+and decentralised DexPBT (``pbt_decentralized``), with the shared PBT decisions (``pbt_common``)
+and the per-policy fitness window (``fitness``)."""
+from torchrl_sapg.population.epo import GeneticLatentScheduler, GeneticStepReport, latent_diversity
+from torchrl_sapg.population.fitness import PolicyFitnessWindow
+from torchrl_sapg.population.pbt_common import (
     HyperparameterSpec,
     PBTDecision,
-    get_hyperparameter,
-    get_hyperparameters,
     meta_objective,
     mutate_hyperparameters,
     parse_hyperparameter_specs,
     pbt_decision,
-    set_hyperparameter,
-    set_hyperparameters,
 )
-from torchrl_sapg.population.workspace import (
+from torchrl_sapg.population.pbt_decentralized import (
     PBTMember,
     PBTReport,
     PBTWorkspace,
     adopt_checkpoint,
     atomic_write_json,
+    get_hyperparameter,
+    get_hyperparameters,
     read_record,
+    set_hyperparameter,
+    set_hyperparameters,
+)
+from torchrl_sapg.population.pbt_inprocess import (
+    EnsembleActor,
+    InProcessPBT,
+    PBTTrainer,
+    PolicyEnsemble,
+    PopulationLearner,
+    RecurrentEnsembleActor,
+    RecurrentEnsembleValue,
+    RecurrentPolicyEnsemble,
+    StackedAdam,
+    ensemble_collection_policy,
+    ensemble_gae,
 )
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "PBTMember",
     "PBTReport",
     "PBTTrainer",
+    "PolicyFitnessWindow",
     "PBTWorkspace",
     "PolicyEnsemble",
     "PopulationLearner",

@@ -1,0 +1,323 @@
+"""In-process DexPBT: the learner that updates M independent members with their own hyperparameters.
+
+``PopulationLearner`` holds a :class:`PolicyEnsemble`, a per-member Adam (:class:`StackedAdam`)
+and one ``[M]`` tensor per hyperparameter (learning rate, clip epsilon, entropy and critic
+coefficients, gamma, lambda, mini-epochs). One update processes all members at once: per-member
+GAE, per-member advantage standardisation, per-member shuffled minibatches of each member's own
+rows, the clipped PPO loss summed over members (so member i's gradient is its own loss's),
+per-member gradient-norm clipping and learning rates, and per-member mini-epoch counts (members
+with fewer epochs are masked out of the later ones). With a :class:`RecurrentPolicyEnsemble`
+the minibatches are whole env-rows of each member's block, replayed from the hidden states
+recorded at collection. ``PBTTrainer`` plugs it into
+:class:`~torchrl_sapg.trainers.OnPolicyTrainer`. (DexPBT, Petrenko et al. 2023, Sec. III.)
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import nn
+
+from torchrl_sapg.population.pbt_inprocess.ensemble import PolicyEnsemble, ensemble_gae
+from torchrl_sapg.population.pbt_inprocess.recurrent_ensemble import RecurrentPolicyEnsemble
+from torchrl_sapg.trainers.on_policy import OnPolicyTrainer
+
+HYPERPARAMETERS = ("lr", "clip_epsilon", "entropy_coeff", "critic_coeff", "gamma", "lmbda", "num_epochs")
+
+
+class StackedAdam(torch.optim.Optimizer):
+    """Adam over parameters stacked along a leading member dim, with per-member learning rates,
+    per-member global-norm gradient clipping and a per-member "active" mask.
+
+    ``step(lr, active)``: ``lr`` is ``[M]``; members with ``active[i] = False`` keep their
+    parameters and moment estimates unchanged (their mini-epochs are over). No Python loop
+    over members: each parameter tensor is updated in one batched op.
+
+    Examples:
+        >>> p = torch.nn.Parameter(torch.zeros(3, 2))
+        >>> opt = StackedAdam([p], num_members=3, max_grad_norm=None)
+        >>> p.grad = torch.ones(3, 2)
+        >>> grad_norms = opt.step(lr=torch.tensor([0.1, 0.0, 0.1]), active=torch.tensor([True, True, False]))
+        >>> [round(x, 4) for x in p.data[:, 0].tolist()]
+        [-0.1, 0.0, 0.0]
+    """
+
+    def __init__(self, params, *, num_members: int, betas=(0.9, 0.999), eps: float = 1e-8, max_grad_norm: float | None = 1.0):
+        super().__init__(params, dict(lr=1.0, betas=betas, eps=eps))  # lr: per member, passed to step()
+        self.num_members = num_members
+        self.max_grad_norm = max_grad_norm
+        for p in self._params():
+            if p.shape[0] != num_members:
+                raise ValueError(f"every parameter must be stacked on a leading dim of {num_members}, got {tuple(p.shape)}.")
+
+    def _params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def grad_norms(self) -> torch.Tensor:
+        sq = [p.grad.reshape(self.num_members, -1).pow(2).sum(1) for p in self._params() if p.grad is not None]
+        return torch.stack(sq).sum(0).sqrt()
+
+    @torch.no_grad()
+    def step(self, lr: torch.Tensor, active: torch.Tensor | None = None):  # noqa: D102
+        m = self.num_members
+        norms = self.grad_norms()
+        scale = torch.ones_like(norms)
+        if self.max_grad_norm is not None:
+            scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        act = torch.ones(m, dtype=torch.bool, device=norms.device) if active is None else active.to(norms.device)
+        act = act & torch.isfinite(norms)  # a member whose gradient holds NaN/inf skips the step (the trainer then raises)
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                shape = (m,) + (1,) * (p.dim() - 1)
+                g = p.grad * scale.view(shape)
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    state["step"] = torch.zeros(m, device=p.device)
+                a = act.view(shape)
+                state["step"].add_(act.to(state["step"].dtype))
+                state["exp_avg"].copy_(torch.where(a, b1 * state["exp_avg"] + (1 - b1) * g, state["exp_avg"]))
+                state["exp_avg_sq"].copy_(torch.where(a, b2 * state["exp_avg_sq"] + (1 - b2) * g * g, state["exp_avg_sq"]))
+                t = state["step"].clamp(min=1).view(shape)
+                m_hat = state["exp_avg"] / (1 - b1**t)
+                v_hat = state["exp_avg_sq"] / (1 - b2**t)
+                update = lr.to(p.dtype).view(shape) * m_hat / (v_hat.sqrt() + group["eps"])
+                p.sub_(torch.where(a, update, torch.zeros_like(update)))
+        return norms
+
+    @torch.no_grad()
+    def copy_members(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Member ``dst[k]`` takes member ``src[k]``'s moment estimates and step counts."""
+        for state in self.state.values():
+            for value in state.values():
+                value[dst] = value[src]
+
+
+class PopulationLearner(nn.Module):
+    """Per-member PPO updates of a :class:`PolicyEnsemble` with per-member hyperparameters.
+
+    With a :class:`RecurrentPolicyEnsemble` each member's minibatches are whole ``[T]`` env-rows
+    of its own block (``num_minibatches`` then divides its number of env-rows), every row
+    replayed from its recorded initial hidden states with resets at ``"is_init"``, and the value
+    estimation replays the critic the same way.
+
+    Args:
+        ensemble: the M members (:class:`PolicyEnsemble` or :class:`RecurrentPolicyEnsemble`).
+        hyperparameters: initial value of each of ``HYPERPARAMETERS`` (a scalar for every member
+            or a length-M sequence).
+        num_minibatches: minibatches per mini-epoch, taken from each member's own rows.
+        max_grad_norm: per-member global gradient-norm clip.
+        generator: for the minibatch shuffles.
+
+    Examples:
+        >>> ens = PolicyEnsemble(3, 1, num_members=2, hidden_sizes=(8,))
+        >>> learner = PopulationLearner(ens, {"lr": [1e-3, 3e-4], "clip_epsilon": 0.2, "entropy_coeff": 0.0,
+        ...     "critic_coeff": 1.0, "gamma": 0.99, "lmbda": 0.95, "num_epochs": [2, 3]}, num_minibatches=2)
+        >>> learner.hyper["num_epochs"].tolist()
+        [2, 3]
+    """
+
+    def __init__(
+        self,
+        ensemble: PolicyEnsemble | RecurrentPolicyEnsemble,
+        hyperparameters: Mapping[str, float | list],
+        *,
+        num_minibatches: int,
+        max_grad_norm: float | None = 1.0,
+        reward_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        missing = [k for k in HYPERPARAMETERS if k not in hyperparameters]
+        if missing:
+            raise KeyError(f"hyperparameters is missing {missing}; give each of {HYPERPARAMETERS}.")
+        m = ensemble.num_members
+        self.ensemble = ensemble
+        device = next(ensemble.parameters()).device
+        for name in HYPERPARAMETERS:
+            dtype = torch.long if name == "num_epochs" else torch.float32
+            value = torch.as_tensor(hyperparameters[name], dtype=dtype, device=device).flatten()
+            if value.numel() == 1:
+                value = value.expand(m).clone()
+            if value.numel() != m:
+                raise ValueError(f"hyperparameter {name!r} has {value.numel()} values for {m} members.")
+            self.register_buffer(f"hp_{name}", value)
+        if int(self.hp_num_epochs.min()) < 1:
+            raise ValueError("num_epochs must be >= 1 for every member.")
+        self.num_minibatches = num_minibatches
+        self.reward_scale = reward_scale
+        self.optimizer = StackedAdam(list(ensemble.parameters()), num_members=m, max_grad_norm=max_grad_norm)
+        self.generator = generator or torch.Generator(device=device)
+        self.sync = None  # a DistributedSync under torchrun (PBTTrainer sets it): gradients averaged
+
+    @property
+    def hyper(self) -> dict[str, torch.Tensor]:
+        """The live ``[M]`` hyperparameter tensors (edit them in place to change a member's)."""
+        return {name: getattr(self, f"hp_{name}") for name in HYPERPARAMETERS}
+
+    def estimate(self, batch: TensorDictBase) -> TensorDictBase:
+        return ensemble_gae(self.ensemble, batch, self.hp_gamma, self.hp_lmbda)
+
+    def member_losses(self, sub: TensorDictBase) -> TensorDict:
+        """Per-member PPO loss terms on ``[M, B]`` rows, or ``[M, B, T]`` env-rows with a
+        recurrent ensemble (each member on its own rows; means over all its steps)."""
+        ens = self.ensemble
+        m = ens.num_members
+
+        def flat(x: torch.Tensor) -> torch.Tensor:  # [M, B(, T), D] -> [M, B * T, D]
+            return x.reshape(m, -1, x.shape[-1])
+
+        loc, scale, value = ens.policy_and_value(sub)
+        dist = torch.distributions.Normal(flat(loc), flat(scale))
+        log_prob = dist.log_prob(flat(sub.get("action"))).sum(-1)
+        log_ratio = log_prob - sub.get("action_log_prob").reshape(m, -1)
+        ratio = log_ratio.exp()
+        adv = sub.get("advantage").reshape(m, -1)
+        eps = self.hp_clip_epsilon.view(-1, 1)
+        gain = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+        entropy = dist.entropy().sum(-1)
+        critic = (flat(value) - flat(sub.get("value_target"))).pow(2).squeeze(-1)
+        with torch.no_grad():
+            clip_fraction = ((ratio - 1).abs() > eps).float().mean(1)
+            kl = (-log_ratio).mean(1)
+        return TensorDict(
+            {
+                "loss_objective": -gain.mean(1),
+                "loss_entropy": -self.hp_entropy_coeff * entropy.mean(1),
+                "loss_critic": self.hp_critic_coeff * critic.mean(1),
+                "entropy": entropy.detach().mean(1),
+                "clip_fraction": clip_fraction,
+                "kl_approx": kl,
+            },
+            [ens.num_members],
+        )
+
+    def update(self, batch: TensorDictBase) -> TensorDict:
+        """Mini-epochs of every member on its own rows of a ``[N, T]`` batch (after :meth:`estimate`)."""
+        m = self.ensemble.num_members
+        if self.ensemble.is_recurrent:  # member i's env block -> [N/M, T] whole env-rows
+            data = batch.reshape(m, batch.shape[0] // m, *batch.shape[1:])
+        else:  # member i's env block -> row i, flattened
+            data = batch.reshape(m, -1)
+        adv = data.get("advantage")
+        per_member = adv.reshape(m, -1)
+        shape = (m,) + (1,) * (adv.dim() - 1)
+        mean, std = per_member.mean(1).view(shape), per_member.std(1).clamp_min(1e-8).view(shape)
+        data.set("advantage", (adv - mean) / std)
+        rows = data.shape[1]
+        if rows % self.num_minibatches:
+            unit = "env-rows ([T] sequences)" if self.ensemble.is_recurrent else "rows"
+            raise ValueError(
+                f"each member's {rows} {unit} do not split into num_minibatches={self.num_minibatches} equal minibatches."
+            )
+        mb = rows // self.num_minibatches
+        member = torch.arange(m, device=adv.device).unsqueeze(1)
+        total, steps = None, 0
+        for epoch in range(int(self.hp_num_epochs.max())):
+            active = epoch < self.hp_num_epochs
+            perm = torch.rand(m, rows, generator=self.generator, device=self.generator.device).argsort(1).to(adv.device)
+            for j in range(self.num_minibatches):
+                sub = data[member, perm[:, j * mb : (j + 1) * mb]]
+                losses = self.member_losses(sub)
+                loss = sum(v for k, v in losses.items() if k.startswith("loss_")).sum()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.sync is not None:
+                    self.sync.average_gradients_(self.optimizer._params())
+                norms = self.optimizer.step(lr=self.hp_lr, active=active)
+                out = losses.detach()
+                out.set("grad_norm", norms)
+                total = out if total is None else total + out
+                steps += 1
+        return total / steps
+
+    def exploit(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Members ``dst`` take ``src``'s weights, normaliser, optimiser state and hyperparameters."""
+        self.ensemble.copy_members(dst, src)
+        self.optimizer.copy_members(dst, src)
+        for value in self.hyper.values():
+            value[dst] = value[src]
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        state["_optimizer"] = self.optimizer.state_dict()
+        state["_generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        state_dict = dict(state_dict)
+        self.optimizer.load_state_dict(state_dict.pop("_optimizer"))
+        self.generator.set_state(state_dict.pop("_generator"))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class PBTTrainer(OnPolicyTrainer):
+    """:class:`OnPolicyTrainer` whose update is a :class:`PopulationLearner`'s.
+
+    Logs, besides the trainer's usual metrics, ``policy/<i>/<loss term>`` and
+    ``policy/<i>/<hyperparameter>`` for every member and the best member's return as
+    ``episode/best_return``. Everything else (hooks, checkpoints, resume) is the base trainer's.
+    """
+
+    def __init__(self, *, collector, learner: PopulationLearner, total_frames: int, **kwargs):
+        kwargs.setdefault("num_minibatches", learner.num_minibatches)
+        super().__init__(
+            collector=collector,
+            loss_module=learner,
+            optimizer=learner.optimizer,
+            total_frames=total_frames,
+            num_epochs=1,
+            max_grad_norm=None,
+            reward_scale=learner.reward_scale,
+            **kwargs,
+        )
+        self.learner = learner
+        learner.sync = self.sync
+
+    def _estimate_values(self, batch: TensorDictBase) -> TensorDictBase:
+        if self.reward_scale != 1.0:
+            batch.set(self.reward_key, batch.get(self.reward_key) * self.reward_scale)
+        return self.learner.estimate(batch)
+
+    def optim_steps(self, batch: TensorDictBase) -> TensorDictBase:
+        self._pre_optim_hook()
+        m = self.learner.ensemble.num_members
+        recurrent = self.learner.ensemble.is_recurrent
+        rows = batch.shape[0] // m if recurrent else batch.numel() // m  # env-rows ([T] sequences) or steps
+        self.batch_layout = {"rows_per_member": rows, "num_minibatches": self.learner.num_minibatches,
+                             "minibatch_size_per_member": rows // self.learner.num_minibatches,
+                             "max_num_epochs": int(self.learner.hp_num_epochs.max())}
+        if recurrent:
+            self.batch_layout["sequence_length"] = int(batch.shape[1])
+        per_member = self.learner.update(batch)
+        self._optim_count += self.learner.num_minibatches * int(self.learner.hp_num_epochs.max())
+        self._last_member_losses = per_member
+        average = per_member.apply(lambda x: x.float().mean(), batch_size=[])
+        self._post_optim_complete_log_hook(self._optim_count, average)
+        return average
+
+    def _update_normalizers(self, collected: TensorDictBase) -> None:
+        obs = collected.get(self.observation_key)
+        self.learner.ensemble.update_normalizers(
+            obs.reshape(self.learner.ensemble.num_members, -1, obs.shape[-1]), sync=self.sync
+        )
+
+    def _metrics(self, losses: TensorDictBase, fps: float) -> dict[str, float]:
+        metrics = super()._metrics(losses, fps)
+        metrics["train/lr"] = float(self.learner.hp_lr.mean())  # the members' mean; each one's is policy/<i>/lr
+        for name, value in self._last_member_losses.items():
+            for i, v in enumerate(value.tolist()):
+                metrics[f"policy/{i}/{name}"] = float(v)
+        for name, value in self.learner.hyper.items():
+            for i, v in enumerate(value.tolist()):
+                metrics[f"policy/{i}/{name}"] = float(v)
+        returns = [v for k, v in metrics.items() if k.startswith("policy/") and k.endswith("/return")]
+        finite = [r for r in returns if r == r]
+        if finite:
+            metrics["episode/best_return"] = max(finite)
+        return metrics
