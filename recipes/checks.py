@@ -18,11 +18,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from common import ALGORITHMS as _ALGORITHM_TABLE
 from torchrl_sapg.envs.factory import check_device
 from torchrl_sapg.trainers.logging import check_logger_backend
 
-#: the ``algo.name`` values recipes/common.py builds
-ALGORITHMS = ("ppo", "sapg", "epo", "pbt")
+#: the ``algo.name`` values recipes/common.py builds (the keys of its ``ALGORITHMS`` table)
+ALGORITHMS = tuple(_ALGORITHM_TABLE)
+#: in-process populations (``algo=pbt``); decentralised PBT (``pbt=decentralized``) wraps the others
+POPULATION_ALGORITHMS = tuple(name for name, a in _ALGORITHM_TABLE.items() if a.population)
 #: device types the recipes run on
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 _MISSING = object()
@@ -81,8 +84,16 @@ def _check_threads(cfg: DictConfig) -> None:
 def _check_algo(cfg: DictConfig) -> None:
     name = _get(cfg, "algo.name", None)
     if name is not None and name not in ALGORITHMS:
-        raise ValueError(f"algo.name={name!r} is unknown; choose one of the algo configs: algo=ppo, sapg, epo or pbt.")
+        raise ValueError(f"algo.name={name!r} is unknown; choose one of the algo configs: algo={', '.join(ALGORITHMS)}.")
     _int_at_least(cfg, "algo.num_policies", 1, "policies in the population; algo=ppo uses 1", default=1)
+    _check_pbt_mode(cfg)
+
+
+def _check_pbt_mode(cfg: DictConfig) -> None:
+    """One PBT mode per run: ``algo=pbt`` (in-process) or ``pbt=decentralized`` (a member of algo=ppo|sapg|epo)."""
+    if _get(cfg, "algo.name", None) in POPULATION_ALGORITHMS and _get(cfg, "pbt.enabled", False):
+        raise ValueError("algo=pbt (in-process PBT) and pbt=decentralized exclude each other: use algo=pbt with "
+                         "pbt=off, or pbt=decentralized with algo=ppo|sapg|epo (docs/pbt.md).")
 
 
 def _check_env_layout(cfg: DictConfig) -> None:

@@ -1,28 +1,74 @@
-"""Build the parts of a run from its Hydra config; shared by train.py and evaluate.py."""
+"""Build the parts of a run from its Hydra config; shared by train.py, evaluate.py and benchmarks/.
+
+Config keys are constructor arguments: a group's entries reach a constructor by name
+(:func:`config_kwargs`), so a key the constructor does not take is not passed and an option the
+config leaves out takes the library's default. Where the library names one thing two ways (the
+model's ``hidden_sizes``), one table maps the config key onto the argument.
+
+Everything that depends on the algorithm comes from one table, :data:`ALGORITHMS`, looked up
+once by :func:`algorithm`: the networks, the trainer (with its loss and hooks), and whether the
+run is an in-process population. A new algorithm is one :class:`Algorithm` entry plus its
+``recipes/conf/algo/<name>.yaml``.
+"""
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import TransformedEnv
+from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
 from torchrl_sapg.envs import make_env
 from torchrl_sapg.modules import ActorCritic, make_actor_critic
 from torchrl_sapg.modules.recurrent import add_recurrent_transforms, collection_policy, make_recurrent_actor_critic
 from torchrl_sapg.objectives import OffPolicyClipPPOLoss, SAPGLoss
-from torchrl_sapg.population import GeneticLatentScheduler, PBTMember
-from torchrl_sapg.population.ensemble import (
+from torchrl_sapg.population import (
     EnsembleActor,
+    GeneticLatentScheduler,
+    InProcessPBT,
+    PBTMember,
+    PBTTrainer,
     PolicyEnsemble,
+    PopulationLearner,
     RecurrentEnsembleActor,
     RecurrentEnsembleValue,
     RecurrentPolicyEnsemble,
     ensemble_collection_policy,
 )
-from torchrl_sapg.population.inprocess import PBTTrainer, PopulationLearner
-from torchrl_sapg.population.inprocess_pbt import InProcessPBT
+from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
 
+# ----------------------------------------------------------------------------- config -> arguments
+def config_kwargs(fn: Callable, *groups: Mapping | None, rename: Mapping[str, str] | None = None,
+                  only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The entries of ``groups`` that are named parameters of ``fn`` (a later group wins).
+
+    Args:
+        fn: the constructor (or function) the entries are for.
+        groups: config groups (``DictConfig`` or dicts); ``None`` is skipped.
+        rename: ``{config key: argument name}`` where the library names the option differently.
+        only: pass only these config keys (for constructors that take more than the recipe sets).
+
+    ``*_frames`` values are cast to ``int`` (Hydra reads ``2e5`` as a float).
+    """
+    params = inspect.signature(fn).parameters
+    out: dict[str, Any] = {}
+    for group in groups:
+        if group is None:
+            continue
+        items = OmegaConf.to_container(group, resolve=True) if isinstance(group, DictConfig) else dict(group)
+        for key, value in items.items():
+            name = (rename or {}).get(key, key)
+            if (only is None or key in only) and name in params and params[name].kind is not inspect.Parameter.VAR_KEYWORD:
+                out[name] = int(float(value)) if key.endswith("_frames") and value is not None else value
+    return out
+
+
+# ----------------------------------------------------------------------------- env
 def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = None):
     return make_env(
         cfg.env.name,
@@ -41,7 +87,7 @@ def is_recurrent_config(cfg: DictConfig) -> bool:
 
 def add_recurrent_env_transforms(cfg: DictConfig, env, agent: ActorCritic):
     """``InitTracker`` and the LSTM hidden-state primers: the single network's, or the population's."""
-    if cfg.algo.name != "pbt":
+    if not algorithm(cfg).population:
         return add_recurrent_transforms(env, agent)
     for t in agent.actor.ensemble.env_transforms():
         env = env.append_transform(t) if isinstance(env, TransformedEnv) else TransformedEnv(env, t)
@@ -52,121 +98,131 @@ def build_collection_policy(cfg: DictConfig, agent: ActorCritic):
     """The collector's policy: the actor, or actor then critic for recurrent nets (both hidden states recorded)."""
     if not is_recurrent_config(cfg):
         return agent.actor
-    if cfg.algo.name == "pbt":
+    if algorithm(cfg).population:
         return ensemble_collection_policy(agent.actor, agent.critic)
     return collection_policy(agent)
 
 
-def build_agent(cfg: DictConfig, env) -> ActorCritic:
-    obs_dim = env.observation_spec["observation"].shape[-1]
-    act_dim = env.action_spec.shape[-1]
-    if cfg.algo.name == "pbt":
-        members = dict(
-            num_members=cfg.algo.num_policies,
-            hidden_sizes=list(cfg.model.hidden_sizes),
-            critic_hidden_sizes=list(cfg.model.critic_hidden_sizes) if cfg.model.critic_hidden_sizes else None,
-            activation=cfg.model.activation,
-            normalize_observations=cfg.model.normalize_observations,
-            init_log_std=cfg.model.init_log_std,
-            device=cfg.device,
-        )
-        if is_recurrent_config(cfg):  # every member MLP -> LSTM, hidden states per env row
-            ensemble = RecurrentPolicyEnsemble(obs_dim, act_dim, lstm_hidden=int(cfg.model.lstm_hidden), **members)
-            return ActorCritic(RecurrentEnsembleActor(ensemble), RecurrentEnsembleValue(ensemble), None, None)
-        ensemble = PolicyEnsemble(obs_dim, act_dim, **members)
-        return ActorCritic(EnsembleActor(ensemble), None, None, None)
+# ----------------------------------------------------------------------------- networks
+#: ``model.<key>`` -> the argument of the constructor that names it differently
+MODEL_ARGUMENT_NAMES: dict[Callable, dict[str, str]] = {
+    make_actor_critic: {"hidden_sizes": "actor_hidden_sizes"},
+    make_recurrent_actor_critic: {"hidden_sizes": "mlp_sizes", "critic_hidden_sizes": "critic_mlp_sizes"},
+}
+
+
+def _model_kwargs(cfg: DictConfig, fn: Callable) -> dict[str, Any]:
+    """``model.*`` plus the population layout (``algo.num_policies``, ``latent_dim``, ...) by name."""
+    return {**config_kwargs(fn, cfg.algo, cfg.model, rename=MODEL_ARGUMENT_NAMES.get(fn)), "device": cfg.device}
+
+
+def _latent_agent(cfg: DictConfig, env) -> ActorCritic:
+    """One latent-conditioned backbone for ``algo.num_policies`` policies (PPO: one policy, no latent)."""
+    obs_dim, act_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
     critic_key = "critic_observation" if "critic_observation" in env.observation_spec.keys() else None
     if is_recurrent_config(cfg):
         if critic_key is not None:
             raise ValueError("model.lstm_hidden > 0 does not support an asymmetric critic (critic_observation) yet.")
-        return make_recurrent_actor_critic(
-            obs_dim,
-            act_dim,
-            num_policies=cfg.algo.num_policies,
-            latent_dim=cfg.algo.latent_dim,
-            latent_init_std=cfg.algo.get("latent_init_std", 1.0),
-            mlp_sizes=list(cfg.model.hidden_sizes),
-            lstm_hidden=int(cfg.model.lstm_hidden),
-            critic_mlp_sizes=list(cfg.model.critic_hidden_sizes) if cfg.model.critic_hidden_sizes else None,
-            activation=cfg.model.activation,
-            normalize_observations=cfg.model.normalize_observations,
-            init_log_std=cfg.model.init_log_std,
-            device=cfg.device,
-        )
+        return make_recurrent_actor_critic(obs_dim, act_dim, **_model_kwargs(cfg, make_recurrent_actor_critic))
     return make_actor_critic(
         obs_dim,
         act_dim,
         critic_observation_key=critic_key,
         critic_observation_dim=env.observation_spec[critic_key].shape[-1] if critic_key else None,
-        num_policies=cfg.algo.num_policies,
-        latent_dim=cfg.algo.latent_dim,
-        latent_init_std=cfg.algo.get("latent_init_std", 1.0),
-        actor_hidden_sizes=list(cfg.model.hidden_sizes),
-        critic_hidden_sizes=list(cfg.model.critic_hidden_sizes) if cfg.model.critic_hidden_sizes else None,
-        activation=cfg.model.activation,
-        normalize_observations=cfg.model.normalize_observations,
-        init_log_std=cfg.model.init_log_std,
-        input_init=cfg.model.get("input_init", "split"),
-        device=cfg.device,
+        **_model_kwargs(cfg, make_actor_critic),
     )
+
+
+def _population_agent(cfg: DictConfig, env) -> ActorCritic:
+    """``algo.num_policies`` independent networks evaluated together (in-process PBT)."""
+    obs_dim, act_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+    if is_recurrent_config(cfg):  # every member MLP -> LSTM, hidden states per env row
+        kwargs = _model_kwargs(cfg, RecurrentPolicyEnsemble)
+        ensemble = RecurrentPolicyEnsemble(obs_dim, act_dim, num_members=cfg.algo.num_policies, **kwargs)
+        return ActorCritic(RecurrentEnsembleActor(ensemble), RecurrentEnsembleValue(ensemble), None, None)
+    ensemble = PolicyEnsemble(obs_dim, act_dim, num_members=cfg.algo.num_policies, **_model_kwargs(cfg, PolicyEnsemble))
+    return ActorCritic(EnsembleActor(ensemble), None, None, None)
+
+
+# ----------------------------------------------------------------------------- losses
+def _check_normalize_advantage(cfg: DictConfig) -> None:
+    if cfg.train.normalize_advantage not in ("batch", "minibatch", "none"):
+        raise ValueError(f"train.normalize_advantage={cfg.train.normalize_advantage!r}: choose batch, minibatch or none.")
+
+
+def _ppo_loss(cfg: DictConfig, agent: ActorCritic) -> tuple[Any, bool]:
+    """TorchRL's ClipPPOLoss on on-policy data (tests/torchrl_conformance), plus the analytic KL from
+    its own forward pass. Returns the loss and whether GAE standardises advantages over the batch."""
+    t = cfg.train
+    loss = OffPolicyClipPPOLoss(
+        agent.actor,
+        agent.critic,
+        entropy_bonus=t.entropy_coeff > 0,
+        normalize_advantage=t.normalize_advantage == "minibatch",
+        **config_kwargs(ClipPPOLoss, t, only=("clip_epsilon", "entropy_coeff", "critic_coeff", "loss_critic_type", "clip_value")),
+    )
+    return loss, t.normalize_advantage == "batch"
+
+
+def _sapg_loss(cfg: DictConfig, agent: ActorCritic) -> tuple[Any, bool]:
+    """SAPGLoss from ``algo.*`` and the shared PPO keys of ``train.*``, by name; its ``aggregate``
+    standardises over the aggregated batch (on- and off-policy rows), so GAE does not."""
+    kwargs = config_kwargs(SAPGLoss, cfg.train, cfg.algo)
+    if kwargs.get("advantage_normalization") is None:  # null: follow train.normalize_advantage
+        kwargs["advantage_normalization"] = cfg.train.normalize_advantage
+    return SAPGLoss(agent.actor, agent.critic, generator=torch.Generator().manual_seed(cfg.seed), **kwargs), False
 
 
 def build_loss(cfg: DictConfig, agent: ActorCritic):
-    t = cfg.train
-    if t.normalize_advantage not in ("batch", "minibatch", "none"):
-        raise ValueError(f"train.normalize_advantage={t.normalize_advantage!r}: choose batch, minibatch or none.")
-    if cfg.algo.name == "ppo":
-        # TorchRL's ClipPPOLoss on on-policy data (tests/torchrl_conformance), plus the analytic KL from its own
-        # forward pass, which saves the adaptive learning rate a second actor pass per minibatch
-        loss = OffPolicyClipPPOLoss(
-            agent.actor,
-            agent.critic,
-            clip_epsilon=t.clip_epsilon,
-            entropy_bonus=t.entropy_coeff > 0,
-            entropy_coeff=t.entropy_coeff,
-            critic_coeff=t.critic_coeff,
-            loss_critic_type=t.loss_critic_type,
-            normalize_advantage=t.normalize_advantage == "minibatch",
-            clip_value=t.clip_value,
-        )
-        average_gae = t.normalize_advantage == "batch"
-    elif cfg.algo.name in ("sapg", "epo"):
-        a = cfg.algo
-        loss = SAPGLoss(
-            agent.actor,
-            agent.critic,
-            num_policies=a.num_policies,
-            leader_id=a.leader_id,
-            aggregation=a.aggregation,
-            off_policy_ratio=a.off_policy_ratio,
-            off_policy_coeff=a.off_policy_coeff,
-            entropy_coeffs=list(a.entropy_coeffs) if a.entropy_coeffs is not None else None,
-            entropy_sigma=None if a.entropy_coeffs is not None else a.entropy_sigma,
-            clip_epsilon=t.clip_epsilon,
-            critic_coeff=t.critic_coeff,
-            clip_value=t.clip_value,
-            loss_critic_type=t.loss_critic_type,
-            bounds_loss_coeff=a.bounds_loss_coeff,
-            mu_correction=a.mu_correction,
-            mu_truncation=a.get("mu_truncation"),
-            critic_target=a.critic_target,
-            off_policy_target=a.get("off_policy_target") or "td0",
-            off_policy_lambda=a.get("off_policy_lambda", 1.0),
-            n_steps=a.n_steps,
-            gamma=t.gamma,
-            advantage_normalization=a.get("advantage_normalization") or t.normalize_advantage,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )
-        # SAPGLoss.aggregate standardises over the aggregated batch (on- and off-policy rows)
-        average_gae = False
-    else:
-        raise ValueError(f"algo.name={cfg.algo.name!r} is unknown; choose ppo, sapg or epo.")
+    """The algorithm's loss module and its value estimator (TorchRL's GAE with ``train.gamma`` / ``lmbda``)."""
+    _check_normalize_advantage(cfg)
+    algo = algorithm(cfg)
+    if algo.loss is None:
+        raise ValueError(f"algo={algo.name} trains through its own learner (build_pbt_trainer), not one loss module.")
+    loss, average_gae = algo.loss(cfg, agent)
     # a recurrent critic's sequence pass has data-dependent control flow (resets): no vmap
-    value_estimator = GAE(
-        gamma=t.gamma, lmbda=t.lmbda, value_network=agent.critic, average_gae=average_gae,
-        deactivate_vmap=is_recurrent_config(cfg),
-    )
+    value_estimator = GAE(value_network=agent.critic, average_gae=average_gae, deactivate_vmap=is_recurrent_config(cfg),
+                          **config_kwargs(GAE, cfg.train, only=("gamma", "lmbda")))
     return loss, value_estimator
+
+
+# ----------------------------------------------------------------------------- hooks
+def _aggregate_hook(cfg, trainer, loss, agent, optimizer) -> None:
+    """After value estimation, before the mini-epochs: build the leader's off-policy data (SAPG)."""
+    trainer.register_op("batch_process", loss.aggregate)
+
+
+def _epo_hook(cfg, trainer, loss, agent, optimizer) -> None:
+    """EPO's genetic step over the followers' latents, from ``algo.epo.*`` by name."""
+    GeneticLatentScheduler(
+        latents=agent.latents,
+        optimizer=optimizer,
+        log_std=agent.actor.log_std,
+        leader_id=cfg.algo.leader_id,
+        seed=cfg.seed,
+        **config_kwargs(GeneticLatentScheduler, cfg.algo.epo),
+    ).register(trainer)
+
+
+def pbt_mode(cfg: DictConfig) -> str:
+    """``off``, ``inprocess`` (``algo=pbt``: one process holds the population) or ``decentralized``
+    (``pbt=decentralized``: this run is one member of a population sharing a workspace)."""
+    decentralized = bool((cfg.get("pbt") or {}).get("enabled", False))
+    if algorithm(cfg).population:
+        if decentralized:
+            raise ValueError("algo=pbt (in-process PBT) and pbt=decentralized exclude each other: use algo=pbt with "
+                             "pbt=off, or pbt=decentralized with algo=ppo|sapg|epo (docs/pbt.md).")
+        return "inprocess"
+    return "decentralized" if decentralized else "off"
+
+
+def register_algorithm_hooks(cfg: DictConfig, trainer, loss, agent: ActorCritic, optimizer) -> None:
+    """Wire algorithm-specific steps into the trainer's TorchRL hook stages (before any resume)."""
+    for hook in algorithm(cfg).hooks:
+        hook(cfg, trainer, loss, agent, optimizer)
+    if pbt_mode(cfg) == "decentralized":
+        # last: a member checkpoints every hook registered before it, and resumes them from the workspace
+        PBTMember.from_config(cfg.pbt, seed=cfg.seed).register(trainer)
 
 
 def headline_policy(cfg: DictConfig) -> int:
@@ -174,66 +230,95 @@ def headline_policy(cfg: DictConfig) -> int:
     return int(cfg.algo.get("leader_id", 0))
 
 
-def register_algorithm_hooks(cfg: DictConfig, trainer, loss, agent: ActorCritic, optimizer) -> None:
-    """Wire algorithm-specific steps into the trainer's TorchRL hook stages (before any resume)."""
-    if cfg.algo.name in ("sapg", "epo"):
-        # after value estimation, before the mini-epochs: build the leader's off-policy data
-        trainer.register_op("batch_process", loss.aggregate)
-    if cfg.algo.name == "epo":
-        e = cfg.algo.epo
-        GeneticLatentScheduler(
-            latents=agent.latents,
-            optimizer=optimizer,
-            log_std=agent.actor.log_std,
-            leader_id=cfg.algo.leader_id,
-            num_elites=e.num_elites,
-            mutation_std=e.mutation_std,
-            gamma=e.gamma,
-            trigger=e.trigger,
-            warmup_frames=int(e.warmup_frames),
-            interval_frames=int(e.interval_frames),
-            fitness_key=e.fitness_key,
-            fitness_decay=e.fitness_decay,
-            missing_fitness=e.missing_fitness,
-            log_std_mode=e.log_std_mode,
-            seed=cfg.seed,
-        ).register(trainer)
-    pbt = cfg.get("pbt")
-    if pbt is not None and pbt.get("enabled", False):
-        # last: a member checkpoints every hook registered before it, and resumes them from the workspace
-        PBTMember.from_config(pbt, seed=cfg.seed).register(trainer)
-
-
 def device_of(cfg: DictConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+# ----------------------------------------------------------------------------- trainers
+def _on_policy_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer_kwargs) -> OnPolicyTrainer:
+    """One loss module and Adam over its parameters, the adaptive LR rule, then the algorithm's hooks."""
+    t = cfg.train
+    loss, value_estimator = build_loss(cfg, agent)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=t.lr)
+    schedule = LearningRateSchedule(
+        optimizer, mode=t.lr_schedule, total_frames=int(cfg.total_frames),
+        **config_kwargs(LearningRateSchedule, t, only=("kl_threshold", "min_lr", "max_lr")),
+    )
+    normalizers = [n for n in (agent.obs_normalizer,) if n is not None]
+    if agent.critic_obs_normalizer is not None:
+        normalizers.append((agent.critic_obs_normalizer, "critic_observation"))
+    trainer = OnPolicyTrainer(
+        collector=collector,
+        loss_module=loss,
+        optimizer=optimizer,
+        value_estimator=value_estimator,
+        lr_schedule=schedule,
+        kl_actor=agent.actor,
+        sequence_minibatches=is_recurrent_config(cfg),  # whole env-rows, TorchRL's recurrent mode
+        obs_normalizers=normalizers,
+        **config_kwargs(OnPolicyTrainer, t, only=("num_epochs", "num_minibatches", "minibatch_size", "max_grad_norm",
+                                                   "reward_scale")),
+        **config_kwargs(OnPolicyTrainer, cfg.algo, only=("kl_reduction",)),
+        **trainer_kwargs,
+    )
+    register_algorithm_hooks(cfg, trainer, loss, agent, optimizer)
+    return trainer
+
+
+#: the hyperparameters every in-process PBT member holds (and ``algo.hyperparameters`` may mutate)
+MEMBER_HYPERPARAMETERS = ("lr", "clip_epsilon", "entropy_coeff", "critic_coeff", "gamma", "lmbda", "num_epochs")
+
+
 def build_pbt_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer_kwargs) -> PBTTrainer:
     """The in-process population (algo=pbt): one learner for all members plus the PBT hook."""
-    t, a = cfg.train, cfg.algo
-    ensemble = agent.actor.ensemble
     learner = PopulationLearner(
-        ensemble,
-        {"lr": t.lr, "clip_epsilon": t.clip_epsilon, "entropy_coeff": t.entropy_coeff, "critic_coeff": t.critic_coeff,
-         "gamma": t.gamma, "lmbda": t.lmbda, "num_epochs": t.num_epochs},
-        num_minibatches=t.num_minibatches,
-        max_grad_norm=t.max_grad_norm,
-        reward_scale=t.reward_scale,
+        agent.actor.ensemble,
+        {k: cfg.train[k] for k in MEMBER_HYPERPARAMETERS},
         generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed),
+        **config_kwargs(PopulationLearner, cfg.train, only=("num_minibatches", "max_grad_norm", "reward_scale")),
     )
     trainer = PBTTrainer(collector=collector, learner=learner, **trainer_kwargs)
-    InProcessPBT(
-        learner,
-        a.hyperparameters,
-        interval_frames=int(a.interval_frames),
-        start_frames=int(a.start_frames),
-        burn_in_frames=int(a.burn_in_frames),
-        selection=a.selection,
-        beta_mut=a.beta_mut,
-        mu_min=a.mu_min,
-        mu_max=a.mu_max,
-        fitness_key=a.fitness_key,
-        fitness_decay=a.fitness_decay,
-        seed=cfg.seed,
-    ).register(trainer)
+    InProcessPBT(learner, cfg.algo.hyperparameters, seed=cfg.seed, **config_kwargs(InProcessPBT, cfg.algo)).register(trainer)
     return trainer
+
+
+def build_agent(cfg: DictConfig, env) -> ActorCritic:
+    """The algorithm's networks for ``env``'s observation and action sizes."""
+    return algorithm(cfg).agent(cfg, env)
+
+
+def build_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer_kwargs):
+    """The algorithm's trainer with its loss, optimiser and hooks registered (resume after this)."""
+    return algorithm(cfg).trainer(cfg, agent, collector, **trainer_kwargs)
+
+
+# ----------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Algorithm:
+    """What one ``algo.name`` builds. Every recipe decision that depends on the algorithm reads it here."""
+
+    name: str
+    agent: Callable[[DictConfig, Any], ActorCritic]  #: (cfg, env) -> networks
+    trainer: Callable[..., Any] = _on_policy_trainer  #: (cfg, agent, collector, **trainer_kwargs) -> trainer
+    loss: Callable | None = None  #: (cfg, agent) -> (loss module, GAE standardises over the batch)
+    hooks: tuple[Callable, ...] = ()  #: (cfg, trainer, loss, agent, optimizer) -> None, registered in order
+    population: bool = False  #: independent member networks in one process; the headline is the best member
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        Algorithm("ppo", _latent_agent, loss=_ppo_loss),
+        Algorithm("sapg", _latent_agent, loss=_sapg_loss, hooks=(_aggregate_hook,)),
+        Algorithm("epo", _latent_agent, loss=_sapg_loss, hooks=(_aggregate_hook, _epo_hook)),
+        Algorithm("pbt", _population_agent, trainer=build_pbt_trainer, population=True),
+    )
+}
+
+
+def algorithm(cfg: DictConfig) -> Algorithm:
+    """The :data:`ALGORITHMS` entry of ``algo.name``: the one place the recipes branch on the algorithm."""
+    name = cfg.algo.name
+    if name not in ALGORITHMS:
+        raise ValueError(f"algo.name={name!r} is unknown; choose one of the algo configs: algo={', '.join(ALGORITHMS)}.")
+    return ALGORITHMS[name]

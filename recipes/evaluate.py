@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checks import check_device_option  # noqa: E402
 from common import (  # noqa: E402
     add_recurrent_env_transforms,
+    algorithm,
     build_agent,
     build_env,
     headline_policy,
@@ -53,7 +54,7 @@ def load_policy_weights(cfg: DictConfig, agent: ActorCritic, trainer_state: Mapp
     the actor-then-critic collection policy for recurrent ones.
     """
     loss = trainer_state.get("loss_module") or {}
-    if cfg.algo.name == "pbt":
+    if algorithm(cfg).population:
         candidates = [("loss_module", agent.actor.ensemble, _strip(loss, "ensemble."))]
     else:
         candidates = [("loss_module", agent.actor, _strip(loss, "actor_network_params."))]
@@ -73,7 +74,7 @@ def load_policy_weights(cfg: DictConfig, agent: ActorCritic, trainer_state: Mapp
         return source
     raise SystemExit(
         "could not load the policy weights of this checkpoint into the network its config builds "
-        f"(algo={cfg.algo.name}, model.lstm_hidden={cfg.model.get('lstm_hidden', 0)}):\n" + "\n".join(errors)
+        f"(algo={algorithm(cfg).name}, model.lstm_hidden={cfg.model.get('lstm_hidden', 0)}):\n" + "\n".join(errors)
     )
 
 

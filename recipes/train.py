@@ -1,4 +1,4 @@
-"""Train PPO (and, as they land, SAPG / EPO / PBT) on a batched env.
+"""Train PPO, SAPG, EPO or an in-process PBT population on a batched env.
 
     python recipes/train.py algo=ppo env=pendulum
     python recipes/train.py algo=ppo env=cartpole logger=wandb seed=1 total_frames=3e6
@@ -31,18 +31,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checks import check_config  # noqa: E402
 from common import (  # noqa: E402
     add_recurrent_env_transforms,
+    algorithm,
     build_agent,
     build_collection_policy,
     build_env,
-    build_loss,
-    build_pbt_trainer,
+    build_trainer,
     headline_policy,
     is_recurrent_config,
-    register_algorithm_hooks,
+    pbt_mode,
+    register_algorithm_hooks,  # noqa: F401  (kept importable from train: tests wrap it)
 )
 
 from torchrl_sapg.collectors import PopulationCollector  # noqa: E402
-from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer  # noqa: E402
 from torchrl_sapg.trainers.distributed import init_distributed, rank_seed, world_info  # noqa: E402
 from torchrl_sapg.trainers.evaluation import evaluate_policies  # noqa: E402
 from torchrl_sapg.trainers.checkpoint import load_checkpoint, remove_stale_temp_files  # noqa: E402
@@ -77,7 +77,7 @@ def main(cfg: DictConfig) -> dict:
     lock = None
     if is_main:
         lock = RunFolderLock(run_dir).acquire()  # held until the process exits (released by the kernel on a kill)
-        pbt_member = bool((cfg.get("pbt") or {}).get("enabled", False))  # a member resumes from its workspace
+        pbt_member = pbt_mode(cfg) == "decentralized"  # a member resumes from its workspace
         if resume_state is None and not pbt_member:
             check_fresh_start(run_dir)
         remove_stale_temp_files(os.path.join(run_dir, "checkpoints"))
@@ -86,21 +86,24 @@ def main(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)  # the same initial weights everywhere (rank 0's are broadcast anyway)
 
+    algo = algorithm(cfg)  # recipes/common.py's ALGORITHMS entry: networks, loss, trainer, hooks
     env = build_env(cfg, seed=rank_seed(cfg.seed, rank))  # each rank its own episodes
     agent = build_agent(cfg, env)
-    t = cfg.train
-    num_envs = cfg.env.num_envs
     recurrent = is_recurrent_config(cfg)
     if recurrent:  # InitTracker + the LSTM hidden-state primers; collect with actor and critic
         env = add_recurrent_env_transforms(cfg, env, agent)
     collector = PopulationCollector(
-        env, build_collection_policy(cfg, agent), num_policies=cfg.algo.num_policies, frames_per_batch=num_envs * t.horizon
+        env, build_collection_policy(cfg, agent), num_policies=cfg.algo.num_policies,
+        frames_per_batch=cfg.env.num_envs * cfg.train.horizon,
     )
     logger = make_logger(
-        cfg.logger.backend if is_main else "none", run_dir, exp_name=f"{cfg.algo.name}-{cfg.env.name}", project=cfg.logger.project,
+        cfg.logger.backend if is_main else "none", run_dir, exp_name=f"{algo.name}-{cfg.env.name}", project=cfg.logger.project,
         offline=cfg.logger.get("offline", True),
     )
-    common = dict(
+    trainer = build_trainer(  # the loss, optimiser, LR schedule and the algorithm's hooks (PBT member last)
+        cfg,
+        agent,
+        collector,
         total_frames=int(cfg.total_frames),
         logger=logger,
         log_interval=cfg.log_interval,
@@ -116,34 +119,6 @@ def main(cfg: DictConfig) -> dict:
         progress_bar=cfg.progress_bar and is_main,
         sync=sync,
     )
-    if cfg.algo.name == "pbt":
-        trainer = build_pbt_trainer(cfg, agent, collector, **common)
-    else:
-        loss, value_estimator = build_loss(cfg, agent)
-        optimizer = torch.optim.Adam(loss.parameters(), lr=t.lr)
-        schedule = LearningRateSchedule(
-            optimizer, mode=t.lr_schedule, kl_threshold=t.kl_threshold, min_lr=t.min_lr, max_lr=t.max_lr,
-            total_frames=int(cfg.total_frames),
-        )
-        trainer = OnPolicyTrainer(
-            collector=collector,
-            loss_module=loss,
-            optimizer=optimizer,
-            num_epochs=t.num_epochs,
-            num_minibatches=t.num_minibatches,
-            minibatch_size=t.minibatch_size,
-            value_estimator=value_estimator,
-            max_grad_norm=t.max_grad_norm,
-            lr_schedule=schedule,
-            kl_actor=agent.actor,
-            kl_reduction=cfg.algo.get("kl_reduction", "mean"),
-            sequence_minibatches=recurrent,  # whole env-rows, TorchRL's recurrent mode
-            reward_scale=t.reward_scale,
-            obs_normalizers=[n for n in (agent.obs_normalizer,) if n is not None]
-            + ([(agent.critic_obs_normalizer, "critic_observation")] if agent.critic_obs_normalizer is not None else []),
-            **common,
-        )
-        register_algorithm_hooks(cfg, trainer, loss, agent, optimizer)
     if resume_state is not None:
         trainer.restore(resume_state, source=str(cfg.resume))
         print(f"resumed from {cfg.resume} at {trainer.collected_frames} frames")
@@ -171,7 +146,7 @@ def main(cfg: DictConfig) -> dict:
         dist.destroy_process_group()
         return {}
     summary = {
-        "algo": cfg.algo.name,
+        "algo": algo.name,
         "env": cfg.env.name,
         "seed": cfg.seed,
         "frames": trainer.collected_frames,
@@ -195,7 +170,7 @@ def main(cfg: DictConfig) -> dict:
         for key in ("success", "true_objective"):  # tasks that report them: per-policy episode means
             if key in stats.keys():
                 summary[f"eval_{key}"] = stats[key].tolist()
-        if cfg.algo.name == "pbt":  # a population's headline is its best member
+        if algo.population:  # a population's headline is its best member
             summary["headline_policy"] = int(stats["return"].argmax())
     tmp = summary_path + ".tmp"
     with open(tmp, "w") as f:

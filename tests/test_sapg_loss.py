@@ -60,6 +60,7 @@ def _setup(M: int = 3):
 
 
 def _loss(ac, M, **kw):
+    kw.setdefault("off_policy_target", "td0")  # the exact formulas below are the paper's Eq. 6
     kw.setdefault("advantage_normalization", "none")
     kw.setdefault("gamma", GAMMA)
     kw.setdefault("generator", torch.Generator().manual_seed(0))

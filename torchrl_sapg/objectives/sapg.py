@@ -78,7 +78,7 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             rows get the ``n_steps`` return bootstrapped with the collecting policy's old critic).
         n_steps, gamma: for the n-step and the one-step (Eq. 6) targets.
         off_policy_target: how relabelled rows get their critic target and advantage:
-            ``"td0"`` (paper Eq. 6 and the reference code): ``r + gamma·V_old(s')`` and its TD
+            ``"vtrace"`` (default) or ``"td0"`` (paper Eq. 6 and the reference code): ``r + gamma·V_old(s')`` and its TD
             error; ``"vtrace"``: the V-trace target ``v_t`` of IMPALA (Espeholt et al. 2018,
             truncation ``rho_bar = c_bar = 1``, traces ``c = off_policy_lambda·min(1, rho)``) over
             the follower's recorded row, and the advantage
@@ -160,43 +160,15 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         mu_truncation: float | None = None,
         critic_target: Literal["gae", "nstep"] = "gae",
         n_steps: int = 3,
-        off_policy_target: Literal["td0", "vtrace", "gae"] = "td0",
+        off_policy_target: Literal["td0", "vtrace", "gae"] = "vtrace",
         off_policy_lambda: float = 1.0,
         gamma: float = 0.99,
         advantage_normalization: Literal["split", "split_centre", "batch", "minibatch", "none"] = "batch",
         generator: torch.Generator | None = None,
         **kwargs,
     ):
-        for name, instead in _CLIP_PPO_ONLY.items():
-            if name in kwargs:
-                raise TypeError(f"SAPGLoss does not take ClipPPOLoss's {name}=; use {instead}.")
-        if aggregation not in ("leader_follower", "symmetric", "none"):
-            raise ValueError(f"aggregation={aggregation!r}: choose 'leader_follower', 'symmetric' or 'none'.")
-        if not isinstance(num_policies, int) or num_policies < 1:
-            raise ValueError(f"num_policies must be a positive int, got {num_policies!r}.")
-        if not 0 <= leader_id < num_policies:
-            raise ValueError(f"leader_id={leader_id} is outside [0, num_policies={num_policies}).")
-        if aggregation != "none" and num_policies < 2:
-            raise ValueError(f"aggregation={aggregation!r} needs num_policies >= 2 (got 1); use aggregation='none'.")
-        max_ratio = num_policies - 1
-        if not 0 < off_policy_ratio <= max_ratio and aggregation != "none":
-            raise ValueError(
-                f"off_policy_ratio={off_policy_ratio} must be in (0, num_policies - 1 = {max_ratio}]: a "
-                "policy can receive at most every row of the other policies."
-            )
-        if critic_target not in ("gae", "nstep"):
-            raise ValueError(f"critic_target={critic_target!r}: choose 'gae' or 'nstep'.")
-        if off_policy_target not in ("td0", "vtrace", "gae"):
-            raise ValueError(f"off_policy_target={off_policy_target!r}: choose 'td0' (paper Eq. 6), 'vtrace' or 'gae'.")
-        if not 0.0 <= off_policy_lambda <= 1.0:
-            raise ValueError(f"off_policy_lambda={off_policy_lambda} must be in [0, 1] (the V-trace trace decay).")
-        if advantage_normalization not in ("split", "split_centre", "batch", "minibatch", "none"):
-            raise ValueError(
-                f"advantage_normalization={advantage_normalization!r}: choose 'split', 'split_centre', "
-                "'batch', 'minibatch' or 'none'."
-            )
-        if entropy_coeffs is not None and entropy_sigma is not None:
-            raise ValueError("give entropy_coeffs or entropy_sigma, not both.")
+        self._check_arguments(kwargs, aggregation, num_policies, leader_id, off_policy_ratio, critic_target,
+                              off_policy_target, off_policy_lambda, advantage_normalization, entropy_coeffs, entropy_sigma)
         if entropy_sigma is not None:
             coeffs = sapg_entropy_coeffs(num_policies, entropy_sigma, leader_id)
         elif entropy_coeffs is not None:
@@ -238,6 +210,42 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         self.advantage_normalization = advantage_normalization
         self.generator = generator
         self._actor_reads_policy_id: bool | None = None  # checked once, at the first aggregate
+
+    @staticmethod
+    def _check_arguments(kwargs, aggregation, num_policies, leader_id, off_policy_ratio, critic_target,
+                         off_policy_target, off_policy_lambda, advantage_normalization, entropy_coeffs,
+                         entropy_sigma) -> None:
+        """One clear error per inconsistent constructor argument."""
+        for name, instead in _CLIP_PPO_ONLY.items():
+            if name in kwargs:
+                raise TypeError(f"SAPGLoss does not take ClipPPOLoss's {name}=; use {instead}.")
+        if aggregation not in ("leader_follower", "symmetric", "none"):
+            raise ValueError(f"aggregation={aggregation!r}: choose 'leader_follower', 'symmetric' or 'none'.")
+        if not isinstance(num_policies, int) or num_policies < 1:
+            raise ValueError(f"num_policies must be a positive int, got {num_policies!r}.")
+        if not 0 <= leader_id < num_policies:
+            raise ValueError(f"leader_id={leader_id} is outside [0, num_policies={num_policies}).")
+        if aggregation != "none" and num_policies < 2:
+            raise ValueError(f"aggregation={aggregation!r} needs num_policies >= 2 (got 1); use aggregation='none'.")
+        max_ratio = num_policies - 1
+        if not 0 < off_policy_ratio <= max_ratio and aggregation != "none":
+            raise ValueError(
+                f"off_policy_ratio={off_policy_ratio} must be in (0, num_policies - 1 = {max_ratio}]: a "
+                "policy can receive at most every row of the other policies."
+            )
+        if critic_target not in ("gae", "nstep"):
+            raise ValueError(f"critic_target={critic_target!r}: choose 'gae' or 'nstep'.")
+        if off_policy_target not in ("td0", "vtrace", "gae"):
+            raise ValueError(f"off_policy_target={off_policy_target!r}: choose 'td0' (paper Eq. 6), 'vtrace' or 'gae'.")
+        if not 0.0 <= off_policy_lambda <= 1.0:
+            raise ValueError(f"off_policy_lambda={off_policy_lambda} must be in [0, 1] (the V-trace trace decay).")
+        if advantage_normalization not in ("split", "split_centre", "batch", "minibatch", "none"):
+            raise ValueError(
+                f"advantage_normalization={advantage_normalization!r}: choose 'split', 'split_centre', "
+                "'batch', 'minibatch' or 'none'."
+            )
+        if entropy_coeffs is not None and entropy_sigma is not None:
+            raise ValueError("give entropy_coeffs or entropy_sigma, not both.")
 
     def _set_in_keys(self):
         super()._set_in_keys()
