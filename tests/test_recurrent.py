@@ -284,7 +284,7 @@ def test_sapg_off_policy_one_step_target_bootstraps_from_the_leader_replay():
     ac = _agent(m=M)
     batch = _collect(ac, num_envs=N, horizon=T, m=M)
     loss = SAPGLoss(ac.actor, ac.critic, num_policies=M, leader_id=0, advantage_normalization="none",
-                    generator=torch.Generator().manual_seed(0))
+                    off_policy_target="td0", generator=torch.Generator().manual_seed(0))
     gae = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic, average_gae=False, deactivate_vmap=True)
     batch.set("row_tag", torch.arange(N).unsqueeze(1).expand(N, T).clone())
     with torch.no_grad(), recurrent_mode(True):
