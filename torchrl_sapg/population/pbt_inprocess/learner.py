@@ -4,9 +4,9 @@
 and one ``[M]`` tensor per hyperparameter (learning rate, clip epsilon, entropy and critic
 coefficients, gamma, lambda, mini-epochs). One update processes all members at once: per-member
 GAE, per-member advantage standardisation, per-member shuffled minibatches of each member's own
-rows, the clipped PPO loss summed over members (so member i's gradient is its own loss's),
-per-member gradient-norm clipping and learning rates, and per-member mini-epoch counts (members
-with fewer epochs are masked out of the later ones). With a :class:`RecurrentPolicyEnsemble`
+rows, the clipped PPO loss summed over members (:class:`~torchrl_sapg.objectives.PopulationPPOLoss`;
+member i's gradient is its own loss's), per-member gradient-norm clipping and learning rates,
+and per-member mini-epoch counts (members with fewer epochs are masked out of the later ones). With a :class:`RecurrentPolicyEnsemble`
 the minibatches are whole env-rows of each member's block, replayed from the hidden states
 recorded at collection. ``PBTTrainer`` plugs it into
 :class:`~torchrl_sapg.trainers.OnPolicyTrainer`. (DexPBT, Petrenko et al. 2023, Sec. III.)
@@ -19,6 +19,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
+from torchrl_sapg.objectives.member_ppo import PopulationPPOLoss
 from torchrl_sapg.population.pbt_inprocess.ensemble import PolicyEnsemble, ensemble_gae
 from torchrl_sapg.population.pbt_inprocess.recurrent_ensemble import RecurrentPolicyEnsemble
 from torchrl_sapg.trainers.on_policy import OnPolicyTrainer
@@ -153,6 +154,10 @@ class PopulationLearner(nn.Module):
         self.reward_scale = reward_scale
         self.optimizer = StackedAdam(list(ensemble.parameters()), num_members=m, max_grad_norm=max_grad_norm)
         self.generator = generator or torch.Generator(device=device)
+        # not a submodule: the ensemble's weights stay under "ensemble." in this learner's state_dict
+        self.__dict__["_member_loss"] = PopulationPPOLoss(
+            ensemble, clip_epsilon=self.hp_clip_epsilon, entropy_coeff=self.hp_entropy_coeff,
+            critic_coeff=self.hp_critic_coeff)
         self.sync = None  # a DistributedSync under torchrun (PBTTrainer sets it): gradients averaged
 
     @property
@@ -163,39 +168,19 @@ class PopulationLearner(nn.Module):
     def estimate(self, batch: TensorDictBase) -> TensorDictBase:
         return ensemble_gae(self.ensemble, batch, self.hp_gamma, self.hp_lmbda)
 
+    @property
+    def member_loss(self) -> PopulationPPOLoss:
+        """The per-member clipped PPO loss (``objectives/member_ppo.py``) over this learner's live
+        ``clip_epsilon`` / ``entropy_coeff`` / ``critic_coeff`` tensors."""
+        loss = self.__dict__["_member_loss"]
+        loss.clip_epsilon, loss.entropy_coeff, loss.critic_coeff = (
+            self.hp_clip_epsilon, self.hp_entropy_coeff, self.hp_critic_coeff)
+        return loss
+
     def member_losses(self, sub: TensorDictBase) -> TensorDict:
         """Per-member PPO loss terms on ``[M, B]`` rows, or ``[M, B, T]`` env-rows with a
         recurrent ensemble (each member on its own rows; means over all its steps)."""
-        ens = self.ensemble
-        m = ens.num_members
-
-        def flat(x: torch.Tensor) -> torch.Tensor:  # [M, B(, T), D] -> [M, B * T, D]
-            return x.reshape(m, -1, x.shape[-1])
-
-        loc, scale, value = ens.policy_and_value(sub)
-        dist = torch.distributions.Normal(flat(loc), flat(scale))
-        log_prob = dist.log_prob(flat(sub.get("action"))).sum(-1)
-        log_ratio = log_prob - sub.get("action_log_prob").reshape(m, -1)
-        ratio = log_ratio.exp()
-        adv = sub.get("advantage").reshape(m, -1)
-        eps = self.hp_clip_epsilon.view(-1, 1)
-        gain = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
-        entropy = dist.entropy().sum(-1)
-        critic = (flat(value) - flat(sub.get("value_target"))).pow(2).squeeze(-1)
-        with torch.no_grad():
-            clip_fraction = ((ratio - 1).abs() > eps).float().mean(1)
-            kl = (-log_ratio).mean(1)
-        return TensorDict(
-            {
-                "loss_objective": -gain.mean(1),
-                "loss_entropy": -self.hp_entropy_coeff * entropy.mean(1),
-                "loss_critic": self.hp_critic_coeff * critic.mean(1),
-                "entropy": entropy.detach().mean(1),
-                "clip_fraction": clip_fraction,
-                "kl_approx": kl,
-            },
-            [ens.num_members],
-        )
+        return self.member_loss(sub)
 
     def update(self, batch: TensorDictBase) -> TensorDict:
         """Mini-epochs of every member on its own rows of a ``[N, T]`` batch (after :meth:`estimate`)."""
