@@ -1,6 +1,8 @@
 """Latent-conditioned actor and critic: one shared backbone, one learned latent per policy."""
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from typing import Sequence
 
@@ -14,6 +16,9 @@ from torchrl_sapg.modules.latents import PolicyLatents, check_policy_ids
 from torchrl_sapg.modules.normalization import ObservationNormalizer
 
 _ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
+_IN_PLACE = (nn.ELU, nn.ReLU, nn.SiLU)  # the activations with an ``inplace`` argument
+#: up to this many policies the folded first layer multiplies a one-hot id matrix instead of gathering rows
+_ONE_HOT_MAX_POLICIES = 32
 
 
 def activation_class(name: str) -> type[nn.Module]:
@@ -28,7 +33,9 @@ class LatentConditionedMLP(nn.Module):
     """``mlp(concat(normalise(obs), phi[policy_id]))``: the shared backbone of SAPG (Sec. 4.2).
 
     The first layer is evaluated folded, ``W_obs·obs + (W_phi·phi + b)[policy_id]``: the same
-    parameters and function as the concatenation, without a per-row latent matmul.
+    parameters and function as the concatenation, without a per-row latent matmul (up to 32
+    policies the row lookup is a one-hot matmul, beyond it a gather). Hidden activations that
+    can run in place do.
 
     Args:
         observation_dim: size of the (flat) observation.
@@ -68,10 +75,13 @@ class LatentConditionedMLP(nn.Module):
         self.obs_normalizer = obs_normalizer
         latent_dim = latents.latent_dim if latents is not None else 0
         act = activation_class(activation)
+        # in place where the activation allows it: each follows a Linear, whose backward does not need its
+        # output, and ELU's backward then reads the saved result instead of recomputing exp (docs/throughput.md)
+        make_act = functools.partial(act, inplace=True) if act in _IN_PLACE else act
         layers: list[nn.Module] = []
         width = observation_dim + latent_dim
         for h in hidden_sizes:
-            layers += [nn.Linear(width, h), act()]
+            layers += [nn.Linear(width, h), make_act()]
             width = h
         layers.append(nn.Linear(width, out_dim))
         self.mlp = nn.Sequential(*layers)
@@ -92,9 +102,26 @@ class LatentConditionedMLP(nn.Module):
         first = self.mlp[0]
         obs_dim = x.shape[-1]
         per_policy = nn.functional.linear(self.latents.weight, first.weight[:, obs_dim:], first.bias)  # [M, H]
-        # embedding, not per_policy[policy_id]: its backward is a fast scatter-add (3x on CPU at 19k rows)
-        h = nn.functional.linear(x, first.weight[:, :obs_dim]) + nn.functional.embedding(policy_id, per_policy)
-        return self.mlp[1:](h)
+        w_obs = first.weight[:, :obs_dim]
+        if policy_id.shape != x.shape[:-1]:  # broadcast ids (e.g. one id for all rows)
+            return self._after_first_layer(nn.functional.linear(x, w_obs) + nn.functional.embedding(policy_id, per_policy))
+        flat_x, flat_id = x.reshape(-1, obs_dim), policy_id.reshape(-1)
+        m = per_policy.shape[0]
+        if m <= _ONE_HOT_MAX_POLICIES:
+            # [x, onehot(id)] @ [W_obs^T; per_policy]: one GEMM forward and backward, no gather or scatter
+            inputs = torch.cat([flat_x, nn.functional.one_hot(flat_id, m).to(flat_x.dtype)], dim=-1)
+            h = inputs @ torch.cat([w_obs.t(), per_policy], dim=0)
+        else:
+            # embedding, not per_policy[id]: its backward is a fast scatter-add; addmm adds into the gathered rows
+            h = torch.addmm(nn.functional.embedding(flat_id, per_policy), flat_x, w_obs.t())
+        if x.dim() != 2:  # a reshape only where needed: the in-place activation on a view would cost a copy in backward
+            h = h.reshape(*x.shape[:-1], -1)
+        return self._after_first_layer(h)
+
+    def _after_first_layer(self, h: torch.Tensor) -> torch.Tensor:
+        for layer in itertools.islice(self.mlp, 1, None):  # not self.mlp[1:], which builds a new Sequential per call
+            h = layer(h)
+        return h
 
 
 def _init_split_input_layer(layer: nn.Linear, observation_dim: int, latent_dim: int) -> None:
@@ -149,7 +176,8 @@ class _GaussianHead(nn.Module):
 
     def forward(self, observation: torch.Tensor, policy_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc = self.backbone(observation, policy_id)
-        check_policy_ids(policy_id, self.num_policies)
+        if self.backbone.latents is None or self.backbone.latents.latent_dim == 0:  # else the backbone checked them
+            check_policy_ids(policy_id, self.num_policies)
         scale = nn.functional.embedding(policy_id, self.log_std).exp()
         return loc, scale
 

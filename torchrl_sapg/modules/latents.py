@@ -31,7 +31,7 @@ def check_policy_ids(policy_id: torch.Tensor, num_policies: int, *, name: str = 
         # re-evaluate ids already checked at collection
         return
     if policy_id.device.type == "cpu":
-        lo, hi = int(policy_id.min()), int(policy_id.max())
+        lo, hi = (int(v) for v in torch.aminmax(policy_id))
         if lo < 0 or hi >= num_policies:
             raise ValueError(
                 f"{name} holds ids outside [0, {num_policies}) (min {lo}, max {hi}): the module "

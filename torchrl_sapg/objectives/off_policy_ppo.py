@@ -21,15 +21,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1)
 
 
-def _masked_ess(log_weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Normalised effective sample size (in (0, 1]) of the importance weights selected by ``mask``."""
-    log_weight, mask = log_weight.reshape(-1), mask.reshape(-1)
-    lw = torch.where(mask, log_weight, torch.full_like(log_weight, float("-inf")))
-    n = mask.sum().clamp_min(1).to(log_weight.dtype)
-    ess = (2 * lw.logsumexp(0) - (2 * lw).logsumexp(0)).exp()
-    return torch.where(mask.any(), ess / n, torch.zeros_like(ess))
-
-
 class OffPolicyClipPPOLoss(ClipPPOLoss):
     """Clipped PPO whose clip range is centred on the off-policy correction ``mu`` (SAPG Eq. 3).
 
@@ -264,21 +255,29 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
                            "ESS_on": td_out["ESS"], "ESS_off": torch.zeros_like(td_out["ESS"]),
                            "mu_mean": one, "mu_min": one, "mu_max": one, "off_policy_fraction": zero})
             return
-        on = ~off
         log_ratio, log_mu = call["log_ratio"], call["log_mu"]
         centre = log_mu if self.mu_correction else torch.zeros_like(log_mu)
         lo, hi = self._clip_bounds
-        clipped = ((log_ratio - centre).clamp(lo, hi) != (log_ratio - centre)).to(log_ratio.dtype)
-        td_out.set("clip_fraction_on", masked_mean(clipped, on))
-        td_out.set("clip_fraction_off", masked_mean(clipped, off))
-        td_out.set("kl_approx", masked_mean(-log_ratio, on))
-        lw = log_ratio.squeeze(-1)
-        td_out.set("ESS_on", _masked_ess(lw, on.squeeze(-1)))
-        td_out.set("ESS_off", _masked_ess(lw, off.squeeze(-1)))
-        mu = log_mu.exp()
-        any_off = off.any()
+        clipped = (log_ratio - centre).clamp(lo, hi) != (log_ratio - centre)
+        lw, off, mu = log_ratio.reshape(-1), off.reshape(-1), log_mu.exp().reshape(-1)
+        # the on- and off-policy statistics in a few batched ops (one matmul of the row values by the two masks)
+        masks = torch.stack([~off, off])  # [2, rows]
+        weights = masks.to(lw.dtype)
+        counts = weights.sum(1)
+        sums = torch.stack([clipped.reshape(-1).to(lw.dtype), -lw, mu]) @ weights.t()  # [3, 2]
+        means = sums / counts.clamp_min(1)
+        # normalised ESS (sum w)^2 / (n sum w^2) of w = exp(log r), shifted by each part's max against overflow
+        shift = torch.where(masks, lw, float("-inf")).amax(1, keepdim=True)
+        w = torch.where(masks, (lw - torch.where(torch.isfinite(shift), shift, 0.0)).exp(), 0.0)
+        ess = w.sum(1).pow(2) / (w.pow(2).sum(1) * counts).clamp_min(torch.finfo(lw.dtype).tiny)
+        ess = torch.where(counts > 0, ess, 0.0)
+        any_off = counts[1] > 0
         one = torch.ones((), dtype=mu.dtype, device=mu.device)
-        td_out.set("mu_mean", torch.where(any_off, masked_mean(mu, off), one))
-        td_out.set("mu_min", torch.where(any_off, torch.where(off, mu, float("inf")).min(), one))
-        td_out.set("mu_max", torch.where(any_off, torch.where(off, mu, float("-inf")).max(), one))
-        td_out.set("off_policy_fraction", off.to(mu.dtype).mean())
+        td_out.update({
+            "clip_fraction_on": means[0, 0], "clip_fraction_off": means[0, 1], "kl_approx": means[1, 0],
+            "ESS_on": ess[0], "ESS_off": ess[1],
+            "mu_mean": torch.where(any_off, means[2, 1], one),
+            "mu_min": torch.where(any_off, torch.where(off, mu, float("inf")).min(), one),
+            "mu_max": torch.where(any_off, torch.where(off, mu, float("-inf")).max(), one),
+            "off_policy_fraction": counts[1] / lw.numel(),
+        })

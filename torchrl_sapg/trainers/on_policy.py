@@ -15,6 +15,7 @@ from torchrl.record.loggers import Logger
 from torchrl.trainers import Trainer
 
 from torchrl_sapg.objectives.kl import gaussian_kl  # noqa: F401  (re-exported)
+from torchrl_sapg.objectives.off_policy_ppo import OffPolicyClipPPOLoss
 from torchrl_sapg.trainers.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from torchrl_sapg.trainers.distributed import rank_seed
 from torchrl_sapg.trainers.lr_schedule import LearningRateSchedule
@@ -253,7 +254,7 @@ class OnPolicyTrainer(Trainer):
                 )
             flat = batch  # shuffled and split along the env-row dim only: sequences stay whole
         else:
-            flat = batch.reshape(-1)
+            flat = self._training_rows(batch).reshape(-1)
         rows = flat.shape[0]
         n_mb, mb = self.minibatch_layout(rows)
         if not self._printed_layout:
@@ -274,12 +275,25 @@ class OnPolicyTrainer(Trainer):
                 losses = self.optimization_stepper.step(self, sub)
                 self._post_optim_hook()
                 self._post_optim_log(sub)
-                total = losses if total is None else total + losses
+                total = losses.clone() if total is None else total.add_(losses)
             self._post_epoch_log_hook(flat)
             self._post_epoch_hook()
         average = total / (n_mb * self.num_epochs)
         self._post_optim_complete_log_hook(self._optim_count, average)
         return average
+
+    def _training_rows(self, batch: TensorDictBase) -> TensorDictBase:
+        """``batch`` without the entries no minibatch reads, so each minibatch indexes fewer tensors.
+
+        With the advantage already in the batch, this library's PPO losses read nothing under ``"next"``
+        (the value estimator's inputs) or ``"collector"``. Any other loss, or a hook that sees the
+        minibatches (``pre_epoch``, ``process_optim_batch``, ``post_optim_log``), gets every entry.
+        """
+        hooks = self._pre_epoch_ops or self._pre_epoch_log_ops or self._process_optim_batch_ops or self._post_optim_log_ops
+        loss = self.loss_module
+        if hooks or not isinstance(loss, OffPolicyClipPPOLoss) or loss.tensor_keys.advantage not in batch.keys():
+            return batch
+        return batch.exclude("next", "collector")
 
     @torch.no_grad()
     def _estimate_values(self, batch: TensorDictBase) -> TensorDictBase:
