@@ -1,0 +1,116 @@
+"""The learner's fast paths compute exactly what the plain formulation computes (issue 18).
+
+* the latent-conditioned first layer, folded (one-hot matmul up to 32 policies, gather beyond),
+  against ``Linear(concat(obs, phi[id]))``, values and gradients, for 1-, 2- and 3-d inputs;
+* in-place hidden activations against the same network with out-of-place ones;
+* minibatches without the ``"next"`` / ``"collector"`` entries: same loss values, and every
+  entry kept where a hook or another loss could read it.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torch import nn
+from torchrl.objectives import ClipPPOLoss
+
+from torchrl_sapg.modules import LatentConditionedMLP, PolicyLatents, make_actor_critic
+from torchrl_sapg.modules import actor_critic as actor_critic_module
+from torchrl_sapg.objectives import OffPolicyClipPPOLoss
+from torchrl_sapg.trainers import OnPolicyTrainer
+
+
+def _concatenated_reference(net: LatentConditionedMLP, obs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The unfolded network: ``Linear(concat(obs, phi[id]))``, then the rest with out-of-place activations."""
+    phi = net.latents.weight[ids]
+    h = torch.cat([obs, phi], dim=-1)
+    for layer in net.mlp:
+        h = layer.__class__()(h) if isinstance(layer, nn.ELU) else layer(h)
+    return h
+
+
+@pytest.mark.parametrize("num_policies", [3, 32, 33, 64])
+@pytest.mark.parametrize("lead", [(), (7,), (4, 5)])
+def test_folded_first_layer_matches_the_concatenation(num_policies, lead):
+    torch.manual_seed(0)
+    net = LatentConditionedMLP(5, 2, latents=PolicyLatents(num_policies, 4), hidden_sizes=(16, 8))
+    obs = torch.randn(*lead, 5)
+    ids = torch.randint(0, num_policies, lead)
+    out = net(obs, ids)
+    ref = _concatenated_reference(net, obs, ids)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(net.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+def test_both_lookups_are_exercised_by_the_threshold():
+    """The parametrisation above straddles the switch between the one-hot matmul and the gather."""
+    assert 3 <= actor_critic_module._ONE_HOT_MAX_POLICIES < 33
+
+
+def test_broadcast_policy_id_still_works():
+    torch.manual_seed(0)
+    net = LatentConditionedMLP(3, 2, latents=PolicyLatents(4, 2), hidden_sizes=(8,))
+    obs = torch.randn(6, 3)
+    out = net(obs, torch.tensor(2))
+    torch.testing.assert_close(out, _concatenated_reference(net, obs, torch.full((6,), 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_hidden_activations_run_in_place_with_the_same_gradients():
+    torch.manual_seed(0)
+    ac = make_actor_critic(3, 1)
+    mlp = ac.actor.head.backbone.mlp
+    assert all(m.inplace for m in mlp if isinstance(m, nn.ELU))
+    plain = nn.Sequential(*[nn.ELU() if isinstance(m, nn.ELU) else m for m in mlp])
+    x = torch.randn(32, 3)
+    out, ref = mlp(x), plain(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.autograd.grad(out.square().sum(), list(mlp.parameters()))
+    r = torch.autograd.grad(ref.square().sum(), list(plain.parameters()))
+    for a, b in zip(g, r):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------ minibatch entries
+def _trainer(loss, batch_size=64):
+    opt = torch.optim.Adam(loss.parameters(), lr=1e-3)
+    return OnPolicyTrainer(collector=[], loss_module=loss, optimizer=opt, total_frames=batch_size,
+                           num_epochs=1, num_minibatches=2, progress_bar=False, seed=0)
+
+
+def _batch(ac, n=64):
+    torch.manual_seed(1)
+    td = TensorDict({"observation": torch.randn(n, 3), "policy_id": torch.zeros(n, dtype=torch.long)}, [n])
+    td = ac.actor(td).detach()
+    td.update({"advantage": torch.randn(n, 1), "value_target": torch.randn(n, 1),
+               ("next", "observation"): torch.randn(n, 3), ("collector", "traj_ids"): torch.arange(n)})
+    return td
+
+
+def test_minibatches_leave_out_next_and_collector_entries_for_our_losses():
+    ac = make_actor_critic(3, 1)
+    trainer = _trainer(OffPolicyClipPPOLoss(ac.actor, ac.critic))
+    rows = trainer._training_rows(_batch(ac))
+    assert "next" not in rows.keys() and "collector" not in rows.keys()
+    assert {"observation", "advantage", "value_target", "action", "action_log_prob", "loc", "scale"} <= set(rows.keys())
+
+
+def test_every_entry_is_kept_for_a_hook_or_another_loss():
+    ac = make_actor_critic(3, 1)
+    batch = _batch(ac)
+    trainer = _trainer(OffPolicyClipPPOLoss(ac.actor, ac.critic))
+    trainer.register_op("process_optim_batch", lambda sub: sub)
+    assert "next" in trainer._training_rows(batch).keys()
+    other = _trainer(ClipPPOLoss(ac.actor, ac.critic))
+    assert "next" in other._training_rows(batch).keys()
+
+
+def test_leaving_entries_out_changes_no_loss_value():
+    ac = make_actor_critic(3, 1)
+    loss = OffPolicyClipPPOLoss(ac.actor, ac.critic)
+    batch = _batch(ac)
+    full, trimmed = loss(batch.clone()), loss(_trainer(loss)._training_rows(batch.clone()))
+    for key in full.keys():
+        torch.testing.assert_close(full[key], trimmed[key])
