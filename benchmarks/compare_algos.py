@@ -58,7 +58,8 @@ def parse_variant(entry: str) -> tuple[str, str, list[str]]:
 def run_one(label: str, algo: str, env: str, seed: int, frames: int | None, eval_episodes: int, extra: list[str],
             out_root: Path, threads: int | None) -> dict:
     run_dir = out_root / f"{label}-{env}-s{seed}"
-    cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), f"algo={algo}", f"env={env}", f"seed={seed}",
+    switch = "pbt=inprocess" if algo == "pbt" else f"algo={algo}"  # in-process PBT is a pbt mode
+    cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), switch, f"env={env}", f"seed={seed}",
            "progress_bar=false", f"eval_episodes={eval_episodes}", "logger=csv", f"hydra.run.dir={run_dir}", *extra]
     if frames is not None:
         cmd.append(f"total_frames={frames}")

@@ -39,7 +39,7 @@ def one(k: int, args) -> dict:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    ac = make_actor_critic(3, 1, num_policies=k, latent_dim=args.latent_dim, actor_hidden_sizes=args.hidden, device=device)
+    ac = make_actor_critic(3, 1, num_policies=k, latent_dim=args.latent_dim, hidden_sizes=args.hidden, device=device)
     collector = PopulationCollector(make_env("pendulum", args.num_envs, device=device, seed=0), ac.actor,
                                     num_policies=k, frames_per_batch=args.num_envs * args.horizon)
     loss = SAPGLoss(ac.actor, ac.critic, num_policies=k, generator=torch.Generator(device=device).manual_seed(0))

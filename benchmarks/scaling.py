@@ -60,7 +60,8 @@ def compose(algo: str, env: str, overrides: list[str]):
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=[f"algo={algo}", f"env={env}", *overrides])
+        switch = "pbt=inprocess" if algo == "pbt" else f"algo={algo}"  # in-process PBT is a pbt mode
+        return hydra_compose(config_name="config", overrides=[switch, f"env={env}", *overrides])
 
 
 def run_key(label: str, num_envs: int, seed: int, total_frames: int) -> str:

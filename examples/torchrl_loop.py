@@ -23,7 +23,7 @@ def main(iterations: int = 5, num_envs: int = 48, num_policies: int = 3, horizon
     N, M, T = num_envs, num_policies, horizon  # policy j owns envs [j*N/M, (j+1)*N/M); policy 0 is the leader
     torch.manual_seed(seed)
     env = TransformedEnv(make_env("pendulum", N, seed=seed), Compose(PolicyIdTransform(M), RewardSum()))
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=16, actor_hidden_sizes=(64, 64))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=16, hidden_sizes=(64, 64))
     collector = Collector(env, ac.actor, frames_per_batch=N * T, total_frames=iterations * N * T,
                           auto_register_policy_transforms=False)  # a feed-forward actor needs no InitTracker
     loss = SAPGLoss(ac.actor, ac.critic, num_policies=M, leader_id=0, entropy_sigma=0.001, off_policy_target="vtrace")
@@ -59,7 +59,7 @@ def main_population(iterations: int = 5, num_envs: int = 48, num_policies: int =
     N, M, T = num_envs, num_policies, horizon
     torch.manual_seed(seed)
     env = make_env("pendulum", N, seed=seed)                # the collector appends PolicyIdTransform(M), RewardSum
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=16, actor_hidden_sizes=(64, 64))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=16, hidden_sizes=(64, 64))
     collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=N * T,
                                     total_frames=iterations * N * T)
     loss = SAPGLoss(ac.actor, ac.critic, num_policies=M, leader_id=0, entropy_sigma=0.001, off_policy_target="vtrace")

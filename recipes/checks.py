@@ -19,13 +19,28 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from common import ALGORITHMS as _ALGORITHM_TABLE
+from common import pbt_mode
 from torchrl_sapg.envs.factory import check_device
 from torchrl_sapg.trainers.logging import check_logger_backend
 
 #: the ``algo.name`` values recipes/common.py builds (the keys of its ``ALGORITHMS`` table)
 ALGORITHMS = tuple(_ALGORITHM_TABLE)
-#: in-process populations (``algo=pbt``); decentralised PBT (``pbt=decentralized``) wraps the others
+#: in-process populations' member layouts (``algo=pbt``, chosen by ``pbt=inprocess``)
 POPULATION_ALGORITHMS = tuple(name for name, a in _ALGORITHM_TABLE.items() if a.population)
+#: config keys that were renamed or moved: old dotted key -> the key (or option) to use now
+RENAMED_KEYS = {
+    "algo.beta_mut": "pbt.mutation_prob",
+    "pbt.beta_mut": "pbt.mutation_prob",
+    "pbt.objective": "pbt.fitness_key",
+    "pbt.objective_policy": "pbt.fitness_policy",
+    "pbt.enabled": "pbt=decentralized",
+    "model.actor_hidden_sizes": "model.hidden_sizes",
+    "model.mlp_sizes": "model.hidden_sizes",
+    "model.critic_mlp_sizes": "model.critic_hidden_sizes",
+    **{f"algo.{key}": f"pbt.{key}" for key in (
+        "interval_frames", "start_frames", "burn_in_frames", "selection", "mu_min", "mu_max", "fitness_key",
+        "fitness_decay", "hyperparameters")},
+}
 #: device types the recipes run on
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 _MISSING = object()
@@ -45,6 +60,7 @@ def check_config(cfg: DictConfig) -> None:
         ...
         ValueError: train.horizon=0 must be an int >= 1 (env steps per env per iteration; e.g. train.horizon=32).
     """
+    check_renamed_keys(cfg)
     check_device_option(_get(cfg, "device", "cpu"))
     _check_threads(cfg)
     _check_algo(cfg)
@@ -74,6 +90,51 @@ def check_device_option(device: Any, *, option: str = "device") -> None:
         raise ValueError(f"{option}={str(device)!r} is not supported by the recipes; use cpu, cuda or cuda:<index> (or mps).")
 
 
+def check_renamed_keys(cfg: DictConfig) -> None:
+    """Raise naming the new key if ``cfg`` holds a key of :data:`RENAMED_KEYS` (e.g. set with ``+key=``).
+
+    Args:
+        cfg: the composed recipe config.
+
+    Examples:
+        >>> check_renamed_keys(OmegaConf.create({"pbt": {"objective": "success"}}))
+        Traceback (most recent call last):
+        ...
+        ValueError: pbt.objective was renamed: use pbt.fitness_key=success (docs/pbt.md).
+    """
+    for old, new in RENAMED_KEYS.items():
+        value = OmegaConf.select(cfg, old, default=_MISSING)
+        if value is not _MISSING:
+            raise ValueError(_renamed_message(old, new, value))
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Raise naming the new key for a command-line override of a renamed key (before Hydra composes,
+    whose own error for an unknown key does not say what it is called now).
+
+    Args:
+        overrides: the recipe's command-line arguments, e.g. ``["algo=pbt", "algo.beta_mut=0.3"]``.
+
+    Examples:
+        >>> check_overrides(["env=pendulum", "algo.beta_mut=0.3"])
+        Traceback (most recent call last):
+        ...
+        ValueError: algo.beta_mut was renamed: use pbt.mutation_prob=0.3 with pbt=inprocess (docs/pbt.md).
+    """
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        for old, new in RENAMED_KEYS.items() if sep else ():
+            if key == old or key.startswith(old + "."):  # algo.hyperparameters.lr=null: pbt.hyperparameters.lr
+                raise ValueError(_renamed_message(key, new + key[len(old):], value))
+
+
+def _renamed_message(old: str, new: str, value: Any) -> str:
+    shown = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+    use = new if "=" in new else f"{new}={shown}"  # pbt.enabled's replacement is an option, not a key
+    where = " with pbt=inprocess" if old.startswith("algo.") and new.startswith("pbt.") else ""
+    return f"{old} was renamed: use {use}{where} ({'docs/pbt.md' if old.startswith(('algo', 'pbt')) else 'docs/architecture.md'})."
+
+
 # ----------------------------------------------------------------------------- the groups
 def _check_threads(cfg: DictConfig) -> None:
     threads = _get(cfg, "threads", None)
@@ -90,10 +151,18 @@ def _check_algo(cfg: DictConfig) -> None:
 
 
 def _check_pbt_mode(cfg: DictConfig) -> None:
-    """One PBT mode per run: ``algo=pbt`` (in-process) or ``pbt=decentralized`` (a member of algo=ppo|sapg|epo)."""
-    if _get(cfg, "algo.name", None) in POPULATION_ALGORITHMS and _get(cfg, "pbt.enabled", False):
-        raise ValueError("algo=pbt (in-process PBT) and pbt=decentralized exclude each other: use algo=pbt with "
-                         "pbt=off, or pbt=decentralized with algo=ppo|sapg|epo (docs/pbt.md).")
+    """The ``pbt`` group is the one PBT switch: ``algo=pbt`` (in-process PBT's member layout) goes
+    with ``pbt=inprocess`` only, and ``pbt=inprocess`` with that layout only."""
+    mode, name = pbt_mode(cfg), _get(cfg, "algo.name", None)
+    if name in POPULATION_ALGORITHMS and mode == "off":
+        raise ValueError(f"algo={name} is no longer a switch: in-process PBT is pbt=inprocess (it selects algo={name} "
+                         "itself; its keys moved from algo.* to pbt.*, docs/pbt-inprocess.md).")
+    if name in POPULATION_ALGORITHMS and mode == "decentralized":
+        raise ValueError(f"algo={name} is in-process PBT's member layout (pbt=inprocess); a pbt=decentralized member "
+                         "runs algo=ppo|sapg|epo (docs/pbt.md).")
+    if mode == "inprocess" and name not in POPULATION_ALGORITHMS:
+        raise ValueError(f"pbt=inprocess trains its own PPO members (the algo=pbt layout it selects): drop algo={name} "
+                         "(docs/pbt-inprocess.md).")
 
 
 def _check_env_layout(cfg: DictConfig) -> None:

@@ -2,13 +2,12 @@
 
 Config keys are constructor arguments: a group's entries reach a constructor by name
 (:func:`config_kwargs`), so a key the constructor does not take is not passed and an option the
-config leaves out takes the library's default. Where the library names one thing two ways (the
-model's ``hidden_sizes``), one table maps the config key onto the argument.
+config leaves out takes the library's default.
 
 Everything that depends on the algorithm comes from one table, :data:`ALGORITHMS`, looked up
 once by :func:`algorithm`: the networks, the trainer (with its loss and hooks), and whether the
-run is an in-process population. A new algorithm is one :class:`Algorithm` entry plus its
-``recipes/conf/algo/<name>.yaml``.
+run is an in-process population (``pbt=inprocess``, :func:`pbt_mode`). A new algorithm is one
+:class:`Algorithm` entry plus its ``recipes/conf/algo/<name>.yaml``.
 """
 from __future__ import annotations
 
@@ -43,14 +42,12 @@ from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
 
 # ----------------------------------------------------------------------------- config -> arguments
-def config_kwargs(fn: Callable, *groups: Mapping | None, rename: Mapping[str, str] | None = None,
-                  only: tuple[str, ...] | None = None) -> dict[str, Any]:
+def config_kwargs(fn: Callable, *groups: Mapping | None, only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The entries of ``groups`` that are named parameters of ``fn`` (a later group wins).
 
     Args:
         fn: the constructor (or function) the entries are for.
         groups: config groups (``DictConfig`` or dicts); ``None`` is skipped.
-        rename: ``{config key: argument name}`` where the library names the option differently.
         only: pass only these config keys (for constructors that take more than the recipe sets).
 
     ``*_frames`` values are cast to ``int`` (Hydra reads ``2e5`` as a float).
@@ -62,9 +59,8 @@ def config_kwargs(fn: Callable, *groups: Mapping | None, rename: Mapping[str, st
             continue
         items = OmegaConf.to_container(group, resolve=True) if isinstance(group, DictConfig) else dict(group)
         for key, value in items.items():
-            name = (rename or {}).get(key, key)
-            if (only is None or key in only) and name in params and params[name].kind is not inspect.Parameter.VAR_KEYWORD:
-                out[name] = int(float(value)) if key.endswith("_frames") and value is not None else value
+            if (only is None or key in only) and key in params and params[key].kind is not inspect.Parameter.VAR_KEYWORD:
+                out[key] = int(float(value)) if key.endswith("_frames") and value is not None else value
     return out
 
 
@@ -81,7 +77,7 @@ def build_env(cfg: DictConfig, num_envs: int | None = None, seed: int | None = N
 
 def is_recurrent_config(cfg: DictConfig) -> bool:
     """``model.lstm_hidden > 0``: a recurrent (MLP + LSTM) actor-critic trained on whole env-rows
-    (for ``algo=pbt``: every member of the in-process population)."""
+    (for ``pbt=inprocess``: every member of the in-process population)."""
     return int(cfg.model.get("lstm_hidden", 0) or 0) > 0
 
 
@@ -104,16 +100,9 @@ def build_collection_policy(cfg: DictConfig, agent: ActorCritic):
 
 
 # ----------------------------------------------------------------------------- networks
-#: ``model.<key>`` -> the argument of the constructor that names it differently
-MODEL_ARGUMENT_NAMES: dict[Callable, dict[str, str]] = {
-    make_actor_critic: {"hidden_sizes": "actor_hidden_sizes"},
-    make_recurrent_actor_critic: {"hidden_sizes": "mlp_sizes", "critic_hidden_sizes": "critic_mlp_sizes"},
-}
-
-
 def _model_kwargs(cfg: DictConfig, fn: Callable) -> dict[str, Any]:
     """``model.*`` plus the population layout (``algo.num_policies``, ``latent_dim``, ...) by name."""
-    return {**config_kwargs(fn, cfg.algo, cfg.model, rename=MODEL_ARGUMENT_NAMES.get(fn)), "device": cfg.device}
+    return {**config_kwargs(fn, cfg.algo, cfg.model), "device": cfg.device}
 
 
 def _latent_agent(cfg: DictConfig, env) -> ActorCritic:
@@ -204,16 +193,23 @@ def _epo_hook(cfg, trainer, loss, agent, optimizer) -> None:
     ).register(trainer)
 
 
+#: the values of ``pbt.mode``, one per ``recipes/conf/pbt/<mode>.yaml``
+PBT_MODES = ("off", "inprocess", "decentralized")
+
+
 def pbt_mode(cfg: DictConfig) -> str:
-    """``off``, ``inprocess`` (``algo=pbt``: one process holds the population) or ``decentralized``
-    (``pbt=decentralized``: this run is one member of a population sharing a workspace)."""
-    decentralized = bool((cfg.get("pbt") or {}).get("enabled", False))
-    if algorithm(cfg).population:
-        if decentralized:
-            raise ValueError("algo=pbt (in-process PBT) and pbt=decentralized exclude each other: use algo=pbt with "
-                             "pbt=off, or pbt=decentralized with algo=ppo|sapg|epo (docs/pbt.md).")
-        return "inprocess"
-    return "decentralized" if decentralized else "off"
+    """The ``pbt`` group's switch: ``off``, ``inprocess`` (``pbt=inprocess``: this process holds the
+    whole population) or ``decentralized`` (``pbt=decentralized``: this run is one member of a
+    population sharing a workspace). A config saved before ``pbt.mode`` existed (a checkpoint's)
+    says ``pbt.enabled`` for decentralised PBT and ``algo.name: pbt`` for in-process PBT."""
+    group = cfg.get("pbt") or {}
+    mode = group.get("mode")
+    if mode is None:  # a saved config from before the pbt switch
+        legacy_inprocess = (cfg.get("algo") or {}).get("name") == INPROCESS_POPULATION
+        mode = "decentralized" if group.get("enabled", False) else "inprocess" if legacy_inprocess else "off"
+    if mode not in PBT_MODES:
+        raise ValueError(f"pbt.mode={mode!r} is unknown; choose pbt={', pbt='.join(PBT_MODES)}.")
+    return mode
 
 
 def register_algorithm_hooks(cfg: DictConfig, trainer, loss, agent: ActorCritic, optimizer) -> None:
@@ -265,12 +261,12 @@ def _on_policy_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer
     return trainer
 
 
-#: the hyperparameters every in-process PBT member holds (and ``algo.hyperparameters`` may mutate)
+#: the hyperparameters every in-process PBT member holds (and ``pbt.hyperparameters`` may mutate)
 MEMBER_HYPERPARAMETERS = ("lr", "clip_epsilon", "entropy_coeff", "critic_coeff", "gamma", "lmbda", "num_epochs")
 
 
 def build_pbt_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer_kwargs) -> PBTTrainer:
-    """The in-process population (algo=pbt): one learner for all members plus the PBT hook."""
+    """The in-process population (pbt=inprocess): one learner for all members plus the PBT hook from ``pbt.*``."""
     learner = PopulationLearner(
         agent.actor.ensemble,
         {k: cfg.train[k] for k in MEMBER_HYPERPARAMETERS},
@@ -278,7 +274,7 @@ def build_pbt_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer_
         **config_kwargs(PopulationLearner, cfg.train, only=("num_minibatches", "max_grad_norm", "reward_scale")),
     )
     trainer = PBTTrainer(collector=collector, learner=learner, **trainer_kwargs)
-    InProcessPBT(learner, cfg.algo.hyperparameters, seed=cfg.seed, **config_kwargs(InProcessPBT, cfg.algo)).register(trainer)
+    InProcessPBT(learner, cfg.pbt.hyperparameters, seed=cfg.seed, **config_kwargs(InProcessPBT, cfg.pbt)).register(trainer)
     return trainer
 
 
@@ -305,20 +301,25 @@ class Algorithm:
     population: bool = False  #: independent member networks in one process; the headline is the best member
 
 
+#: the entry of the in-process population, chosen by ``pbt=inprocess`` (whose member layout is ``algo=pbt``)
+INPROCESS_POPULATION = "pbt"
+
 ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
         Algorithm("ppo", _latent_agent, loss=_ppo_loss),
         Algorithm("sapg", _latent_agent, loss=_sapg_loss, hooks=(_aggregate_hook,)),
         Algorithm("epo", _latent_agent, loss=_sapg_loss, hooks=(_aggregate_hook, _epo_hook)),
-        Algorithm("pbt", _population_agent, trainer=build_pbt_trainer, population=True),
+        Algorithm(INPROCESS_POPULATION, _population_agent, trainer=build_pbt_trainer, population=True),
     )
 }
 
 
 def algorithm(cfg: DictConfig) -> Algorithm:
-    """The :data:`ALGORITHMS` entry of ``algo.name``: the one place the recipes branch on the algorithm."""
-    name = cfg.algo.name
+    """The :data:`ALGORITHMS` entry of the run: the in-process population under ``pbt=inprocess``,
+    else ``algo.name``'s. The one place the recipes branch on the algorithm. (A config saved
+    before ``pbt=inprocess`` existed says ``algo.name=pbt``, which names the same entry.)"""
+    name = INPROCESS_POPULATION if pbt_mode(cfg) == "inprocess" else cfg.algo.name
     if name not in ALGORITHMS:
         raise ValueError(f"algo.name={name!r} is unknown; choose one of the algo configs: algo={', '.join(ALGORITHMS)}.")
     return ALGORITHMS[name]

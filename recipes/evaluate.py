@@ -48,7 +48,7 @@ def load_policy_weights(cfg: DictConfig, agent: ActorCritic, trainer_state: Mapp
 
     The source is the trained model itself, whatever policy wrapper the collector ran:
     ``loss_module``'s ``actor_network_params.*`` (TorchRL's PPO / ``SAPGLoss``: the actor's
-    own state-dict names) or, for ``algo=pbt``, the :class:`PopulationLearner`'s ``ensemble.*``
+    own state-dict names) or, for ``pbt=inprocess``, the :class:`PopulationLearner`'s ``ensemble.*``
     (every member's stacked actor and critic). Checkpoints without those fall back to the
     collector's policy weights: the actor's for MLP runs, the actor part (``module.0.*``) of
     the actor-then-critic collection policy for recurrent ones.

@@ -1,6 +1,7 @@
 """Train PPO, SAPG, EPO or an in-process PBT population on a batched env.
 
     python recipes/train.py algo=ppo env=pendulum
+    python recipes/train.py pbt=inprocess env=pendulum                   # 8 PPO members in this process
     python recipes/train.py algo=ppo env=cartpole logger=wandb seed=1 total_frames=3e6
     python recipes/train.py resume=runs/ppo-pendulum/<date>/checkpoints/last.pt
     torchrun --nproc_per_node=2 recipes/train.py algo=sapg env=pendulum    # data-parallel ranks
@@ -28,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from checks import check_config  # noqa: E402
+from checks import check_config, check_overrides  # noqa: E402
 from common import (  # noqa: E402
     add_recurrent_env_transforms,
     algorithm,
@@ -236,4 +237,8 @@ def strip_launcher_flags(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], *strip_launcher_flags(sys.argv[1:])]
+    try:
+        check_overrides(sys.argv[1:])  # a renamed key: one line naming the new one, before Hydra's own error
+    except ValueError as err:
+        sys.exit(f"recipes/train.py: {err}")
     main()

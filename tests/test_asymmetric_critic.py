@@ -15,7 +15,7 @@ from torchrl_sapg.trainers import OnPolicyTrainer
 
 def test_critic_reads_only_its_own_observation_key():
     torch.manual_seed(0)
-    ac = make_actor_critic(3, 1, num_policies=2, latent_dim=4, actor_hidden_sizes=(16,),
+    ac = make_actor_critic(3, 1, num_policies=2, latent_dim=4, hidden_sizes=(16,),
                            critic_observation_key="critic_observation", critic_observation_dim=5)
     td = TensorDict({"observation": torch.randn(6, 3), "critic_observation": torch.randn(6, 5),
                      "policy_id": torch.tensor([0, 0, 0, 1, 1, 1])}, [6])
@@ -34,7 +34,7 @@ def test_trainer_updates_the_critic_normaliser_from_its_key():
     n, t = 8, 16
     env = TransformedEnv(PendulumEnv(n, seed=0), CatTensors(in_keys=["observation"], out_key="critic_observation",
                                                            del_keys=False))
-    ac = make_actor_critic(3, 1, actor_hidden_sizes=(16,), critic_observation_key="critic_observation",
+    ac = make_actor_critic(3, 1, hidden_sizes=(16,), critic_observation_key="critic_observation",
                            critic_observation_dim=3)
     collector = PopulationCollector(env, ac.actor, num_policies=1, frames_per_batch=n * t)
     loss = ClipPPOLoss(ac.actor, ac.critic, entropy_bonus=False)

@@ -27,7 +27,7 @@ def _data(ac):
                                                    ("SAPGLoss", True)])
 def test_the_update_step_compiles_without_a_graph_break(loss_cls, analytic_kl):
     torch.manual_seed(0)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     loss = {"ClipPPOLoss": lambda: ClipPPOLoss(ac.actor, ac.critic),
             "OffPolicyClipPPOLoss": lambda: OffPolicyClipPPOLoss(ac.actor, ac.critic),
             "SAPGLoss": lambda: SAPGLoss(ac.actor, ac.critic, num_policies=M, entropy_sigma=0.01)}[loss_cls]()
@@ -43,7 +43,7 @@ def test_the_update_step_compiles_without_a_graph_break(loss_cls, analytic_kl):
 def _run(compile_: bool):
     torch.manual_seed(0)
     env = make_env("pendulum", 16, seed=0, max_episode_steps=8)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=16 * 8)
     # no entropy term: TanhNormal's entropy is a Monte-Carlo estimate, whose draws differ under compile
     loss = SAPGLoss(ac.actor, ac.critic, num_policies=M, generator=torch.Generator().manual_seed(0))

@@ -71,9 +71,9 @@ def config_error(exc_type, *overrides: str) -> str:
 
 
 # ----------------------------------------------------------------------------- valid configs pass
-@pytest.mark.parametrize("algo", ["ppo", "sapg", "epo", "pbt"])
-def test_default_configs_pass(algo):
-    check_config(cfg_of(f"algo={algo}"))
+@pytest.mark.parametrize("switch", ["algo=ppo", "algo=sapg", "algo=epo", "pbt=inprocess"])
+def test_default_configs_pass(switch):
+    check_config(cfg_of(switch))
 
 
 @pytest.mark.parametrize("env", ENV_CONFIGS)
@@ -355,3 +355,59 @@ def test_train_device_cuda_end_to_end(tmp_path):
     assert lines and "device=cpu" in lines[0], proc.stderr[-3000:]
     assert "not compiled with CUDA" not in proc.stderr
     assert not (tmp_path / "run" / "config.yaml").exists(), "check_config(cfg) must run first in train.py's main"
+
+
+# ----------------------------------------------------------------------------- the pbt switch and renamed keys
+def test_pbt_inprocess_selects_the_member_layout_and_carries_the_hook_keys():
+    cfg = cfg_of("pbt=inprocess")
+    assert cfg.pbt.mode == "inprocess" and cfg.algo.name == "pbt"
+    assert (cfg.algo.num_policies, cfg.algo.latent_dim) == (8, 0)
+    assert cfg.pbt.mutation_prob == 0.2 and cfg.pbt.fitness_key == "return" and "lr" in cfg.pbt.hyperparameters
+    assert cfg_of().pbt.mode == "off" and cfg_of("pbt=decentralized").pbt.mode == "decentralized"
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["algo=pbt"], ["algo=pbt is no longer a switch", "pbt=inprocess"]),
+        (["algo=pbt", "pbt=decentralized"], ["algo=pbt", "pbt=inprocess", "algo=ppo|sapg|epo"]),
+        (["pbt=inprocess", "algo=sapg"], ["pbt=inprocess", "drop algo=sapg"]),
+    ],
+)
+def test_one_pbt_switch(overrides, expected):
+    msg = config_error(ValueError, *overrides)
+    for part in expected:
+        assert part in msg, (part, msg)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["+algo.beta_mut=0.3"], "algo.beta_mut was renamed: use pbt.mutation_prob=0.3 with pbt=inprocess"),
+        (["pbt=inprocess", "+pbt.beta_mut=0.3"], "pbt.beta_mut was renamed: use pbt.mutation_prob=0.3"),
+        (["pbt=decentralized", "+pbt.objective=success"], "pbt.objective was renamed: use pbt.fitness_key=success"),
+        (["pbt=decentralized", "+pbt.objective_policy=mean"], "use pbt.fitness_policy=mean"),
+        (["+pbt.enabled=true"], "pbt.enabled was renamed: use pbt=decentralized"),
+        (["+model.mlp_sizes=[8]"], "model.mlp_sizes was renamed: use model.hidden_sizes=[8]"),
+    ],
+)
+def test_renamed_key_in_the_config_names_the_new_key(overrides, expected):
+    assert expected in config_error(ValueError, *overrides)
+
+
+def test_renamed_key_on_the_command_line_names_the_new_key(tmp_path):
+    """Without ``+``, Hydra itself refuses an unknown key before check_config runs; train.py checks the
+    arguments first and says what the key is called now, in one line."""
+    check_overrides = _load_recipe_module("checks").check_overrides
+    with pytest.raises(ValueError, match=r"^algo.interval_frames was renamed: use pbt.interval_frames=5 with pbt=inprocess"):
+        check_overrides(["algo=pbt", "algo.interval_frames=5"])
+    with pytest.raises(ValueError, match=r"use pbt.hyperparameters.gamma=null"):
+        check_overrides(["algo.hyperparameters.gamma=null"])
+    check_overrides(["pbt=inprocess", "pbt.mutation_prob=0.3", "model.hidden_sizes=[8]"])  # the new names pass
+    proc = subprocess.run([sys.executable, str(REPO / "recipes" / "train.py"), "pbt=decentralized", "pbt.objective=success",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "recipes/train.py: pbt.objective was renamed: use pbt.fitness_key=success (docs/pbt.md).")
+    assert not (tmp_path / "run").exists()

@@ -103,7 +103,7 @@ def test_collectives_match_a_hand_computation_on_the_pooled_data(tmp_path):
         ["algo=ppo", "algo.num_policies=1"],
         ["algo=epo", "algo.num_policies=6", "algo.epo.trigger=interval", "algo.epo.interval_frames=3000", "algo.epo.warmup_frames=0",
          "algo.epo.num_elites=2"],
-        ["algo=pbt", "algo.num_policies=4", "algo.interval_frames=3000", "algo.start_frames=0"],
+        ["pbt=inprocess", "algo.num_policies=4", "pbt.interval_frames=3000", "pbt.start_frames=0"],
     ],
     ids=["ppo", "epo", "pbt"],
 )
@@ -125,7 +125,7 @@ def test_ranks_stay_bit_identical_and_population_steps_agree(tmp_path, algo):
     if "algo=epo" in algo:
         epo = r[0]["hooks"]["genetic_scheduler"]
         assert epo["num_steps"] >= 2 and epo["num_replaced_total"] > 0
-    if "algo=pbt" in algo:
+    if "pbt=inprocess" in algo:
         assert r[0]["hooks"]["pbt"]["num_steps"] >= 2
 
 

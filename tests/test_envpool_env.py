@@ -116,7 +116,7 @@ def test_population_collector_episode_counts():
     n, m, horizon, ep_len = 4, 2, 12, 5
     env = make_env(f"envpool:{TASK}", n, seed=0, max_episode_steps=ep_len)
     torch.manual_seed(0)
-    actor = make_actor_critic(17, 6, num_policies=m, latent_dim=4, actor_hidden_sizes=(16,)).actor
+    actor = make_actor_critic(17, 6, num_policies=m, latent_dim=4, hidden_sizes=(16,)).actor
     collector = PopulationCollector(env, actor, num_policies=m, frames_per_batch=n * horizon)
     try:
         batch = next(iter(collector))

@@ -68,7 +68,7 @@ def build(tmp_path, *, total_frames=6 * FPB, fault=None, env_kwargs=None, **kwar
     env = make_env("pendulum", N_ENVS, seed=0, **(env_kwargs or {}))
     if fault is not None:
         env = TransformedEnv(env, fault)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=FPB)
     loss = ClipPPOLoss(ac.actor, ac.critic)
     optimizer = torch.optim.Adam(loss.parameters(), lr=1e-3)
@@ -444,3 +444,22 @@ def test_a_checkpoint_written_before_the_module_layout_change_resumes(tmp_path):
     res = _ok(_train(args + [f"resume={fixture}", f"total_frames={3 * RECIPE_FPB}", f"hydra.run.dir={run}"], tmp_path))
     assert f"at {2 * RECIPE_FPB} frames" in res.stdout
     assert json.loads((run / "summary.json").read_text())["frames"] == 3 * RECIPE_FPB
+
+
+def test_an_inprocess_pbt_checkpoint_written_with_algo_pbt_resumes_under_pbt_inprocess(tmp_path):
+    """tests/fixtures/pbt_inprocess_pendulum_2048_algo_pbt.pt: an in-process PBT run (M = 4, two PBT
+    steps) written when the switch was ``algo=pbt`` and its keys were under ``algo.*``; it resumes with
+    ``pbt=inprocess`` (the stored algo.name is still ``pbt``) and evaluate.py reads it."""
+    fixture = REPO / "tests" / "fixtures" / "pbt_inprocess_pendulum_2048_algo_pbt.pt"
+    args = [a for a in RECIPE if not a.startswith("algo=")] + [
+        "pbt=inprocess", "algo.num_policies=4", "pbt.interval_frames=1024", "pbt.start_frames=0", "pbt.burn_in_frames=0"]
+    run = tmp_path / "run"
+    res = _ok(_train(args + [f"resume={fixture}", f"total_frames={3 * RECIPE_FPB}", f"hydra.run.dir={run}"], tmp_path))
+    assert f"at {2 * RECIPE_FPB} frames" in res.stdout
+    assert json.loads((run / "summary.json").read_text())["frames"] == 3 * RECIPE_FPB
+    resumed = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["trainer"]["pbt"]["num_steps"] == 3  # the old run's two PBT steps, then this run's one
+    report = _ok(subprocess.run([sys.executable, str(REPO / "recipes" / "evaluate.py"), f"checkpoint={fixture}",
+                                 "episodes=1", "policy=all"], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                                text=True, timeout=240))
+    assert report.stdout.count('"return"') == 4  # every member of the saved population

@@ -437,7 +437,7 @@ def _build_epo(tmp_path, seed=0, total_iterations=6, algo="ppo"):
     penalty = torch.tensor(BLOCK_PENALTY).repeat_interleave(N_ENVS // M).unsqueeze(-1)
     env = TransformedEnv(make_env("pendulum", N_ENVS, seed=seed, max_episode_steps=EPISODE),
                          RewardScaling(loc=-100.0 * penalty, scale=1.0))
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=N_ENVS * HORIZON)
     if algo == "ppo":
         loss = ClipPPOLoss(ac.actor, ac.critic)

@@ -1,4 +1,4 @@
-"""In-process DexPBT with recurrent (MLP -> LSTM) members (algo=pbt model.lstm_hidden=H).
+"""In-process DexPBT with recurrent (MLP -> LSTM) members (pbt=inprocess model.lstm_hidden=H).
 
 Numbers are checked against the single recurrent network of ``make_recurrent_actor_critic``
 (TorchRL's ``LSTMModule``) loaded with one member's weights:
@@ -9,7 +9,7 @@ Numbers are checked against the single recurrent network of ``make_recurrent_act
 * (c) one ``PopulationLearner.update`` gives member i the gradient of its own clipped PPO loss
   on its own env-rows, computed independently; replay reproduces the collection log-probs;
 * (d) ``exploit`` copies the LSTM weights (and their Adam moments);
-* (e) ``recipes/train.py algo=pbt model.lstm_hidden=...`` with PBT steps, eval and a resume.
+* (e) ``recipes/train.py pbt=inprocess model.lstm_hidden=...`` with PBT steps, eval and a resume.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _ensemble(m=3, seed=0):
 
 def _single(ens, i):
     """``make_recurrent_actor_critic`` (TorchRL ``LSTMModule`` s) holding member ``i``'s weights."""
-    ac = make_recurrent_actor_critic(OBS, ACT, mlp_sizes=MLP, lstm_hidden=H)
+    ac = make_recurrent_actor_critic(OBS, ACT, hidden_sizes=MLP, lstm_hidden=H)
     a, c = ens.actor_params[i].detach(), ens.critic_params[i].detach()
 
     def load(module, params):
@@ -347,9 +347,9 @@ def _train(args):
 
 def test_recipe_pbt_with_lstm_members_steps_evaluates_and_resumes(tmp_path):
     m, fpb = 4, 16 * 20
-    args = ["algo=pbt", "env=pendulum", "model.lstm_hidden=8", "model.hidden_sizes=[16]", "env.num_envs=16",
+    args = ["pbt=inprocess", "env=pendulum", "model.lstm_hidden=8", "model.hidden_sizes=[16]", "env.num_envs=16",
             f"algo.num_policies={m}", "train.horizon=20", "train.num_minibatches=2", "+env.kwargs.max_episode_steps=30",
-            f"algo.interval_frames={fpb}", "algo.start_frames=0", "algo.burn_in_frames=0", "progress_bar=false",
+            f"pbt.interval_frames={fpb}", "pbt.start_frames=0", "pbt.burn_in_frames=0", "progress_bar=false",
             "threads=1", "logger=none"]
     run, run2 = tmp_path / "run", tmp_path / "resumed"
     res = _train([*args, f"total_frames={3 * fpb}", "eval_episodes=1", f"hydra.run.dir={run}"])

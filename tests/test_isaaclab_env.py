@@ -280,7 +280,7 @@ def test_population_collector_episode_stats(fake_isaaclab, kind):
     term_at = [2, 3, 9, 9, 2, 9, 3, 9]  # max_episode_length 5 -> lengths 2,3,4,4 | 2,4,3,4
     env = _wrapped(kind, num_envs=n, max_episode_length=5, term_at=term_at)
     torch.manual_seed(0)
-    actor = make_actor_critic(OBS_DIM, ACT_DIM, num_policies=m, latent_dim=4, actor_hidden_sizes=(8,)).actor
+    actor = make_actor_critic(OBS_DIM, ACT_DIM, num_policies=m, latent_dim=4, hidden_sizes=(8,)).actor
     collector = PopulationCollector(env, actor, num_policies=m, frames_per_batch=n * T)
     batch = next(iter(collector))
     assert batch.shape == (n, T)

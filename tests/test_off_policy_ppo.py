@@ -24,7 +24,7 @@ EPS = 0.2
 @pytest.fixture
 def ac():
     torch.manual_seed(0)
-    out = make_actor_critic(OBS_DIM, ACT_DIM, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    out = make_actor_critic(OBS_DIM, ACT_DIM, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     with torch.no_grad():  # distinct per-policy log-stds so a wrong row lookup shows up
         out.actor.log_std.copy_(torch.tensor([[-0.3, 0.1], [0.2, -0.5]]))
     return out

@@ -169,7 +169,7 @@ def test_specs_are_data():
     assert (shipped["num_epochs"].min, shipped["num_epochs"].max) == (1, 8)
     assert (cfg["mutation_prob"], cfg["mu_min"], cfg["mu_max"]) == (0.2, 1.1, 1.5)
     assert (cfg["interval_frames"], cfg["start_frames"], cfg["burn_in_frames"]) == (20_000_000, 200_000_000, 50_000_000)
-    assert yaml.safe_load((REPO / "recipes/conf/pbt/off.yaml").read_text()) == {"enabled": False}
+    assert yaml.safe_load((REPO / "recipes/conf/pbt/off.yaml").read_text()) == {"mode": "off"}
 
 
 # ---------------------------------------------------------------------------------- selection
@@ -301,7 +301,7 @@ def test_meta_objective():
 def _trainer(*, mode="fixed", num_epochs=2, num_minibatches=2, num_envs=16, horizon=8, total=10_000, seed=0):
     torch.manual_seed(seed)
     env = make_env("pendulum", num_envs, seed=seed, max_episode_steps=horizon)
-    ac = make_actor_critic(3, 1, actor_hidden_sizes=[16])
+    ac = make_actor_critic(3, 1, hidden_sizes=[16])
     collector = PopulationCollector(env, ac.actor, num_policies=1, frames_per_batch=num_envs * horizon)
     loss = ClipPPOLoss(ac.actor, ac.critic, clip_epsilon=0.2, entropy_coeff=0.01, critic_coeff=2.0)
     gae = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic)
@@ -391,7 +391,7 @@ def test_lr_in_linear_schedule_mode_and_sapg_specifics():
     assert float(trainer.optimizer.param_groups[0]["lr"]) == pytest.approx(5e-4)
     # SAPGLoss: gamma also drives its one-step off-policy target; entropy is per policy
     env = make_env("pendulum", 8, seed=0)
-    ac = make_actor_critic(3, 1, num_policies=2, latent_dim=4, actor_hidden_sizes=[8])
+    ac = make_actor_critic(3, 1, num_policies=2, latent_dim=4, hidden_sizes=[8])
     loss = SAPGLoss(ac.actor, ac.critic, num_policies=2, gamma=0.99)
     collector = PopulationCollector(env, ac.actor, num_policies=2, frames_per_batch=8 * 4)
     optim = torch.optim.Adam(loss.parameters(), lr=1e-3)

@@ -230,7 +230,7 @@ INTERVAL = 256
 def _member_trainer(root, member_id, *, objective, total, seed, **member_kw):
     torch.manual_seed(seed)
     env = make_env("pendulum", 16, seed=seed, max_episode_steps=8)
-    ac = make_actor_critic(3, 1, actor_hidden_sizes=[16])
+    ac = make_actor_critic(3, 1, hidden_sizes=[16])
     collector = PopulationCollector(env, ac.actor, num_policies=1, frames_per_batch=16 * 8)
     loss = ClipPPOLoss(ac.actor, ac.critic, clip_epsilon=0.2)
     optim = torch.optim.Adam(loss.parameters(), lr=3e-4)

@@ -1,4 +1,4 @@
-"""In-process DexPBT (algo=pbt): numbers checked against direct per-member computations.
+"""In-process DexPBT (pbt=inprocess): numbers checked against direct per-member computations.
 
 * ``PolicyEnsemble`` / ``EnsembleActor`` (vmap over stacked parameters) vs an ordinary
   ``make_actor_critic`` network loaded with one member's slice;
@@ -7,7 +7,7 @@
 * ``PopulationLearner.member_losses`` vs a hand-written clipped PPO loss (values and grads);
 * member isolation / exact epoch masking in ``PopulationLearner.update``; ``exploit``;
 * ``InProcessPBT``: groups, mutation keys, NaN, burn-in, determinism, state_dict, fitness EMA;
-* ``recipes/train.py algo=pbt`` end to end with a resume.
+* ``recipes/train.py pbt=inprocess`` end to end with a resume.
 """
 from __future__ import annotations
 
@@ -50,13 +50,13 @@ def _ensemble(m=3, hidden=HIDDEN, seed=0, normalize=True):
 
 def _plain_actor(ens, i, hidden=HIDDEN):
     """An ordinary actor (``make_actor_critic``) holding member ``i``'s weights and normaliser."""
-    actor = make_actor_critic(OBS, ACT, actor_hidden_sizes=hidden, normalize_observations=ens.has_normalizer).actor
+    actor = make_actor_critic(OBS, ACT, hidden_sizes=hidden, normalize_observations=ens.has_normalizer).actor
     actor.head.load_state_dict(ens.actor_params[i].detach().flatten_keys(".").to_dict())
     return actor
 
 
 def _plain_critic(ens, i, hidden=HIDDEN):
-    critic = make_actor_critic(OBS, ACT, actor_hidden_sizes=hidden, normalize_observations=ens.has_normalizer).critic
+    critic = make_actor_critic(OBS, ACT, hidden_sizes=hidden, normalize_observations=ens.has_normalizer).critic
     critic.module.load_state_dict(ens.critic_params[i].detach().flatten_keys(".").to_dict())
     return critic
 
@@ -422,7 +422,7 @@ OBJ10 = [5.0, 9.0, 1.0, 7.0, 3.0, 8.0, 0.0, 6.0, 2.0, 4.0]
 TOP, MIDDLE, BOTTOM = [1, 3, 5], [0, 4, 7, 9], [2, 6, 8]
 
 
-def _pbt(m=10, seed=0, burn_in=0, beta_mut=1.0, specs=SPECS, learner_seed=0, **kw):
+def _pbt(m=10, seed=0, burn_in=0, mutation_prob=1.0, specs=SPECS, learner_seed=0, **kw):
     torch.manual_seed(learner_seed)
     ens = PolicyEnsemble(OBS, ACT, num_members=m, hidden_sizes=(4,))
     ens.update_normalizers(torch.randn(m, 6, OBS) * torch.arange(1.0, m + 1).view(m, 1, 1))
@@ -431,7 +431,7 @@ def _pbt(m=10, seed=0, burn_in=0, beta_mut=1.0, specs=SPECS, learner_seed=0, **k
           "gamma": [0.9 + 0.005 * i for i in range(m)], "lmbda": [0.9 + 0.004 * i for i in range(m)],
           "num_epochs": [1 + i % 4 for i in range(m)]}
     learner = PopulationLearner(ens, hp, num_minibatches=1)
-    return InProcessPBT(learner, specs, interval_frames=100, burn_in_frames=burn_in, beta_mut=beta_mut, seed=seed,
+    return InProcessPBT(learner, specs, interval_frames=100, burn_in_frames=burn_in, mutation_prob=mutation_prob, seed=seed,
                         **kw)
 
 
@@ -456,7 +456,7 @@ def test_pbt_step_replaces_bottom_mutates_middle_keeps_top():
     for i in TOP:  # unchanged: weights, normaliser, hyperparameters
         _same_member(params1, i, params0, i)
         _same_member(hyper1, i, hyper0, i)
-    for i in MIDDLE:  # own weights; spec'd keys mutated (beta_mut = 1), the others unchanged
+    for i in MIDDLE:  # own weights; spec'd keys mutated (mutation_prob = 1), the others unchanged
         _same_member(params1, i, params0, i)
         for k in HYPERPARAMETERS:
             new, old = float(hyper1[k][i]), float(hyper0[k][i])
@@ -595,14 +595,14 @@ def _train(args):
 
 
 M_RECIPE, FPB_RECIPE = 4, 32 * 50
-RECIPE_ARGS = ["algo=pbt", "env=pendulum", "env.num_envs=32", f"algo.num_policies={M_RECIPE}", "train.horizon=50",
-               "algo.interval_frames=1600", "algo.start_frames=0", "algo.burn_in_frames=0",
+RECIPE_ARGS = ["pbt=inprocess", "env=pendulum", "env.num_envs=32", f"algo.num_policies={M_RECIPE}", "train.horizon=50",
+               "pbt.interval_frames=1600", "pbt.start_frames=0", "pbt.burn_in_frames=0",
                "model.hidden_sizes=[16]", "progress_bar=false", "threads=1"]
 
 
 @pytest.fixture(scope="module")
 def recipe_run(tmp_path_factory):
-    """``algo=pbt`` for 8000 frames, then a resume to 16000 (run once for the tests below)."""
+    """``pbt=inprocess`` for 8000 frames, then a resume to 16000 (run once for the tests below)."""
     base = tmp_path_factory.mktemp("pbt_recipe")
     run, run2 = base / "run", base / "resumed"
     first = _train([*RECIPE_ARGS, "total_frames=8000", f"hydra.run.dir={run}"])

@@ -137,7 +137,7 @@ SPECS = {
 def _member_trainer(root, member_id, *, objective, total, seed, interval=256, **member_kw):
     torch.manual_seed(seed)
     env = make_env("pendulum", 16, seed=seed, max_episode_steps=8)
-    ac = make_actor_critic(3, 1, actor_hidden_sizes=[16])
+    ac = make_actor_critic(3, 1, hidden_sizes=[16])
     collector = PopulationCollector(env, ac.actor, num_policies=1, frames_per_batch=16 * 8)
     loss = ClipPPOLoss(ac.actor, ac.critic, clip_epsilon=0.2, critic_coeff=2.0)
     gae = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic)
@@ -378,7 +378,7 @@ def _train_script(tmp_path: pathlib.Path) -> pathlib.Path:
         "def _hooks(cfg, trainer, *args, **kwargs):\n"
         "    _register(cfg, trainer, *args, **kwargs)\n"
         "    pbt = cfg.get('pbt')\n"
-        "    if pbt is not None and pbt.get('enabled', False) and 'pbt' not in trainer._modules:\n"
+        "    if pbt is not None and pbt.get('mode') == 'decentralized' and 'pbt' not in trainer._modules:\n"
         "        PBTMember.from_config(pbt, seed=cfg.seed).register(trainer)\n"
         "train.register_algorithm_hooks = _hooks\n"
         f"hydra.main(config_path={str(REPO / 'recipes' / 'conf')!r}, config_name='config', version_base='1.3')"

@@ -132,8 +132,8 @@ def test_input_layer_initialises_observation_and_latent_columns_separately(obs_d
     U(±1/sqrt(obs_dim)), the latent columns get U(±1/sqrt(latent_dim)) (docs/sapg.md: a joint
     fan-in of obs_dim + latent_dim shrank the observation weights and slowed learning 4x)."""
     torch.manual_seed(0)
-    ac = make_actor_critic(obs_dim, 1, num_policies=4, latent_dim=latent_dim, actor_hidden_sizes=(512,))
-    plain = make_actor_critic(obs_dim, 1, actor_hidden_sizes=(512,))
+    ac = make_actor_critic(obs_dim, 1, num_policies=4, latent_dim=latent_dim, hidden_sizes=(512,))
+    plain = make_actor_critic(obs_dim, 1, hidden_sizes=(512,))
     for net, ref in ((ac.actor.head.backbone, plain.actor.head.backbone), (ac.critic.module, plain.critic.module)):
         w, b = net.mlp[0].weight.detach(), net.mlp[0].bias.detach()
         w_obs, w_lat = w[:, :obs_dim], w[:, obs_dim:]
@@ -154,7 +154,7 @@ def test_input_layer_initialises_observation_and_latent_columns_separately(obs_d
     ratio = float((z @ w[:, obs_dim:].T).std() / (x @ w[:, :obs_dim].T).std())
     assert 0.8 < ratio < 1.25
     # input_init="joint": PyTorch's default over the concatenation (the reference code's networks)
-    joint_net = make_actor_critic(obs_dim, 1, num_policies=4, latent_dim=latent_dim, actor_hidden_sizes=(512,),
+    joint_net = make_actor_critic(obs_dim, 1, num_policies=4, latent_dim=latent_dim, hidden_sizes=(512,),
                                   input_init="joint").actor.head.backbone.mlp[0].weight.detach()
     assert float(joint_net.abs().max()) <= joint
     assert abs(float(joint_net.std()) - joint / math.sqrt(3)) < 0.1 * joint
@@ -205,7 +205,7 @@ def test_latents_size_must_match_num_policies():
 def _ac(num_policies=3, latent_dim=4, obs_dim=3, act_dim=2, **kw):
     torch.manual_seed(0)
     return make_actor_critic(
-        obs_dim, act_dim, num_policies=num_policies, latent_dim=latent_dim, actor_hidden_sizes=(16, 16), **kw
+        obs_dim, act_dim, num_policies=num_policies, latent_dim=latent_dim, hidden_sizes=(16, 16), **kw
     )
 
 
@@ -382,12 +382,12 @@ def test_observation_normalizer_state_travels_with_state_dict():
 
 
 def test_make_actor_critic_shares_latents_and_normalizer():
-    ac = make_actor_critic(3, 1, num_policies=4, latent_dim=8, actor_hidden_sizes=(8,))
+    ac = make_actor_critic(3, 1, num_policies=4, latent_dim=8, hidden_sizes=(8,))
     assert ac.actor.latents is ac.latents
     assert ac.critic.module.latents is ac.latents
     assert ac.actor.obs_normalizer is ac.obs_normalizer
     assert ac.critic.module.obs_normalizer is ac.obs_normalizer
-    plain = make_actor_critic(3, 1, num_policies=1, latent_dim=0, normalize_observations=False, actor_hidden_sizes=(8,))
+    plain = make_actor_critic(3, 1, num_policies=1, latent_dim=0, normalize_observations=False, hidden_sizes=(8,))
     assert plain.latents is None and plain.obs_normalizer is None
     env = make_env("pendulum", 2, seed=0)
     td = env.reset()

@@ -15,7 +15,7 @@ from torchrl_sapg import PolicyIdTransform, PopulationCollector, make_actor_crit
 def _actor(obs_dim: int, act_dim: int, num_policies: int, seed: int = 0):
     torch.manual_seed(seed)
     ac = make_actor_critic(
-        obs_dim, act_dim, num_policies=num_policies, latent_dim=4 if num_policies > 1 else 0, actor_hidden_sizes=(16,)
+        obs_dim, act_dim, num_policies=num_policies, latent_dim=4 if num_policies > 1 else 0, hidden_sizes=(16,)
     )
     return ac.actor
 

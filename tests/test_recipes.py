@@ -245,7 +245,8 @@ def evaluate_main():
 )
 def test_evaluate_recurrent_checkpoint_reproduces_the_recipes_own_eval(algo, extra, tmp_path, evaluate_main, capsys):
     run_dir = tmp_path / "run"
-    _ok(_run(TRAIN, [f"algo={algo}", *extra, *RECURRENT, f"hydra.run.dir={run_dir}"], tmp_path))
+    switch = "pbt=inprocess" if algo == "pbt" else f"algo={algo}"  # in-process PBT is a pbt mode
+    _ok(_run(TRAIN, [switch, *extra, *RECURRENT, f"hydra.run.dir={run_dir}"], tmp_path))
     summary = json.loads((run_dir / "summary.json").read_text())
     m = len(summary["eval_return"])
     ckpt = run_dir / "checkpoints" / "last.pt"
@@ -332,7 +333,7 @@ def test_evaluate_policies_carries_and_resets_the_hidden_state(population):
         env = TransformedEnv(env, Compose(*ens.env_transforms()))  # what recipes/evaluate.py adds
         recorder = _Recorder(RecurrentEnsembleActor(ens))
     else:  # no transforms given: evaluate_policies appends InitTracker and the primers itself
-        recorder = _Recorder(make_recurrent_actor_critic(4, 1, num_policies=2, latent_dim=4, mlp_sizes=(16,),
+        recorder = _Recorder(make_recurrent_actor_critic(4, 1, num_policies=2, latent_dim=4, hidden_sizes=(16,),
                                                          lstm_hidden=8).actor)
     stats = evaluate_policies(env, recorder, num_policies=2)
     assert torch.isfinite(stats["return"]).all()
@@ -348,6 +349,6 @@ def test_evaluate_policies_rejects_half_of_the_recurrent_transforms():
     from torchrl_sapg.modules.recurrent import make_recurrent_actor_critic
     from torchrl_sapg.trainers.evaluation import evaluate_policies
 
-    actor = make_recurrent_actor_critic(3, 1, mlp_sizes=(8,), lstm_hidden=4).actor
+    actor = make_recurrent_actor_critic(3, 1, hidden_sizes=(8,), lstm_hidden=4).actor
     with pytest.raises(ValueError, match="hidden-state primers"):
         evaluate_policies(TransformedEnv(make_env("pendulum", 2, seed=0), InitTracker()), actor, num_policies=1)

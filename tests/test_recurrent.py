@@ -33,7 +33,7 @@ EPISODE = 5  # Pendulum time limit: every [T=12] row holds episode ends at the s
 def _agent(m=2, latent_dim=4, backend="pad", seed=0):
     torch.manual_seed(seed)
     return make_recurrent_actor_critic(
-        OBS, ACT, num_policies=m, latent_dim=latent_dim, mlp_sizes=(16,), lstm_hidden=H, recurrent_backend=backend
+        OBS, ACT, num_policies=m, latent_dim=latent_dim, hidden_sizes=(16,), lstm_hidden=H, recurrent_backend=backend
     )
 
 
@@ -307,7 +307,7 @@ def _lstm_member(root, member_id: int, objective: float, seed: int):
     from torchrl_sapg.trainers import LearningRateSchedule
 
     torch.manual_seed(seed)
-    ac = make_recurrent_actor_critic(OBS, ACT, mlp_sizes=[16], lstm_hidden=H)
+    ac = make_recurrent_actor_critic(OBS, ACT, hidden_sizes=[16], lstm_hidden=H)
     env = add_recurrent_transforms(make_env("pendulum", 8, seed=seed, max_episode_steps=EPISODE), ac)
     collector = PopulationCollector(env, collection_policy(ac), num_policies=1, frames_per_batch=8 * 12)
     loss = ClipPPOLoss(ac.actor, ac.critic, clip_epsilon=0.2, critic_coeff=2.0)

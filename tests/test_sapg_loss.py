@@ -34,7 +34,7 @@ def _collected(M: int):
     """A real [N, T] PopulationCollector batch on pendulum with GAE, with some steps flagged
     terminated / truncated so every (1 - terminated) factor and every early stop is exercised."""
     torch.manual_seed(M)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     with torch.no_grad():
         ac.actor.log_std.copy_(torch.linspace(-0.5, 0.3, M).unsqueeze(-1))
     collector = PopulationCollector(make_env("pendulum", N, seed=0), ac.actor, num_policies=M, frames_per_batch=N * T)
@@ -280,7 +280,7 @@ def test_aggregate_none_only_adds_flags():
     assert not out["off_policy"].any()
     assert torch.equal(out["target_log_prob"], batch["action_log_prob"])
     # M = 1 is allowed with aggregation="none"
-    ac1 = make_actor_critic(3, 1, num_policies=1, latent_dim=0, actor_hidden_sizes=(8,))
+    ac1 = make_actor_critic(3, 1, num_policies=1, latent_dim=0, hidden_sizes=(8,))
     b1 = batch.clone()
     b1["policy_id"].zero_()
     b1["next", "policy_id"].zero_()
@@ -550,7 +550,7 @@ def test_vtrace_advantage_is_gae_when_policies_agree():
     V-trace(lambda) target and advantage are exactly TorchRL's GAE(lambda) on those rows."""
     M = 3
     torch.manual_seed(11)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     with torch.no_grad():
         ac.latents.weight.copy_(ac.latents.weight[:1].expand(M, -1))
         ac.actor.log_std.fill_(-0.2)

@@ -31,7 +31,7 @@ def _collect(ac, policy_id_key="policy_id", seed=0):
 @pytest.fixture(scope="module")
 def collected():
     torch.manual_seed(0)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     return ac, _collect(ac)
 
 
@@ -76,7 +76,7 @@ def test_clip_ppo_only_arguments_name_the_sapg_equivalent(collected, name, hint)
 def test_an_actor_that_ignores_the_id_is_warned_about(collected):
     ac, batch = collected
     torch.manual_seed(1)
-    same = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    same = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     with torch.no_grad():
         same.latents.weight.copy_(same.latents.weight[:1].expand(M, -1))
         same.actor.log_std.fill_(0.0)
@@ -89,7 +89,7 @@ def test_policy_id_key_flows_from_transform_collector_and_actor_to_the_loss():
     outs = {}
     for key in ("policy_id", "pid"):
         torch.manual_seed(0)
-        ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,), policy_id_key=key)
+        ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,), policy_id_key=key)
         batch = _collect(ac, policy_id_key=key, seed=3)
         assert key in batch.keys() and ("next", key) in batch.keys(True)
         loss = _loss(ac.actor, ac.critic, entropy_coeffs=[0.0, 0.1, 0.2])

@@ -58,7 +58,7 @@ def build(
     """A small but complete SAPG-style PPO setup on the embedded Pendulum (M=2 latents)."""
     torch.manual_seed(seed)
     env = make_env("pendulum", N_ENVS, seed=seed, **(env_kwargs or {}))
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=hidden)
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=hidden)
     collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=FPB)
     loss = ClipPPOLoss(ac.actor, ac.critic)
     gae = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic)
@@ -573,7 +573,7 @@ def test_gaussian_kl_matches_torch_kl_divergence_and_skips_off_policy_rows():
     from torchrl_sapg.trainers.on_policy import gaussian_kl
 
     torch.manual_seed(0)
-    ac = make_actor_critic(3, 2, num_policies=3, latent_dim=4, actor_hidden_sizes=(8,))
+    ac = make_actor_critic(3, 2, num_policies=3, latent_dim=4, hidden_sizes=(8,))
     ids = torch.tensor([0, 1, 2, 0, 1, 2])
     td = TensorDict({"observation": torch.randn(6, 3), "policy_id": ids}, [6])
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
@@ -600,7 +600,7 @@ def test_gaussian_kl_max_policy_is_the_largest_per_policy_mean():
     from torchrl_sapg.trainers.on_policy import ClippedGradientStepper, gaussian_kl
 
     torch.manual_seed(1)
-    ac = make_actor_critic(3, 2, num_policies=4, latent_dim=4, actor_hidden_sizes=(8,))
+    ac = make_actor_critic(3, 2, num_policies=4, latent_dim=4, hidden_sizes=(8,))
     ids = torch.tensor([0, 1, 2, 0, 1, 2, 0, 2, 1, 0])  # policy 3 has no rows
     td = TensorDict({"observation": torch.randn(10, 3), "policy_id": ids}, [10])
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
@@ -630,7 +630,7 @@ def _small_ppo(lr: float):
     """A tiny seeded PPO setup: actor-critic, collector, ClipPPOLoss and Adam."""
     torch.manual_seed(0)
     env = make_env("pendulum", N_ENVS, seed=0)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=FPB)
     loss = ClipPPOLoss(ac.actor, ac.critic)
     return ac, collector, loss, torch.optim.Adam(loss.parameters(), lr=lr)
@@ -739,7 +739,7 @@ def test_the_loss_reports_the_analytic_kl_from_its_own_forward(reduction):
     from torchrl_sapg.trainers.on_policy import gaussian_kl
 
     torch.manual_seed(0)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, actor_hidden_sizes=(16,))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     td = ac.actor(TensorDict({"observation": torch.randn(32, 3), "policy_id": torch.arange(32) % M}, [32])).detach()
     td.update({"advantage": torch.randn(32, 1), "value_target": torch.randn(32, 1),
                "off_policy": torch.arange(32) % 5 == 0, "target_log_prob": td["action_log_prob"]})

@@ -17,7 +17,7 @@ def main(iterations: int = 20, num_envs: int = 96, horizon: int = 32, seed: int 
     torch.manual_seed(seed)
     M = 6  # policies: the leader (id 0) and 5 followers, 16 envs each
     env = make_env("pendulum", num_envs, seed=seed)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=16, actor_hidden_sizes=(64, 64))
+    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=16, hidden_sizes=(64, 64))
     collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=num_envs * horizon)
     loss = SAPGLoss(
         ac.actor, ac.critic, num_policies=M, leader_id=0, entropy_sigma=0.001,

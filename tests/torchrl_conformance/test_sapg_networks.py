@@ -17,7 +17,7 @@ B, T, ACT = 4, 3, 2
 
 
 def _networks(num_policies=1):
-    ac = make_actor_critic(OBS, ACT, num_policies=num_policies, latent_dim=4, actor_hidden_sizes=(8,))
+    ac = make_actor_critic(OBS, ACT, num_policies=num_policies, latent_dim=4, hidden_sizes=(8,))
     return ac.actor, ac.critic
 
 

@@ -9,6 +9,9 @@ from tensordict.utils import NestedKey
 from torchrl_sapg.modules.actor_critic import LatentConditionedActor, LatentConditionedValue
 from torchrl_sapg.modules.latents import PolicyLatents
 from torchrl_sapg.modules.normalization import ObservationNormalizer
+from torchrl_sapg.runtime import renamed_argument
+
+DEFAULT_HIDDEN_SIZES = (256, 128, 64)
 
 
 class ActorCritic(NamedTuple):
@@ -26,7 +29,7 @@ def make_actor_critic(
     num_policies: int = 1,
     latent_dim: int = 0,
     latent_init_std: float = 1.0,
-    actor_hidden_sizes: Sequence[int] = (256, 128, 64),
+    hidden_sizes: Sequence[int] = DEFAULT_HIDDEN_SIZES,
     critic_hidden_sizes: Sequence[int] | None = None,
     activation: str = "elu",
     normalize_observations: bool = True,
@@ -37,24 +40,41 @@ def make_actor_critic(
     policy_id_key: NestedKey = "policy_id",
     critic_observation_key: NestedKey | None = None,
     critic_observation_dim: int | None = None,
+    actor_hidden_sizes: Sequence[int] | None = None,
 ) -> ActorCritic:
     """Actor and critic sharing one :class:`PolicyLatents` table and one observation normaliser.
 
-    With ``num_policies=1, latent_dim=0`` this is the plain PPO actor-critic. SAPG uses
-    ``num_policies=M`` and ``latent_dim`` 16 or 32 (Sec. 4.2). An asymmetric critic (Isaac
-    Lab's ``"critic"`` observation group, mapped to ``"critic_observation"``) reads
-    ``critic_observation_key`` of size ``critic_observation_dim`` with its own normaliser.
-    ``latent_init_std`` is the std of the latents' initial draw: it sets how different the M
-    policies are at the start (the paper does not give it; see docs/sapg.md). ``input_init``:
-    ``"split"`` initialises the first layer's observation and latent columns separately,
-    ``"joint"`` as one PyTorch layer over the concatenation (the reference code's;
-    :class:`~torchrl_sapg.modules.LatentConditionedMLP`).
+    With ``num_policies=1, latent_dim=0`` this is the plain PPO actor-critic; SAPG uses
+    ``num_policies=M`` and ``latent_dim`` 16 or 32 (Sec. 4.2). Why ``latent_init_std`` and
+    ``input_init`` exist is in docs/sapg.md.
+
+    Args:
+        observation_dim: size of ``observation_key``.
+        action_dim: size of the action.
+        num_policies: M, the policies sharing the backbone.
+        latent_dim: size of each policy's latent ``phi_j`` (0: no latent).
+        latent_init_std: std of the latents' initial draw (how different the M policies start).
+        hidden_sizes: the actor MLP's layer widths.
+        critic_hidden_sizes: the critic MLP's layer widths (``None``: ``hidden_sizes``).
+        activation: hidden-layer activation (a ``torch.nn`` name, lower case).
+        normalize_observations: add a running mean/std observation normaliser.
+        init_log_std: initial log std of the Gaussian policy.
+        input_init: ``"split"`` (observation and latent columns of the first layer initialised
+            separately) or ``"joint"`` (PyTorch's default over their concatenation).
+        device: where the networks live.
+        observation_key: the observation entry.
+        policy_id_key: the int64 policy-id entry.
+        critic_observation_key: an asymmetric critic's observation entry (``None``: ``observation_key``).
+        critic_observation_dim: its size (required with ``critic_observation_key``).
+        actor_hidden_sizes: deprecated name of ``hidden_sizes``.
 
     Examples:
-        >>> ac = make_actor_critic(3, 1, num_policies=6, latent_dim=32)
+        >>> ac = make_actor_critic(3, 1, num_policies=6, latent_dim=32, hidden_sizes=(64, 64))
         >>> ac.latents.weight.shape, ac.actor.log_std.shape
         (torch.Size([6, 32]), torch.Size([6, 1]))
     """
+    hidden_sizes = renamed_argument("make_actor_critic", "actor_hidden_sizes", "hidden_sizes", actor_hidden_sizes,
+                                    hidden_sizes, DEFAULT_HIDDEN_SIZES)
     latents = PolicyLatents(num_policies, latent_dim, init_std=latent_init_std) if latent_dim > 0 else None
     norm = ObservationNormalizer((observation_dim,)) if normalize_observations else None
     common = dict(
@@ -67,7 +87,7 @@ def make_actor_critic(
         input_init=input_init,
     )
     actor = LatentConditionedActor(
-        observation_dim, action_dim, hidden_sizes=tuple(actor_hidden_sizes), init_log_std=init_log_std, **common
+        observation_dim, action_dim, hidden_sizes=tuple(hidden_sizes), init_log_std=init_log_std, **common
     )
     critic_norm = None
     if critic_observation_key is not None:
@@ -77,6 +97,6 @@ def make_actor_critic(
         common.update(observation_key=critic_observation_key, obs_normalizer=critic_norm)
         observation_dim = critic_observation_dim
     critic = LatentConditionedValue(
-        observation_dim, hidden_sizes=tuple(critic_hidden_sizes or actor_hidden_sizes), **common
+        observation_dim, hidden_sizes=tuple(critic_hidden_sizes or hidden_sizes), **common
     )
     return ActorCritic(actor.to(device), critic.to(device), latents, norm, critic_norm)

@@ -39,6 +39,10 @@ from torchrl_sapg.modules.actor_critic import LatentConditionedMLP, activation_c
 from torchrl_sapg.modules.factory import ActorCritic
 from torchrl_sapg.modules.latents import PolicyLatents, check_policy_ids
 from torchrl_sapg.modules.normalization import ObservationNormalizer
+from torchrl_sapg.runtime import renamed_argument
+
+#: SAPG's AllegroKuka MLP widths (the MLP's last width is the LSTM's input size)
+DEFAULT_RECURRENT_HIDDEN_SIZES = (768, 512, 256)
 
 __all__ = [
     "RecurrentLatentActor",
@@ -55,21 +59,21 @@ __all__ = [
 class _Embed(nn.Module):
     """``act(mlp(normalise(obs) ++ phi[policy_id]))`` (++ ``phi[policy_id]`` again if ``latent_to_lstm``)."""
 
-    def __init__(self, observation_dim, mlp_sizes, latents, activation, obs_normalizer, latent_to_lstm):
+    def __init__(self, observation_dim, hidden_sizes, latents, activation, obs_normalizer, latent_to_lstm):
         super().__init__()
-        if not mlp_sizes:
-            raise ValueError("mlp_sizes must name at least one layer (the LSTM input size).")
+        if not hidden_sizes:
+            raise ValueError("hidden_sizes must name at least one layer (the LSTM input size).")
         self.mlp = LatentConditionedMLP(
             observation_dim,
-            mlp_sizes[-1],
+            hidden_sizes[-1],
             latents=latents,
-            hidden_sizes=tuple(mlp_sizes[:-1]),
+            hidden_sizes=tuple(hidden_sizes[:-1]),
             activation=activation,
             obs_normalizer=obs_normalizer,
         )
         self.act = activation_class(activation)()
         self.latent_to_lstm = bool(latent_to_lstm and latents is not None and latents.latent_dim > 0)
-        self.out_dim = mlp_sizes[-1] + (latents.latent_dim if self.latent_to_lstm else 0)
+        self.out_dim = hidden_sizes[-1] + (latents.latent_dim if self.latent_to_lstm else 0)
 
     def forward(self, observation: torch.Tensor, policy_id: torch.Tensor) -> torch.Tensor:
         x = self.act(self.mlp(observation, policy_id))
@@ -118,6 +122,28 @@ class RecurrentLatentActor(ProbabilisticActor):
     ``"recurrent_state_{h,c}_actor"``; writes ``"loc"``, ``"scale"``, the action, its log-prob and
     ``("next", "recurrent_state_{h,c}_actor")``. Exposes ``log_std``, ``latents``,
     ``obs_normalizer`` and ``lstm`` like :class:`LatentConditionedActor`.
+
+    Args:
+        observation_dim: size of ``observation_key``.
+        action_dim: size of the action.
+        num_policies: M, the policies (one log-std row each).
+        latents: the shared latent table (``None``: no latent).
+        hidden_sizes: the MLP's layer widths before the LSTM.
+        lstm_hidden: the LSTM's hidden size.
+        activation: hidden-layer activation (a ``torch.nn`` name, lower case).
+        obs_normalizer: the shared observation normaliser (``None``: none).
+        init_log_std: initial log std of the Gaussian policy.
+        latent_to_lstm: also concatenate ``phi[policy_id]`` to the LSTM input.
+        recurrent_backend: TorchRL's LSTM backend, ``"pad"`` or ``"scan"``.
+        observation_key: the observation entry.
+        policy_id_key: the int64 policy-id entry.
+        action_key: where the action is written.
+        mlp_sizes: deprecated name of ``hidden_sizes``.
+
+    Examples:
+        >>> actor = RecurrentLatentActor(3, 1, num_policies=2, hidden_sizes=(16,), lstm_hidden=8)
+        >>> actor.log_std.shape, actor.lstm.lstm.hidden_size
+        (torch.Size([2, 1]), 8)
     """
 
     def __init__(
@@ -127,7 +153,7 @@ class RecurrentLatentActor(ProbabilisticActor):
         *,
         num_policies: int = 1,
         latents: PolicyLatents | None = None,
-        mlp_sizes: Sequence[int] = (768, 512, 256),
+        hidden_sizes: Sequence[int] = DEFAULT_RECURRENT_HIDDEN_SIZES,
         lstm_hidden: int = 768,
         activation: str = "elu",
         obs_normalizer: ObservationNormalizer | None = None,
@@ -137,9 +163,12 @@ class RecurrentLatentActor(ProbabilisticActor):
         observation_key: NestedKey = "observation",
         policy_id_key: NestedKey = "policy_id",
         action_key: NestedKey = "action",
+        mlp_sizes: Sequence[int] | None = None,
     ):
+        hidden_sizes = renamed_argument(type(self).__name__, "mlp_sizes", "hidden_sizes", mlp_sizes, hidden_sizes,
+                                        DEFAULT_RECURRENT_HIDDEN_SIZES)
         check_latents(latents, num_policies)
-        embed = _Embed(observation_dim, tuple(mlp_sizes), latents, activation, obs_normalizer, latent_to_lstm)
+        embed = _Embed(observation_dim, tuple(hidden_sizes), latents, activation, obs_normalizer, latent_to_lstm)
         lstm = _lstm(embed.out_dim, lstm_hidden, "actor", recurrent_backend)
         head = _GaussianHead(lstm_hidden, action_dim, num_policies, init_log_std)
         h, c = hidden_state_keys("actor")
@@ -183,7 +212,28 @@ class RecurrentLatentActor(ProbabilisticActor):
 
 class RecurrentLatentValue(TensorDictSequential):
     """State-value critic ``Linear(LSTM(MLP(obs ++ phi)))`` with its own hidden states
-    ``"recurrent_state_{h,c}_critic"``; writes ``value_key`` (``"state_value"``)."""
+    ``"recurrent_state_{h,c}_critic"``; writes ``value_key`` (``"state_value"``).
+
+    Args:
+        observation_dim: size of ``observation_key``.
+        num_policies: M, the policies.
+        latents: the shared latent table (``None``: no latent).
+        hidden_sizes: the MLP's layer widths before the LSTM.
+        lstm_hidden: the LSTM's hidden size.
+        activation: hidden-layer activation (a ``torch.nn`` name, lower case).
+        obs_normalizer: the shared observation normaliser (``None``: none).
+        latent_to_lstm: also concatenate ``phi[policy_id]`` to the LSTM input.
+        recurrent_backend: TorchRL's LSTM backend, ``"pad"`` or ``"scan"``.
+        observation_key: the observation entry.
+        policy_id_key: the int64 policy-id entry.
+        value_key: where the value is written.
+        mlp_sizes: deprecated name of ``hidden_sizes``.
+
+    Examples:
+        >>> critic = RecurrentLatentValue(3, hidden_sizes=(16,), lstm_hidden=8)
+        >>> critic.lstm.lstm.hidden_size
+        8
+    """
 
     def __init__(
         self,
@@ -191,7 +241,7 @@ class RecurrentLatentValue(TensorDictSequential):
         *,
         num_policies: int = 1,
         latents: PolicyLatents | None = None,
-        mlp_sizes: Sequence[int] = (768, 512, 256),
+        hidden_sizes: Sequence[int] = DEFAULT_RECURRENT_HIDDEN_SIZES,
         lstm_hidden: int = 768,
         activation: str = "elu",
         obs_normalizer: ObservationNormalizer | None = None,
@@ -200,9 +250,12 @@ class RecurrentLatentValue(TensorDictSequential):
         observation_key: NestedKey = "observation",
         policy_id_key: NestedKey = "policy_id",
         value_key: NestedKey = "state_value",
+        mlp_sizes: Sequence[int] | None = None,
     ):
+        hidden_sizes = renamed_argument(type(self).__name__, "mlp_sizes", "hidden_sizes", mlp_sizes, hidden_sizes,
+                                        DEFAULT_RECURRENT_HIDDEN_SIZES)
         check_latents(latents, num_policies)
-        embed = _Embed(observation_dim, tuple(mlp_sizes), latents, activation, obs_normalizer, latent_to_lstm)
+        embed = _Embed(observation_dim, tuple(hidden_sizes), latents, activation, obs_normalizer, latent_to_lstm)
         lstm = _lstm(embed.out_dim, lstm_hidden, "critic", recurrent_backend)
         h, c = hidden_state_keys("critic")
         super().__init__(
@@ -225,9 +278,9 @@ def make_recurrent_actor_critic(
     num_policies: int = 1,
     latent_dim: int = 0,
     latent_init_std: float = 1.0,
-    mlp_sizes: Sequence[int] = (768, 512, 256),
+    hidden_sizes: Sequence[int] = DEFAULT_RECURRENT_HIDDEN_SIZES,
     lstm_hidden: int = 768,
-    critic_mlp_sizes: Sequence[int] | None = None,
+    critic_hidden_sizes: Sequence[int] | None = None,
     critic_lstm_hidden: int | None = None,
     activation: str = "elu",
     normalize_observations: bool = True,
@@ -237,20 +290,46 @@ def make_recurrent_actor_critic(
     device: torch.device | str = "cpu",
     observation_key: NestedKey = "observation",
     policy_id_key: NestedKey = "policy_id",
+    mlp_sizes: Sequence[int] | None = None,
+    critic_mlp_sizes: Sequence[int] | None = None,
 ) -> ActorCritic:
     """Recurrent actor and critic sharing one :class:`PolicyLatents` table and one normaliser.
 
     Defaults are SAPG's AllegroKuka network (MLP[768, 512, 256] then LSTM(768), ELU).
-    ``latent_to_lstm=True`` also concatenates ``phi[policy_id]`` to the LSTM input.
-    ``recurrent_backend`` is TorchRL's (``"pad"``: cuDNN/packed sequences; ``"scan"``).
     Collect with :func:`collection_policy` on an env wrapped by :func:`add_recurrent_transforms`
     and train with ``OnPolicyTrainer(sequence_minibatches=True)``.
 
+    Args:
+        observation_dim: size of ``observation_key``.
+        action_dim: size of the action.
+        num_policies: M, the policies sharing the networks.
+        latent_dim: size of each policy's latent ``phi_j`` (0: no latent).
+        latent_init_std: std of the latents' initial draw.
+        hidden_sizes: the actor MLP's layer widths before the LSTM.
+        lstm_hidden: the actor LSTM's hidden size.
+        critic_hidden_sizes: the critic MLP's layer widths (``None``: ``hidden_sizes``).
+        critic_lstm_hidden: the critic LSTM's hidden size (``None``: ``lstm_hidden``).
+        activation: hidden-layer activation (a ``torch.nn`` name, lower case).
+        normalize_observations: add a running mean/std observation normaliser.
+        init_log_std: initial log std of the Gaussian policy.
+        latent_to_lstm: also concatenate ``phi[policy_id]`` to the LSTM input.
+        recurrent_backend: TorchRL's LSTM backend (``"pad"``: cuDNN / packed sequences; ``"scan"``).
+        device: where the networks live.
+        observation_key: the observation entry.
+        policy_id_key: the int64 policy-id entry.
+        mlp_sizes: deprecated name of ``hidden_sizes``.
+        critic_mlp_sizes: deprecated name of ``critic_hidden_sizes``.
+
     Examples:
-        >>> ac = make_recurrent_actor_critic(3, 1, num_policies=2, latent_dim=4, mlp_sizes=(16,), lstm_hidden=8)
+        >>> ac = make_recurrent_actor_critic(3, 1, num_policies=2, latent_dim=4, hidden_sizes=(16,), lstm_hidden=8)
         >>> ac.actor.log_std.shape, ac.latents.weight.shape
         (torch.Size([2, 1]), torch.Size([2, 4]))
     """
+    name = "make_recurrent_actor_critic"
+    hidden_sizes = renamed_argument(name, "mlp_sizes", "hidden_sizes", mlp_sizes, hidden_sizes,
+                                    DEFAULT_RECURRENT_HIDDEN_SIZES)
+    critic_hidden_sizes = renamed_argument(name, "critic_mlp_sizes", "critic_hidden_sizes", critic_mlp_sizes,
+                                           critic_hidden_sizes)
     latents = PolicyLatents(num_policies, latent_dim, init_std=latent_init_std) if latent_dim > 0 else None
     norm = ObservationNormalizer((observation_dim,)) if normalize_observations else None
     common = dict(
@@ -264,15 +343,11 @@ def make_recurrent_actor_critic(
         policy_id_key=policy_id_key,
     )
     actor = RecurrentLatentActor(
-        observation_dim, action_dim, mlp_sizes=tuple(mlp_sizes), lstm_hidden=lstm_hidden,
+        observation_dim, action_dim, hidden_sizes=tuple(hidden_sizes), lstm_hidden=lstm_hidden,
         init_log_std=init_log_std, **common,
     )
-    critic = RecurrentLatentValue(
-        observation_dim,
-        mlp_sizes=tuple(critic_mlp_sizes or mlp_sizes),
-        lstm_hidden=critic_lstm_hidden or lstm_hidden,
-        **common,
-    )
+    critic = RecurrentLatentValue(observation_dim, hidden_sizes=tuple(critic_hidden_sizes or hidden_sizes),
+                                  lstm_hidden=critic_lstm_hidden or lstm_hidden, **common)
     return ActorCritic(actor.to(device), critic.to(device), latents, norm)
 
 

@@ -37,7 +37,7 @@ def prepare_recurrent_env(env: EnvBase, actor) -> EnvBase:
     Examples:
         >>> from torchrl_sapg.envs import make_env
         >>> from torchrl_sapg.modules.recurrent import make_recurrent_actor_critic
-        >>> ac = make_recurrent_actor_critic(3, 1, mlp_sizes=(8,), lstm_hidden=4)
+        >>> ac = make_recurrent_actor_critic(3, 1, hidden_sizes=(8,), lstm_hidden=4)
         >>> env = prepare_recurrent_env(make_env("pendulum", 4, seed=0), ac.actor)
         >>> sorted(k for k in env.reset().keys() if k.startswith(("is_", "recurrent")))
         ['is_init', 'recurrent_state_c_actor', 'recurrent_state_h_actor']
@@ -90,7 +90,7 @@ def evaluate_policies(
         >>> stats["return"].shape
         torch.Size([2])
         >>> from torchrl_sapg.modules.recurrent import make_recurrent_actor_critic
-        >>> rac = make_recurrent_actor_critic(3, 1, num_policies=2, mlp_sizes=(8,), lstm_hidden=4)
+        >>> rac = make_recurrent_actor_critic(3, 1, num_policies=2, hidden_sizes=(8,), lstm_hidden=4)
         >>> evaluate_policies(make_env("pendulum", 4, seed=0), rac.actor, num_policies=2)["return"].shape
         torch.Size([2])
     """

@@ -24,6 +24,7 @@ from torchrl_sapg.population.pbt_decentralized.hyperparameters import get_hyperp
 from torchrl_sapg.population.pbt_decentralized.locks import MemberLock
 from torchrl_sapg.population.pbt_decentralized.rounds import MemberRounds, PBTReport
 from torchrl_sapg.population.pbt_decentralized.workspace import PBTWorkspace
+from torchrl_sapg.runtime import renamed_argument
 
 __all__ = ["PBTMember"]
 
@@ -55,12 +56,12 @@ class PBTMember(MemberRounds, TrainerHookBase):
         sigma_drop_worst: ``pbt_decision``: worst share left out of the standard deviation.
         min_known: ``pbt_decision``: no action below this many known objectives.
         coin_hyperparameters: ``pbt_decision``: a coin picks whose hyperparameters mutate.
-        mutation_prob: Alg. 2's beta_mut (paper 0.2, reference 0.15).
+        mutation_prob: Alg. 2's probability beta_mut that a hyperparameter mutates (paper 0.2, reference 0.15).
         mu_min: Alg. 2's smallest mutation factor (1.1).
         mu_max: Alg. 2's largest mutation factor (1.5).
-        objective: an episode statistic key (``"return"``, ``"length"``, ...) or a callable
-            ``objective(trainer) -> float | None`` (or its import path).
-        objective_policy: which policy's statistic: an id, ``"mean"``, ``"max"`` or ``None`` (headline).
+        fitness_key: the objective: an episode statistic key (``"return"``, ``"length"``, ...), a callable
+            ``fitness(trainer) -> float | None`` or its import path ``"pkg.module:function"``.
+        fitness_policy: which policy's statistic: an id, ``"mean"``, ``"max"`` or ``None`` (headline).
         stale_seconds: a peer whose newest record is older ranks last (``None``: never).
         mutate_initial: mutate the hyperparameters once at a fresh start.
         resume: resume from the workspace at setup.
@@ -68,6 +69,8 @@ class PBTMember(MemberRounds, TrainerHookBase):
         fsync: :class:`PBTWorkspace`'s fsync of records.
         seed: seeds the member's ``random.Random`` (mixed with ``member_id``).
         verbose: print one line per round.
+        objective: deprecated name of ``fitness_key``.
+        objective_policy: deprecated name of ``fitness_policy``.
 
     Examples:
         >>> import tempfile
@@ -99,8 +102,8 @@ class PBTMember(MemberRounds, TrainerHookBase):
         mutation_prob: float = 0.2,
         mu_min: float = 1.1,
         mu_max: float = 1.5,
-        objective: str | Callable[[Any], float | None] = "return",
-        objective_policy: int | Literal["mean", "max"] | None = None,
+        fitness_key: str | Callable[[Any], float | None] = "return",
+        fitness_policy: int | Literal["mean", "max"] | None = None,
         stale_seconds: float | None = None,
         mutate_initial: bool = False,
         resume: bool = True,
@@ -108,10 +111,15 @@ class PBTMember(MemberRounds, TrainerHookBase):
         fsync: bool = True,
         seed: int = 0,
         verbose: bool = True,
+        objective: str | Callable[[Any], float | None] | None = None,
+        objective_policy: int | Literal["mean", "max"] | None = None,
     ):
+        fitness_key = renamed_argument("PBTMember", "objective", "fitness_key", objective, fitness_key, "return")
+        fitness_policy = renamed_argument("PBTMember", "objective_policy", "fitness_policy", objective_policy,
+                                          fitness_policy)
         workspace = _as_workspace(workspace, member_id, keep_last=keep_last, fsync=fsync)
         _check_member_args(workspace, interval_frames, start_frames, burn_in_frames, num_members, selection,
-                           objective_policy)
+                           fitness_policy)
         self.workspace = workspace
         self.member_id = workspace.member_id
         self.specs: list[HyperparameterSpec] = parse_hyperparameter_specs(hyperparameters)
@@ -127,13 +135,13 @@ class PBTMember(MemberRounds, TrainerHookBase):
         self.mutation_prob = float(mutation_prob)
         self.mu_min = float(mu_min)
         self.mu_max = float(mu_max)
-        if callable(objective) or (isinstance(objective, str) and ":" in objective):
-            self.objective_fn = resolve_callable(objective, "objective")
-            self.objective_key = None
+        if callable(fitness_key) or (isinstance(fitness_key, str) and ":" in fitness_key):
+            self.fitness_fn = resolve_callable(fitness_key, "fitness_key")
+            self.fitness_key = None
         else:
-            self.objective_fn = None
-            self.objective_key = str(objective)
-        self.objective_policy = objective_policy
+            self.fitness_fn = None
+            self.fitness_key = str(fitness_key)
+        self.fitness_policy = fitness_policy
         self.stale_seconds = None if stale_seconds is None else float(stale_seconds)
         self.mutate_initial = bool(mutate_initial)
         self.resume = bool(resume)
@@ -173,7 +181,8 @@ class PBTMember(MemberRounds, TrainerHookBase):
 
             cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         c = {str(k): v for k, v in cfg.items()}
-        c.pop("enabled", None)
+        c.pop("mode", None)  # the recipe's switch
+        c.pop("enabled", None)  # its name in configs saved before pbt.mode
         for key in ("interval_frames", "start_frames", "burn_in_frames"):
             if c.get(key) is not None:
                 c[key] = int(float(c[key]))
@@ -232,15 +241,15 @@ class PBTMember(MemberRounds, TrainerHookBase):
     @torch.no_grad()
     def observe(self, batch: TensorDictBase) -> None:
         """Add the episodes that end in ``batch`` to the objective window (statistic objectives)."""
-        if self.objective_key is None:
+        if self.fitness_key is None:
             return
         keys = batch.keys(True, True)
-        column = self._objective_column(self.objective_key)
+        column = self._objective_column(self.fitness_key)
         if column not in keys or ("next", "done") not in keys:
             if not self._warned_missing:
                 self._warned_missing = True
                 warnings.warn(
-                    f"PBT objective {self.objective_key!r}: the batch has no {column!r} (or ('next', 'done')); "
+                    f"PBT fitness_key {self.fitness_key!r}: the batch has no {column!r} (or ('next', 'done')); "
                     "the objective stays unknown. Use a PopulationCollector, or an env that writes the key "
                     "at episode end, or an objective callable.",
                     stacklevel=2,
@@ -261,7 +270,7 @@ class PBTMember(MemberRounds, TrainerHookBase):
             return None
         s, c = self.window.totals()
         s, c = s.cpu(), c.cpu()
-        policy = self.objective_policy
+        policy = self.fitness_policy
         if policy is None:
             policy = int(getattr(self._trainer, "headline_policy", 0) or 0)
         if policy == "mean":
@@ -272,14 +281,14 @@ class PBTMember(MemberRounds, TrainerHookBase):
             return max(means) if means else None
         policy = int(policy)
         if not 0 <= policy < len(c):
-            raise ValueError(f"objective_policy={policy} is outside the {len(c)} policies.")
+            raise ValueError(f"fitness_policy={policy} is outside the {len(c)} policies.")
         return float(s[policy] / c[policy]) if c[policy] > 0 else None
 
     def compute_objective(self) -> float | None:
         """This round's objective: the callable's value, else the window mean (the previous
         round's value when no episode ended in the window)."""
-        if self.objective_fn is not None:
-            value = self.objective_fn(self._trainer)
+        if self.fitness_fn is not None:
+            value = self.fitness_fn(self._trainer)
             value = None if value is None else float(value)
         else:
             value = self._window_objective()
@@ -431,7 +440,7 @@ def _as_workspace(workspace, member_id, *, keep_last: int, fsync: bool) -> PBTWo
 
 
 def _check_member_args(workspace, interval_frames, start_frames, burn_in_frames, num_members, selection,
-                       objective_policy) -> None:
+                       fitness_policy) -> None:
     if not int(interval_frames) > 0:
         raise ValueError(f"interval_frames must be > 0, got {interval_frames}.")
     for name, value in (("start_frames", start_frames), ("burn_in_frames", burn_in_frames)):
@@ -441,5 +450,5 @@ def _check_member_args(workspace, interval_frames, start_frames, burn_in_frames,
         raise ValueError(f"member_id={workspace.member_id} must be < num_members={num_members}.")
     if selection not in ("paper", "reference"):
         raise ValueError(f"selection={selection!r}: choose 'paper' or 'reference'.")
-    if isinstance(objective_policy, str) and objective_policy not in ("mean", "max"):
-        raise ValueError(f"objective_policy={objective_policy!r}: an int, 'mean', 'max' or None.")
+    if isinstance(fitness_policy, str) and fitness_policy not in ("mean", "max"):
+        raise ValueError(f"fitness_policy={fitness_policy!r}: an int, 'mean', 'max' or None.")

@@ -104,7 +104,7 @@ class PolicyEnsemble(StackedMembers):
             make_actor_critic(
                 observation_dim,
                 action_dim,
-                actor_hidden_sizes=hidden_sizes,
+                hidden_sizes=hidden_sizes,
                 critic_hidden_sizes=critic_hidden_sizes,
                 activation=activation,
                 normalize_observations=normalize_observations,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -12,6 +13,7 @@ from torchrl.trainers import TrainerHookBase
 from torchrl_sapg.population.fitness import PolicyFitnessWindow
 from torchrl_sapg.population.pbt_common import mutate_hyperparameters, parse_hyperparameter_specs, pbt_decision
 from torchrl_sapg.population.pbt_inprocess.learner import HYPERPARAMETERS, PopulationLearner
+from torchrl_sapg.runtime import renamed_argument
 
 __all__ = ["InProcessPBT"]
 
@@ -34,12 +36,18 @@ class InProcessPBT(TrainerHookBase):
     Args:
         learner: the population.
         specs: which hyperparameters mutate and how (list/dict, see
-            :func:`~torchrl_sapg.population.pbt_common.parse_hyperparameter_specs`); names among
-            ``HYPERPARAMETERS``.
-        interval_frames, start_frames, burn_in_frames: in env frames (paper: 2e7, 2e8, 5e7).
-        selection: ``"paper"`` or ``"reference"``.
-        beta_mut, mu_min, mu_max: Alg. 2 (paper: 0.2, 1.1, 1.5).
+            :func:`~torchrl_sapg.population.pbt_common.parse_hyperparameter_specs`); names among ``HYPERPARAMETERS``.
+        interval_frames: env frames between PBT rounds (paper: 2e7).
+        start_frames: no round before this many env frames (paper: 2e8).
+        burn_in_frames: a member changed more recently is left alone (paper: 5e7).
+        selection: ``"paper"`` (30/40/30) or ``"reference"`` (the reference code's gap rule).
+        mutation_prob: Alg. 2's probability beta_mut that a hyperparameter mutates (paper: 0.2).
+        mu_min: Alg. 2's smallest mutation factor (paper: 1.1).
+        mu_max: Alg. 2's largest mutation factor (paper: 1.5).
+        fitness_key: the per-member episode statistic to maximise (``"return"``, ``"length"``, any episode-end key).
+        fitness_decay: per-batch decay of the fitness window (1: the plain mean since the member's last change).
         seed: seeds the decisions and mutations.
+        beta_mut: deprecated name of ``mutation_prob``.
 
     Examples:
         >>> from torchrl_sapg.population.pbt_inprocess.ensemble import PolicyEnsemble
@@ -61,13 +69,15 @@ class InProcessPBT(TrainerHookBase):
         start_frames: int = 0,
         burn_in_frames: int = 0,
         selection: Literal["paper", "reference"] = "paper",
-        beta_mut: float = 0.2,
+        mutation_prob: float = 0.2,
         mu_min: float = 1.1,
         mu_max: float = 1.5,
         fitness_key: str = "return",
         fitness_decay: float = 0.8,
         seed: int = 0,
+        beta_mut: float | None = None,
     ):
+        mutation_prob = renamed_argument("InProcessPBT", "beta_mut", "mutation_prob", beta_mut, mutation_prob, 0.2)
         self.learner = learner
         self.specs = parse_hyperparameter_specs(specs)
         unknown = [s.name for s in self.specs if s.name not in HYPERPARAMETERS]
@@ -81,7 +91,7 @@ class InProcessPBT(TrainerHookBase):
         self.start_frames = int(start_frames)
         self.burn_in_frames = int(burn_in_frames)
         self.selection = selection
-        self.beta_mut, self.mu_min, self.mu_max = beta_mut, mu_min, mu_max
+        self.mutation_prob, self.mu_min, self.mu_max = mutation_prob, mu_min, mu_max
         self.fitness_key = fitness_key
         self.fitness_decay = fitness_decay
         self.rng = random.Random(seed)
@@ -92,6 +102,13 @@ class InProcessPBT(TrainerHookBase):
         self.last_change = [-(10**18)] * m
         self.num_steps = 0
         self.last_report: dict[str, Any] = {}
+
+    @property
+    def beta_mut(self) -> float:
+        """Deprecated name of :attr:`mutation_prob`."""
+        warnings.warn("InProcessPBT.beta_mut is deprecated; use InProcessPBT.mutation_prob.", DeprecationWarning,
+                      stacklevel=2)
+        return self.mutation_prob
 
     # ------------------------------------------------------------------ fitness
     def observe(self, batch: TensorDictBase) -> TensorDictBase:
@@ -138,7 +155,7 @@ class InProcessPBT(TrainerHookBase):
             if d.action == "continue":
                 continue
             base = old[d.hyperparameters_from if d.hyperparameters_from is not None else i]
-            new = mutate_hyperparameters(base, self.specs, prob=self.beta_mut, generator=self.rng,
+            new = mutate_hyperparameters(base, self.specs, prob=self.mutation_prob, generator=self.rng,
                                          mu_min=self.mu_min, mu_max=self.mu_max)
             self._set_hyper(i, new)
             changed.append(i)

@@ -112,9 +112,9 @@ class RecurrentPolicyEnsemble(StackedMembers):
             make_recurrent_actor_critic(
                 observation_dim,
                 action_dim,
-                mlp_sizes=tuple(hidden_sizes),
+                hidden_sizes=tuple(hidden_sizes),
                 lstm_hidden=lstm_hidden,
-                critic_mlp_sizes=tuple(critic_hidden_sizes) if critic_hidden_sizes else None,
+                critic_hidden_sizes=tuple(critic_hidden_sizes) if critic_hidden_sizes else None,
                 activation=activation,
                 normalize_observations=normalize_observations,
                 init_log_std=init_log_std,
