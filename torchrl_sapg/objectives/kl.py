@@ -5,7 +5,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-__all__ = ["gaussian_kl", "gaussian_kl_from_dist"]
+__all__ = ["gaussian_kl", "gaussian_kl_from_dist", "gaussian_kl_rows"]
 
 
 def gaussian_kl(
@@ -75,24 +75,54 @@ def gaussian_kl_from_dist(
         batch: the rows, holding the behaviour policy's ``loc_key`` / ``scale_key``.
         loc_key, scale_key, mask_key, reduction, policy_id_key, num_policies: as :func:`gaussian_kl`.
     """
+    keep = None
+    if mask_key is not None and mask_key in batch.keys(True, True):
+        keep = ~batch.get(mask_key)
+    ids = batch.get(policy_id_key) if reduction == "max_policy" else None
+    return gaussian_kl_rows(batch.get(loc_key), batch.get(scale_key), dist.mean, dist.stddev, keep=keep,
+                            policy_id=ids, reduction=reduction, num_policies=num_policies)
+
+
+def gaussian_kl_rows(
+    old_loc: torch.Tensor,
+    old_scale: torch.Tensor,
+    new_loc: torch.Tensor,
+    new_scale: torch.Tensor,
+    *,
+    keep: torch.Tensor | None = None,
+    policy_id: torch.Tensor | None = None,
+    reduction: str = "mean",
+    num_policies: int | None = None,
+) -> torch.Tensor:
+    """The reduced analytic KL(old || new) of diagonal Gaussians given as tensors ``[..., action_dim]``.
+
+    Args:
+        old_loc, old_scale: the behaviour policy's mean and standard deviation.
+        new_loc, new_scale: the current policy's (no gradient flows).
+        keep: bool ``[...]`` of the rows that count (``None``: all).
+        policy_id: ``[...]`` ids, for ``reduction="max_policy"``.
+        reduction, num_policies: as :func:`gaussian_kl`.
+
+    Examples:
+        >>> one = torch.ones(2, 1)
+        >>> round(float(gaussian_kl_rows(0 * one, one, 0 * one, one.exp())), 4)  # log(e) + 1/(2 e^2) - 1/2
+        0.5677
+    """
     with torch.no_grad():
-        old_loc, old_scale = batch.get(loc_key), batch.get(scale_key)
-        new_loc, new_scale = dist.mean.detach(), dist.stddev.detach()
+        new_loc, new_scale = new_loc.detach(), new_scale.detach()
         kl = (
             torch.log(new_scale / old_scale)
             + (old_scale.pow(2) + (old_loc - new_loc).pow(2)) / (2 * new_scale.pow(2))
             - 0.5
         ).sum(-1)
-        keep = torch.ones_like(kl)
-        if mask_key is not None and mask_key in batch.keys(True, True):
-            keep = (~batch.get(mask_key).reshape(kl.shape)).to(kl.dtype)
+        keep = torch.ones_like(kl) if keep is None else keep.reshape(kl.shape).to(kl.dtype)
         if reduction == "mean":
             return (kl * keep).sum() / keep.sum().clamp_min(1)
         if reduction != "max_policy":
             raise ValueError(f"reduction={reduction!r}: choose 'mean' or 'max_policy'.")
         if num_policies is None:
             raise ValueError("reduction='max_policy' needs num_policies (the number of policy ids).")
-        ids = batch.get(policy_id_key).reshape(kl.shape).flatten()
+        ids = policy_id.reshape(kl.shape).flatten()
         total = kl.new_zeros(num_policies).index_add_(0, ids, (kl * keep).flatten())
         rows = kl.new_zeros(num_policies).index_add_(0, ids, keep.flatten())
         return (total / rows.clamp_min(1)).max()  # a policy without rows in the minibatch counts 0

@@ -12,7 +12,7 @@ from tensordict.utils import NestedKey
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.ppo import PPOLoss
 
-from torchrl_sapg.objectives.kl import gaussian_kl_from_dist
+from torchrl_sapg.objectives.kl import gaussian_kl_rows
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -160,7 +160,10 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         """
         behaviour = None
         if self.analytic_kl is not None:  # read before the actor's forward overwrites loc / scale
-            behaviour = tensordict.select("loc", "scale", strict=False).copy()
+            behaviour = (tensordict.get("loc", None), tensordict.get("scale", None))
+            if behaviour[0] is None or behaviour[1] is None:
+                raise KeyError("the analytic KL needs the behaviour policy's 'loc' and 'scale' in the batch: collect "
+                               "with an actor that writes them (LatentConditionedActor does).")
         log_weight, dist, kl_approx, log_is_weight = super()._log_weight(tensordict, adv_shape)
         off = tensordict.get(self.tensor_keys.off_policy, None)
         self._call = {"tensordict": tensordict, "dist": dist, "log_ratio": log_weight.detach(), "off": None,
@@ -234,13 +237,13 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
                 td_out.set(name, self._reduce_loss(value, td_in).squeeze(-1))
             self._add_diagnostics(td_out, call)
             if call["behaviour"] is not None:
-                rows = call["behaviour"].update(td_in.select(self.tensor_keys.off_policy, strict=False))
+                off = td_in.get(self.tensor_keys.off_policy, None)
                 pid = getattr(self.tensor_keys, "policy_id", "policy_id")
-                if pid in td_in.keys(True, True):
-                    rows.set(pid, td_in.get(pid))
-                td_out.set("kl", gaussian_kl_from_dist(
-                    call["dist"], rows, mask_key=self.tensor_keys.off_policy, reduction=self.analytic_kl,
-                    policy_id_key=pid, num_policies=self.analytic_kl_num_policies))
+                dist = call["dist"]
+                td_out.set("kl", gaussian_kl_rows(
+                    *call["behaviour"], dist.mean, dist.stddev, keep=None if off is None else ~off,
+                    policy_id=td_in.get(pid) if self.analytic_kl == "max_policy" else None,
+                    reduction=self.analytic_kl, num_policies=self.analytic_kl_num_policies))
             return td_out
         finally:
             self._call = None
