@@ -1,0 +1,91 @@
+"""Recipe wall time of SAPG (or EPO) against PPO, end to end, at the recipe's defaults.
+
+For each seed it runs ``recipes/train.py algo=ppo`` and ``algo=<other>`` on the same env with the
+recipe's defaults (``threads=1``, no progress bar, CSV logs in a temporary folder), the two runs of a
+seed at the same time, one per core, so a change in the machine's load hits both. It reads each
+run's ``summary.json`` (``wall_seconds``, ``frames``, ``final_return``), prints a table of
+the per-seed ratios with their median and writes JSON (docs/throughput.md, issue 18).
+
+Example::
+
+    python benchmarks/recipe_wall_ratio.py --env acrobot --seeds 0 1 2 \\
+        --out benchmarks/results/acrobot_wall_ratio.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_pair(env: str, algos: list[str], seed: int, extra: list[str], workdir: Path) -> list[dict]:
+    """Start one recipe run per algorithm for ``seed`` at once; wait; return their summaries."""
+    procs = []
+    for algo in algos:
+        run_dir = workdir / f"{algo}_seed{seed}"
+        cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), f"algo={algo}", f"env={env}", f"seed={seed}",
+               "threads=1", "progress_bar=false", f"hydra.run.dir={run_dir}", *extra]
+        log = open(workdir / f"{algo}_seed{seed}.log", "w")
+        procs.append((algo, run_dir, cmd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                           env={**os.environ, "OMP_NUM_THREADS": "1"}), log))
+    runs = []
+    for algo, run_dir, cmd, proc, log in procs:
+        code = proc.wait()
+        log.close()
+        if code != 0:
+            tail = (workdir / f"{algo}_seed{seed}.log").read_text()[-2000:]
+            raise RuntimeError(f"{' '.join(cmd)} exited with {code}:\n{tail}")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        runs.append({"algo": algo, "seed": seed, "wall_seconds": summary["wall_seconds"],
+                     "frames": summary["frames"], "final_return": summary.get("final_return"),
+                     "command": " ".join(["python", "recipes/train.py", *cmd[2:]])})
+    return runs
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="acrobot")
+    p.add_argument("--algo", default="sapg", help="the algorithm compared with PPO (sapg | epo)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--extra", nargs="*", default=[], help="further recipe overrides for both runs")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    algos = ["ppo", args.algo]
+    t0 = time.time()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="wall_ratio_") as tmp:
+        for seed in args.seeds:
+            runs += run_pair(args.env, algos, seed, args.extra, Path(tmp))
+    wall = {(r["algo"], r["seed"]): r["wall_seconds"] for r in runs}
+    ratios = {s: wall[args.algo, s] / wall["ppo", s] for s in args.seeds}
+    lines = [f"| seed | PPO wall s | {args.algo.upper()} wall s | {args.algo.upper()} / PPO |", "|---:|---:|---:|---:|"]
+    lines += [f"| {s} | {wall['ppo', s]:.1f} | {wall[args.algo, s]:.1f} | {ratios[s]:.2f} |" for s in args.seeds]
+    median = statistics.median(ratios.values())
+    table = "\n".join(lines) + f"\n\nmedian {args.algo.upper()} / PPO: {median:.2f}"
+    print(table)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    result = {
+        "benchmark": f"recipe wall time, {args.algo.upper()} vs PPO on {args.env} (issue 18)",
+        "command": " ".join(["python", "benchmarks/recipe_wall_ratio.py", *(argv if argv is not None else sys.argv[1:])]),
+        "protocol": "recipe defaults; for each seed the two runs ran at the same time, one per core, 1 torch thread each",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.time() - t0, 1),
+        "runs": runs, "ratios": {str(s): r for s, r in ratios.items()}, "median_ratio": median,
+        "table_markdown": table,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

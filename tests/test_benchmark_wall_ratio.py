@@ -1,0 +1,22 @@
+"""``benchmarks/recipe_wall_ratio.py`` runs the two recipes of a seed side by side and reports their wall-time ratio."""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import recipe_wall_ratio  # noqa: E402
+
+
+def test_wall_ratio_of_two_tiny_runs(tmp_path):
+    out = tmp_path / "ratio.json"
+    result = recipe_wall_ratio.main([
+        "--env", "pendulum", "--seeds", "0", "--out", str(out), "--extra", "total_frames=192", "env.num_envs=12",
+        "train.horizon=8", "model.hidden_sizes=[8]", "logger=none",
+    ])
+    assert [(r["algo"], r["seed"]) for r in result["runs"]] == [("ppo", 0), ("sapg", 0)]
+    assert all(r["frames"] >= 192 and r["wall_seconds"] > 0 for r in result["runs"])
+    walls = {r["algo"]: r["wall_seconds"] for r in result["runs"]}
+    assert result["ratios"]["0"] == walls["sapg"] / walls["ppo"] == result["median_ratio"]
+    assert json.loads(out.read_text())["table_markdown"].startswith("| seed | PPO wall s | SAPG wall s |")
