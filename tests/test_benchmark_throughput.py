@@ -90,13 +90,16 @@ def test_flop_floor_is_counted_for_every_variant(quick):
         return sum(2 * i * o for i, o in zip(sizes[:-1], sizes[1:]))
 
     plain = fwd([3, *hidden, 1])  # Pendulum: 3 observation dims, 1 action; the critic has one output too
-    for v in ("torchrl", "ppo"):  # plain MLPs: the count is the textbook one
+    # plain MLPs: the count is the textbook one. Ours runs its first layer as one GEMM of [obs, 1] (the bias as a
+    # fourth input column), so its first layer counts 4 inputs where TorchRL's MLP counts 3
+    for v, first_in in (("torchrl", 3), ("ppo", 4)):
         r = rows[v]
         parts, rows_trained = r["flops"]["per_update"], r["rows_per_update"]
         assert r["flops"]["actor_forward_flops_per_row"] == r["flops"]["critic_forward_flops_per_row"] == plain
+        net = fwd([first_in, *hidden, 1])  # the forward as it runs
         # forward + 2x backward, except the first layer's input gradient (observations need none): actor and critic
-        assert parts["train_forward_backward"] == (3 * 2 * plain - 2 * 2 * 3 * hidden[0]) * rows_trained * epochs
-        assert parts["value_estimation"] == 2 * plain * n * t  # GAE's V(s) and V(s') (under vmap)
+        assert parts["train_forward_backward"] == (3 * 2 * net - 2 * 2 * first_in * hidden[0]) * rows_trained * epochs
+        assert parts["value_estimation"] == 2 * net * n * t  # GAE's V(s) and V(s') (under vmap)
         assert parts["aggregate"] == parts["other"] == 0
     assert rows["torchrl"]["flops"]["per_update"]["analytic_kl"] == 0
     # an extra actor pass for the adaptive learning rate, where the trainer makes one: one no-grad forward

@@ -10,6 +10,7 @@ import torch
 from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey
 from torch import nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
 
 from torchrl_sapg.modules.latents import PolicyLatents, check_policy_ids
@@ -18,7 +19,7 @@ from torchrl_sapg.modules.normalization import ObservationNormalizer
 _ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
 _IN_PLACE = (nn.ELU, nn.ReLU, nn.SiLU)  # the activations with an ``inplace`` argument
 #: up to this many policies the folded first layer multiplies a one-hot id matrix instead of gathering rows
-_ONE_HOT_MAX_POLICIES = 32
+_ONE_HOT_MAX_POLICIES = 16
 
 
 def activation_class(name: str) -> type[nn.Module]:
@@ -33,9 +34,10 @@ class LatentConditionedMLP(nn.Module):
     """``mlp(concat(normalise(obs), phi[policy_id]))``: the shared backbone of SAPG (Sec. 4.2).
 
     The first layer is evaluated folded, ``W_obs·obs + (W_phi·phi + b)[policy_id]``: the same
-    parameters and function as the concatenation, without a per-row latent matmul (up to 32
-    policies the row lookup is a one-hot matmul, beyond it a gather). Hidden activations that
-    can run in place do.
+    parameters and function as the concatenation, without a per-row latent matmul. Up to 16
+    policies (and without latents, where the bias is the one row) the first layer is one GEMM of
+    ``[obs, onehot(policy_id)]``; beyond, a gather of the rows the GEMM accumulates into. Hidden
+    activations that can run in place do. docs/throughput.md has the measurements.
 
     Args:
         observation_dim: size of the (flat) observation.
@@ -92,28 +94,32 @@ class LatentConditionedMLP(nn.Module):
         x = observation
         if self.obs_normalizer is not None:
             x = self.obs_normalizer(x)
-        if self.latents is None or self.latents.latent_dim == 0:
-            return self.mlp(x)
-        if policy_id is None:
-            raise KeyError("policy_id is required by a latent-conditioned network but is missing.")
-        # first layer on concat(x, phi[id]), folded: W_obs·x + (W_phi·phi + b)[id]. The latent part is computed
-        # once per policy, not once per row; same parameters, same function, fewer FLOPs (docs/throughput.md)
-        check_policy_ids(policy_id, self.latents.num_policies)
         first = self.mlp[0]
         obs_dim = x.shape[-1]
-        per_policy = nn.functional.linear(self.latents.weight, first.weight[:, obs_dim:], first.bias)  # [M, H]
-        w_obs = first.weight[:, :obs_dim]
-        if policy_id.shape != x.shape[:-1]:  # broadcast ids (e.g. one id for all rows)
-            return self._after_first_layer(nn.functional.linear(x, w_obs) + nn.functional.embedding(policy_id, per_policy))
-        flat_x, flat_id = x.reshape(-1, obs_dim), policy_id.reshape(-1)
-        m = per_policy.shape[0]
-        if m <= _ONE_HOT_MAX_POLICIES:
-            # [x, onehot(id)] @ [W_obs^T; per_policy]: one GEMM forward and backward, no gather or scatter
-            inputs = torch.cat([flat_x, nn.functional.one_hot(flat_id, m).to(flat_x.dtype)], dim=-1)
-            h = inputs @ torch.cat([w_obs.t(), per_policy], dim=0)
+        if self.latents is None or self.latents.latent_dim == 0:
+            table, ids = first.bias.unsqueeze(0), None  # one "policy": the bias
         else:
-            # embedding, not per_policy[id]: its backward is a fast scatter-add; addmm adds into the gathered rows
-            h = torch.addmm(nn.functional.embedding(flat_id, per_policy), flat_x, w_obs.t())
+            if policy_id is None:
+                raise KeyError("policy_id is required by a latent-conditioned network but is missing.")
+            check_policy_ids(policy_id, self.latents.num_policies)
+            # first layer on concat(x, phi[id]), folded: W_obs·x + (W_phi·phi + b)[id]. The latent part is computed
+            # once per policy, not once per row; same parameters, same function, fewer FLOPs (docs/throughput.md)
+            table, ids = nn.functional.linear(self.latents.weight, first.weight[:, obs_dim:], first.bias), policy_id
+        w_obs = first.weight[:, :obs_dim]
+        if ids is not None and ids.shape != x.shape[:-1]:  # broadcast ids (e.g. one id for all rows)
+            return self._after_first_layer(nn.functional.linear(x, w_obs) + nn.functional.embedding(ids, table))
+        flat_x = x.reshape(-1, obs_dim)
+        m = table.shape[0]
+        if m <= _ONE_HOT_MAX_POLICIES:
+            # [x, onehot(id)] @ [W_obs^T; table]: one GEMM forward and one backward, the bias (or the policy's row)
+            # inside it; no broadcast bias copy, no bias-gradient reduction, no gather or scatter
+            cols = flat_x.new_ones(flat_x.shape[0], 1) if ids is None else nn.functional.one_hot(ids.reshape(-1), m)
+            h = torch.cat([flat_x, cols.to(flat_x.dtype)], dim=-1) @ torch.cat([w_obs.t(), table], dim=0)
+        else:
+            # embedding, not table[id]: its backward is a fast scatter-add; the GEMM accumulates into the gathered rows
+            rows = nn.functional.embedding(ids.reshape(-1), table)
+            # (out of place under torch.func transforms, which have no batching rule for addmm_)
+            h = torch.addmm(rows, flat_x, w_obs.t()) if is_functorch_wrapped_tensor(rows) else rows.addmm_(flat_x, w_obs.t())
         if x.dim() != 2:  # a reshape only where needed: the in-place activation on a view would cost a copy in backward
             h = h.reshape(*x.shape[:-1], -1)
         return self._after_first_layer(h)

@@ -113,7 +113,7 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         >>> from torchrl_sapg.envs import make_env
         >>> from torchrl_sapg.modules import make_actor_critic
         >>> from torchrl.objectives.value import GAE
-        >>> ac = make_actor_critic(3, 1, num_policies=3, latent_dim=8, actor_hidden_sizes=(32,))
+        >>> ac = make_actor_critic(3, 1, num_policies=3, latent_dim=8, hidden_sizes=(32,))
         >>> collector = PopulationCollector(make_env("pendulum", 6, seed=0), ac.actor, num_policies=3,
         ...                                 frames_per_batch=6 * 8)
         >>> loss = SAPGLoss(ac.actor, ac.critic, num_policies=3, entropy_sigma=0.005)
