@@ -165,6 +165,14 @@ def throughput(lines: list[str]) -> None:
                   + (f". Note: {d['note']}" if d.get("note") else "") + ".", "", *_throughput_extras(d)]
 
 
+def wall_ratio(lines: list[str]) -> None:
+    """``<env>_wall_ratio.json`` (benchmarks/recipe_wall_ratio.py): the recipe's wall time, SAPG (or EPO) vs PPO."""
+    for path in sorted(RESULTS.glob("*_wall_ratio.json")):
+        d = json.loads(path.read_text())
+        lines += [f"### {d['benchmark']}", "", f"`{d['command']}` (`{path.name}`, {d.get('date', '')}, commit "
+                  f"`{d.get('commit', '?')}`, {d['machine']}): {d['protocol']}.", "", d["table_markdown"], ""]
+
+
 def _scaling_grid(d: dict, protocol: str, cell) -> list[str]:
     rows = [t for t in d["table"] if t["protocol"] == protocol]
     ns = sorted({t["num_envs"] for t in rows})
@@ -505,6 +513,7 @@ def main() -> None:
     epo_memory(lines)
     pbt_memory(lines)
     throughput(lines)
+    wall_ratio(lines)
     distributed_fps(lines)
     scaling(lines)
     gradient_alignment(lines)

@@ -125,3 +125,13 @@ def test_leaving_entries_out_changes_no_loss_value():
     full, trimmed = loss(batch.clone()), loss(_trainer(loss)._training_rows(batch.clone()))
     for key in full.keys():
         torch.testing.assert_close(full[key], trimmed[key])
+
+
+@pytest.mark.parametrize("num_policies", [4, 20])
+def test_first_layer_compiles_without_a_break_to_the_same_values(num_policies):
+    """Under torch.compile the gather path adds out of place (inductor fuses it); both lookups trace whole."""
+    torch.manual_seed(0)
+    net = LatentConditionedMLP(3, 2, latents=PolicyLatents(num_policies, 4), hidden_sizes=(8,))
+    obs, ids = torch.randn(10, 3), torch.randint(0, num_policies, (10,))
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(obs, ids), net(obs, ids))

@@ -118,8 +118,12 @@ class LatentConditionedMLP(nn.Module):
         else:
             # embedding, not table[id]: its backward is a fast scatter-add; the GEMM accumulates into the gathered rows
             rows = nn.functional.embedding(ids.reshape(-1), table)
-            # (out of place under torch.func transforms, which have no batching rule for addmm_)
-            h = torch.addmm(rows, flat_x, w_obs.t()) if is_functorch_wrapped_tensor(rows) else rows.addmm_(flat_x, w_obs.t())
+            if torch.compiler.is_compiling():  # inductor fuses the gather into the add; an extern addmm_ would not
+                h = nn.functional.linear(flat_x, w_obs) + rows
+            elif is_functorch_wrapped_tensor(rows):  # torch.func transforms have no batching rule for addmm_
+                h = torch.addmm(rows, flat_x, w_obs.t())
+            else:
+                h = rows.addmm_(flat_x, w_obs.t())
         if x.dim() != 2:  # a reshape only where needed: the in-place activation on a view would cost a copy in backward
             h = h.reshape(*x.shape[:-1], -1)
         return self._after_first_layer(h)
