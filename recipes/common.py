@@ -169,8 +169,9 @@ def build_loss(cfg: DictConfig, agent: ActorCritic):
     if algo.loss is None:
         raise ValueError(f"algo={algo.name} trains through its own learner (build_pbt_trainer), not one loss module.")
     loss, average_gae = algo.loss(cfg, agent)
-    # a recurrent critic's sequence pass has data-dependent control flow (resets): no vmap
-    value_estimator = GAE(value_network=agent.critic, average_gae=average_gae, deactivate_vmap=is_recurrent_config(cfg),
+    # no vmap over V(s) and V(s'): two plain critic calls are faster (docs/throughput.md), and a recurrent
+    # critic's sequence pass has data-dependent control flow (resets) that vmap cannot trace
+    value_estimator = GAE(value_network=agent.critic, average_gae=average_gae, deactivate_vmap=True,
                           **config_kwargs(GAE, cfg.train, only=("gamma", "lmbda")))
     return loss, value_estimator
 
