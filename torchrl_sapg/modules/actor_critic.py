@@ -113,7 +113,9 @@ class LatentConditionedMLP(nn.Module):
         if m <= _ONE_HOT_MAX_POLICIES:
             # [x, onehot(id)] @ [W_obs^T; table]: one GEMM forward and one backward, the bias (or the policy's row)
             # inside it; no broadcast bias copy, no bias-gradient reduction, no gather or scatter
-            cols = flat_x.new_ones(flat_x.shape[0], 1) if ids is None else nn.functional.one_hot(ids.reshape(-1), m)
+            # the one-hot by comparison, not F.one_hot, which validates the ids with a host sync
+            cols = flat_x.new_ones(flat_x.shape[0], 1) if ids is None else \
+                ids.reshape(-1, 1) == torch.arange(m, device=ids.device)
             h = torch.cat([flat_x, cols.to(flat_x.dtype)], dim=-1) @ torch.cat([w_obs.t(), table], dim=0)
         else:
             # embedding, not table[id]: its backward is a fast scatter-add; the GEMM accumulates into the gathered rows
