@@ -44,6 +44,35 @@ def test_folded_first_layer_matches_the_concatenation(num_policies, lead):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("num_policies", [3, 64])
+@pytest.mark.parametrize("lead", [(7,), (4, 5)])
+def test_first_layer_without_autograd_gathers_the_same_rows(num_policies, lead):
+    """Under no_grad (collection, value estimation) the folded layer gathers rows at every M: same outputs."""
+    torch.manual_seed(1)
+    net = LatentConditionedMLP(5, 2, latents=PolicyLatents(num_policies, 4), hidden_sizes=(16, 8))
+    obs, ids = torch.randn(*lead, 5), torch.randint(0, num_policies, lead)
+    with torch.no_grad():
+        out = net(obs, ids)
+    ref = _concatenated_reference(net, obs, ids).detach()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_head_log_std_rows_and_gradient():
+    """scale = exp(log_std[policy_id]) per row, and its gradient sums each policy's rows (index_select's)."""
+    torch.manual_seed(2)
+    ac = make_actor_critic(3, 2, num_policies=4, latent_dim=2)
+    head = ac.actor.head
+    with torch.no_grad():
+        head.log_std.copy_(torch.randn(4, 2))
+    ids = torch.tensor([[0, 3, 3], [1, 1, 2]])
+    _, scale = head(torch.randn(2, 3, 3), ids)
+    torch.testing.assert_close(scale, head.log_std.detach()[ids].exp())
+    weights = torch.randn(2, 3, 2)
+    (grad,) = torch.autograd.grad((scale * weights).sum(), [head.log_std])
+    expected = torch.zeros(4, 2).index_put_((ids.reshape(-1),), (scale * weights).detach().reshape(-1, 2), accumulate=True)
+    torch.testing.assert_close(grad, expected)
+
+
 @pytest.mark.parametrize("lead", [(), (9,), (2, 3)])
 def test_first_layer_without_latents_folds_its_bias_exactly(lead):
     torch.manual_seed(0)

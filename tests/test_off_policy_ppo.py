@@ -312,6 +312,22 @@ def test_reported_statistics_match_hand_computation(ac):
     torch.testing.assert_close(out["entropy"], _hand_entropy(_gauss(ac, td)[1]).mean().detach(), **close)
 
 
+def test_part_ess_does_not_overflow_with_extreme_ratios(ac):
+    """ESS_on / ESS_off stay finite and exact when log r is in the hundreds (float32 exp overflows at ~88)."""
+    td = _batch(ac, seed=11, n_off=7)
+    g = torch.Generator().manual_seed(3)
+    td["action_log_prob"] = td["action_log_prob"] - 300.0 + 5.0 * torch.randn(B, generator=g)  # log r ~ 300 +- 5
+    td["target_log_prob"] = td["action_log_prob"] + 0.1
+    out = OffPolicyClipPPOLoss(ac.actor, ac.critic, clip_epsilon=EPS, entropy_bonus=False, critic_coeff=1.0,
+                               loss_critic_type="l2")(td)
+    loc, scale = _gauss(ac, td)
+    log_r = (_hand_logp(loc, scale, td["action"]) - td["action_log_prob"]).double()
+    off = td["off_policy"]
+    for name, part in (("ESS_on", log_r[~off]), ("ESS_off", log_r[off])):
+        w = (part - part.max()).exp()  # ESS is invariant to a common scale of the weights
+        torch.testing.assert_close(out[name].double(), _ess(w), rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_statistics_all_off_policy(ac):
     td = _batch(ac, seed=7, n_off=B)
     out = OffPolicyClipPPOLoss(ac.actor, ac.critic, clip_epsilon=EPS, entropy_bonus=False, critic_coeff=1.0,

@@ -110,9 +110,10 @@ class LatentConditionedMLP(nn.Module):
             return self._after_first_layer(nn.functional.linear(x, w_obs) + nn.functional.embedding(ids, table))
         flat_x = x.reshape(-1, obs_dim)
         m = table.shape[0]
-        if m <= _ONE_HOT_MAX_POLICIES:
+        if ids is None or (m <= _ONE_HOT_MAX_POLICIES and torch.is_grad_enabled()):
             # [x, onehot(id)] @ [W_obs^T; table]: one GEMM forward and one backward, the bias (or the policy's row)
-            # inside it; no broadcast bias copy, no bias-gradient reduction, no gather or scatter
+            # inside it; no broadcast bias copy, no bias-gradient reduction, no gather or scatter. Without autograd
+            # (collection, value estimation) the gather below is cheaper: it has no backward to save.
             # the one-hot by comparison, not F.one_hot, which validates the ids with a host sync
             cols = flat_x.new_ones(flat_x.shape[0], 1) if ids is None else \
                 ids.reshape(-1, 1) == torch.arange(m, device=ids.device)
@@ -122,10 +123,14 @@ class LatentConditionedMLP(nn.Module):
             rows = nn.functional.embedding(ids.reshape(-1), table)
             if torch.compiler.is_compiling():  # inductor fuses the gather into the add; an extern addmm_ would not
                 h = nn.functional.linear(flat_x, w_obs) + rows
-            elif is_functorch_wrapped_tensor(rows):  # torch.func transforms have no batching rule for addmm_
-                h = torch.addmm(rows, flat_x, w_obs.t())
             else:
-                h = rows.addmm_(flat_x, w_obs.t())
+                # a contiguous [obs, H] weight: through a transposed view the backward computes its thin gradient as
+                # grad^T @ x, a GEMM with obs-many output columns that ran 2x slower than x^T @ grad on CPU
+                w_t = w_obs.t().contiguous()
+                if is_functorch_wrapped_tensor(rows):  # torch.func transforms have no batching rule for addmm_
+                    h = torch.addmm(rows, flat_x, w_t)
+                else:
+                    h = rows.addmm_(flat_x, w_t)
         if x.dim() != 2:  # a reshape only where needed: the in-place activation on a view would cost a copy in backward
             h = h.reshape(*x.shape[:-1], -1)
         return self._after_first_layer(h)
@@ -190,7 +195,8 @@ class _GaussianHead(nn.Module):
         loc = self.backbone(observation, policy_id)
         if self.backbone.latents is None or self.backbone.latents.latent_dim == 0:  # else the backbone checked them
             check_policy_ids(policy_id, self.num_policies)
-        scale = nn.functional.embedding(policy_id, self.log_std).exp()
+        # index_select, not embedding: its backward is an index_add_, embedding's a sort (4x slower at 3k rows)
+        scale = self.log_std.index_select(0, policy_id.reshape(-1)).reshape(*policy_id.shape, -1).exp()
         return loc, scale
 
 

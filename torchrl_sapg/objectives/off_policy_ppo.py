@@ -259,28 +259,26 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
                            "mu_mean": one, "mu_min": one, "mu_max": one, "off_policy_fraction": zero})
             return
         log_ratio, log_mu = call["log_ratio"], call["log_mu"]
-        centre = log_mu if self.mu_correction else torch.zeros_like(log_mu)
         lo, hi = self._clip_bounds
-        clipped = (log_ratio - centre).clamp(lo, hi) != (log_ratio - centre)
-        lw, off, mu = log_ratio.reshape(-1), off.reshape(-1), log_mu.exp().reshape(-1)
-        # the on- and off-policy statistics in a few batched ops (one matmul of the row values by the two masks)
-        masks = torch.stack([~off, off])  # [2, rows]
-        weights = masks.to(lw.dtype)
-        counts = weights.sum(1)
-        sums = torch.stack([clipped.reshape(-1).to(lw.dtype), -lw, mu]) @ weights.t()  # [3, 2]
-        means = sums / counts.clamp_min(1)
-        # normalised ESS (sum w)^2 / (n sum w^2) of w = exp(log r), shifted by each part's max against overflow
-        shift = torch.where(masks, lw, float("-inf")).amax(1, keepdim=True)
-        w = torch.where(masks, (lw - torch.where(torch.isfinite(shift), shift, 0.0)).exp(), 0.0)
-        ess = w.sum(1).pow(2) / (w.pow(2).sum(1) * counts).clamp_min(torch.finfo(lw.dtype).tiny)
-        ess = torch.where(counts > 0, ess, 0.0)
-        any_off = counts[1] > 0
-        one = torch.ones((), dtype=mu.dtype, device=mu.device)
+        lw, off, log_mu = log_ratio.reshape(-1), off.reshape(-1), log_mu.reshape(-1)
+        centred = lw - log_mu if self.mu_correction else lw
+        clipped = centred.clamp(lo, hi) != centred
+        masks = torch.stack([~off, off])  # [2, rows]: the on- and off-policy parts
+        # the counts and the sums of the clip flags, -log r and mu of both parts in one matmul
+        values = torch.stack([clipped.to(lw.dtype), -lw, log_mu.exp(), torch.ones_like(lw)])
+        sums = values @ masks.to(lw.dtype).t()  # [4, 2]
+        counts = sums[3]
+        means = sums[:3] / counts.clamp_min(1)
+        # normalised ESS (sum w)^2 / (n sum w^2) of w = exp(log r), from log-sum-exps (no overflow); 0 for an empty part
+        masked = torch.where(masks, lw, float("-inf"))
+        log_ess = 2 * masked.logsumexp(1) - (2 * masked).logsumexp(1)
+        ess = torch.where(counts > 0, log_ess.exp() / counts.clamp_min(1), 0.0)
+        # mu's mean, min and max over the off-policy rows (1 when there are none)
+        extremes = torch.stack([torch.where(off, log_mu, float("inf")).amin(), torch.where(off, log_mu, float("-inf")).amax()])
+        mu_stats = torch.where(counts[1] > 0, torch.cat([means[2, 1:], extremes.exp()]), 1.0)
         td_out.update({
             "clip_fraction_on": means[0, 0], "clip_fraction_off": means[0, 1], "kl_approx": means[1, 0],
             "ESS_on": ess[0], "ESS_off": ess[1],
-            "mu_mean": torch.where(any_off, means[2, 1], one),
-            "mu_min": torch.where(any_off, torch.where(off, mu, float("inf")).min(), one),
-            "mu_max": torch.where(any_off, torch.where(off, mu, float("-inf")).max(), one),
+            "mu_mean": mu_stats[0], "mu_min": mu_stats[1], "mu_max": mu_stats[2],
             "off_policy_fraction": counts[1] / lw.numel(),
         })

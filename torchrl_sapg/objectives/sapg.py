@@ -310,7 +310,7 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         block = N // self.num_policies
         batch = batch.clone(False)
         if self.critic_target == "nstep":
-            next_value = self._next_values(batch, self._critic_values(batch))
+            next_value = self._values(batch)[1]
             nstep = n_step_return(
                 batch.get(("next", keys.reward)),
                 next_value,
@@ -396,24 +396,25 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         with self.critic_network_params.to_module(self.critic_network) if self.functional else _null():
             return self.critic_network(td.select(*self.critic_network.in_keys).clone(False)).get(self.tensor_keys.value)
 
-    def _next_values(self, td: TensorDictBase, value: torch.Tensor) -> torch.Tensor:
-        """``V(s'_t)`` for every step of ``[R, T]`` rows whose values ``V(s_t)`` are ``value``.
+    def _values(self, td: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """``V(s_t)`` and ``V(s'_t)`` for every step of ``[R, T]`` rows, from one critic call on ``[s; s']``.
 
         Inside an episode ``s'_t = s_{t+1}``, so ``V(s'_t)`` is the next step's value (for a
         recurrent critic this is also the one computed with the replayed hidden state). Only at
-        episode ends and at the rollout's last step is the recorded next state evaluated, with
+        episode ends and at the rollout's last step is the recorded next state's value used, with
         ``is_init`` carried over so a recurrent critic restarts where the root step did.
         """
-        nxt = td.get("next")
+        in_keys = self.critic_network.in_keys
+        nxt = td.get("next").select(*in_keys)
         if "is_init" in td.keys() and "is_init" in nxt.keys():
-            nxt = nxt.clone(False)
             nxt.set("is_init", nxt.get("is_init") | td.get("is_init"))
-        bootstrap = self._critic_values(nxt)
+        both = self._critic_values(torch.cat([td.select(*in_keys), nxt], dim=0))
+        value, bootstrap = both[: td.shape[0]], both[td.shape[0]:]
         shifted = torch.cat([value[:, 1:], value[:, -1:]], dim=1)
         done = td.get(("next", self.tensor_keys.done)).reshape(value.shape).to(torch.bool)
         last = torch.zeros_like(done)
         last[:, -1] = True
-        return torch.where(done | last, bootstrap, shifted)
+        return value, torch.where(done | last, bootstrap, shifted)
 
     def _off_policy_rows(self, batch: TensorDictBase, row_ids: torch.Tensor, block: int) -> TensorDictBase:
         keys = self.tensor_keys
@@ -438,8 +439,7 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             dist = self.actor_network.get_dist(off)
             target_lp = dist.log_prob(off.get(keys.action))
         off.set(keys.target_log_prob, target_lp.reshape(off.get(keys.sample_log_prob).shape))
-        value = self._critic_values(off)
-        next_value = self._next_values(off, value)
+        value, next_value = self._values(off)
         reward = off.get(("next", keys.reward)).reshape(value.shape)
         not_term = 1.0 - off.get(("next", keys.terminated)).to(value.dtype).reshape(value.shape)
         if self.off_policy_target == "td0":
