@@ -1,8 +1,9 @@
 """Recipe wall time of SAPG (or EPO) against PPO, end to end, at the recipe's defaults.
 
 For each seed it runs ``recipes/train.py algo=ppo`` and ``algo=<other>`` on the same env with the
-recipe's defaults (``threads=1``, no progress bar, CSV logs in a temporary folder), the two runs of a
-seed at the same time, one per core, so a change in the machine's load hits both. It reads each
+recipe's defaults (``threads=1``, no progress bar, CSV logs in a temporary folder): the two runs of a
+seed at the same time, one per core, so a change in the machine's load hits both, or with
+``--sequential`` one after the other, each alone on the machine (no contention between them). It reads each
 run's ``summary.json`` (``wall_seconds``, ``frames``, ``final_return``), prints a table of
 the per-seed ratios with their median and writes JSON (docs/throughput.md, issue 18).
 
@@ -27,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_pair(env: str, algos: list[str], seed: int, extra: list[str], workdir: Path) -> list[dict]:
-    """Start one recipe run per algorithm for ``seed`` at once; wait; return their summaries."""
-    procs = []
+def run_pair(env: str, algos: list[str], seed: int, extra: list[str], workdir: Path, sequential: bool = False) -> list[dict]:
+    """One recipe run per algorithm for ``seed``, started at once (or one after the other); their summaries."""
+    procs, runs = [], []
     for algo in algos:
         run_dir = workdir / f"{algo}_seed{seed}"
         cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), f"algo={algo}", f"env={env}", f"seed={seed}",
@@ -37,18 +38,24 @@ def run_pair(env: str, algos: list[str], seed: int, extra: list[str], workdir: P
         log = open(workdir / f"{algo}_seed{seed}.log", "w")
         procs.append((algo, run_dir, cmd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                            env={**os.environ, "OMP_NUM_THREADS": "1"}), log))
-    runs = []
-    for algo, run_dir, cmd, proc, log in procs:
-        code = proc.wait()
-        log.close()
-        if code != 0:
-            tail = (workdir / f"{algo}_seed{seed}.log").read_text()[-2000:]
-            raise RuntimeError(f"{' '.join(cmd)} exited with {code}:\n{tail}")
-        summary = json.loads((run_dir / "summary.json").read_text())
-        runs.append({"algo": algo, "seed": seed, "wall_seconds": summary["wall_seconds"],
-                     "frames": summary["frames"], "final_return": summary.get("final_return"),
-                     "command": " ".join(["python", "recipes/train.py", *cmd[2:]])})
+        if sequential:
+            runs += _finish(workdir, seed, procs.pop())
+    for entry in procs:
+        runs += _finish(workdir, seed, entry)
     return runs
+
+
+def _finish(workdir: Path, seed: int, entry) -> list[dict]:
+    """Wait for one run; its summary (the tail of its log in the error if it failed)."""
+    algo, run_dir, cmd, proc, log = entry
+    code = proc.wait()
+    log.close()
+    if code != 0:
+        tail = (workdir / f"{algo}_seed{seed}.log").read_text()[-2000:]
+        raise RuntimeError(f"{' '.join(cmd)} exited with {code}:\n{tail}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return [{"algo": algo, "seed": seed, "wall_seconds": summary["wall_seconds"], "frames": summary["frames"],
+             "final_return": summary.get("final_return"), "command": " ".join(["python", "recipes/train.py", *cmd[2:]])}]
 
 
 def main(argv=None) -> dict:
@@ -57,6 +64,8 @@ def main(argv=None) -> dict:
     p.add_argument("--algo", default="sapg", help="the algorithm compared with PPO (sapg | epo)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--extra", nargs="*", default=[], help="further recipe overrides for both runs")
+    p.add_argument("--sequential", action="store_true",
+                   help="run a seed's two recipes one after the other, each alone on the machine (default: at the same time)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     algos = ["ppo", args.algo]
@@ -64,7 +73,7 @@ def main(argv=None) -> dict:
     runs = []
     with tempfile.TemporaryDirectory(prefix="wall_ratio_") as tmp:
         for seed in args.seeds:
-            runs += run_pair(args.env, algos, seed, args.extra, Path(tmp))
+            runs += run_pair(args.env, algos, seed, args.extra, Path(tmp), args.sequential)
     wall = {(r["algo"], r["seed"]): r["wall_seconds"] for r in runs}
     ratios = {s: wall[args.algo, s] / wall["ppo", s] for s in args.seeds}
     lines = [f"| seed | PPO wall s | {args.algo.upper()} wall s | {args.algo.upper()} / PPO |", "|---:|---:|---:|---:|"]
@@ -76,7 +85,8 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": f"recipe wall time, {args.algo.upper()} vs PPO on {args.env} (issue 18)",
         "command": " ".join(["python", "benchmarks/recipe_wall_ratio.py", *(argv if argv is not None else sys.argv[1:])]),
-        "protocol": "recipe defaults; for each seed the two runs ran at the same time, one per core, 1 torch thread each",
+        "protocol": "recipe defaults, 1 torch thread each; for each seed the two runs ran "
+                    + ("one after the other, each alone on the machine" if args.sequential else "at the same time, one per core"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.time() - t0, 1),
         "runs": runs, "ratios": {str(s): r for s, r in ratios.items()}, "median_ratio": median,

@@ -20,3 +20,12 @@ def test_wall_ratio_of_two_tiny_runs(tmp_path):
     walls = {r["algo"]: r["wall_seconds"] for r in result["runs"]}
     assert result["ratios"]["0"] == walls["sapg"] / walls["ppo"] == result["median_ratio"]
     assert json.loads(out.read_text())["table_markdown"].startswith("| seed | PPO wall s | SAPG wall s |")
+
+
+def test_sequential_protocol_is_recorded(tmp_path):
+    result = recipe_wall_ratio.main([
+        "--env", "pendulum", "--seeds", "1", "--sequential", "--extra", "total_frames=96", "env.num_envs=12",
+        "train.horizon=8", "model.hidden_sizes=[8]", "logger=none",
+    ])
+    assert [r["algo"] for r in result["runs"]] == ["ppo", "sapg"]
+    assert "one after the other" in result["protocol"] and result["median_ratio"] > 0

@@ -264,18 +264,19 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         centred = lw - log_mu if self.mu_correction else lw
         clipped = centred.clamp(lo, hi) != centred
         masks = torch.stack([~off, off])  # [2, rows]: the on- and off-policy parts
-        # the counts and the sums of the clip flags, -log r and mu of both parts in one matmul
-        values = torch.stack([clipped.to(lw.dtype), -lw, log_mu.exp(), torch.ones_like(lw)])
-        sums = values @ masks.to(lw.dtype).t()  # [4, 2]
+        # w = exp(log r) shifted by its part's largest log r (no overflow; the normalised ESS is scale-free)
+        shift = torch.where(masks, lw, float("-inf")).amax(1)
+        shift = torch.where(shift.isfinite(), shift, 0.0)
+        w = (lw - torch.where(off, shift[1], shift[0])).exp()
+        # the counts and the sums of the clip flags, -log r, mu, w and w^2 of both parts in one matmul
+        values = torch.stack([clipped.to(lw.dtype), -lw, log_mu.exp(), torch.ones_like(lw), w, w * w])
+        sums = values @ masks.to(lw.dtype).t()  # [6, 2]
         counts = sums[3]
         means = sums[:3] / counts.clamp_min(1)
-        # normalised ESS (sum w)^2 / (n sum w^2) of w = exp(log r), from log-sum-exps (no overflow); 0 for an empty part
-        masked = torch.where(masks, lw, float("-inf"))
-        log_ess = 2 * masked.logsumexp(1) - (2 * masked).logsumexp(1)
-        ess = torch.where(counts > 0, log_ess.exp() / counts.clamp_min(1), 0.0)
-        # mu's mean, min and max over the off-policy rows (1 when there are none)
+        # normalised ESS (sum w)^2 / (n sum w^2); 0 for an empty part
+        ess = sums[4].square() / (sums[5] * counts).clamp_min(torch.finfo(lw.dtype).tiny)
         extremes = torch.stack([torch.where(off, log_mu, float("inf")).amin(), torch.where(off, log_mu, float("-inf")).amax()])
-        mu_stats = torch.where(counts[1] > 0, torch.cat([means[2, 1:], extremes.exp()]), 1.0)
+        mu_stats = torch.where(counts[1] > 0, torch.cat([means[2, 1:], extremes.exp()]), 1.0)  # 1 without any
         td_out.update({
             "clip_fraction_on": means[0, 0], "clip_fraction_off": means[0, 1], "kl_approx": means[1, 0],
             "ESS_on": ess[0], "ESS_off": ess[1],
