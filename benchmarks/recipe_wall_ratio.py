@@ -83,7 +83,8 @@ def main(argv=None) -> dict:
     print(table)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {
-        "benchmark": f"recipe wall time, {args.algo.upper()} vs PPO on {args.env} (issue 18)",
+        "benchmark": f"recipe wall time, {args.algo.upper()} vs PPO on {args.env}"
+                     + (", one run after the other" if args.sequential else "") + " (issue 18)",
         "command": " ".join(["python", "benchmarks/recipe_wall_ratio.py", *(argv if argv is not None else sys.argv[1:])]),
         "protocol": "recipe defaults, 1 torch thread each; for each seed the two runs ran "
                     + ("one after the other, each alone on the machine" if args.sequential else "at the same time, one per core"),
