@@ -3,7 +3,9 @@
 For each seed it runs ``recipes/train.py algo=ppo`` and ``algo=<other>`` on the same env with the
 recipe's defaults (``threads=1``, no progress bar, CSV logs in a temporary folder): the two runs of a
 seed at the same time, one per core, so a change in the machine's load hits both, or with
-``--sequential`` one after the other, each alone on the machine (no contention between them). It reads each
+``--sequential`` one after the other, each alone on the machine (no contention between them; the order
+alternates from seed to seed, so a drift in the machine's speed does not always favour the same
+algorithm). It reads each
 run's ``summary.json`` (``wall_seconds``, ``frames``, ``final_return``), prints a table of
 the per-seed ratios with their median and writes JSON (docs/throughput.md, issue 18).
 
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_pair(env: str, algos: list[str], seed: int, extra: list[str], workdir: Path, sequential: bool = False) -> list[dict]:
     """One recipe run per algorithm for ``seed``, started at once (or one after the other); their summaries."""
     procs, runs = [], []
-    for algo in algos:
+    for algo in algos:  # (given in the order to run them)
         run_dir = workdir / f"{algo}_seed{seed}"
         cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), f"algo={algo}", f"env={env}", f"seed={seed}",
                "threads=1", "progress_bar=false", f"hydra.run.dir={run_dir}", *extra]
@@ -72,8 +74,9 @@ def main(argv=None) -> dict:
     t0 = time.time()
     runs = []
     with tempfile.TemporaryDirectory(prefix="wall_ratio_") as tmp:
-        for seed in args.seeds:
-            runs += run_pair(args.env, algos, seed, args.extra, Path(tmp), args.sequential)
+        for i, seed in enumerate(args.seeds):
+            order = algos[::-1] if args.sequential and i % 2 else algos  # PPO first, then second, ...
+            runs += run_pair(args.env, order, seed, args.extra, Path(tmp), args.sequential)
     wall = {(r["algo"], r["seed"]): r["wall_seconds"] for r in runs}
     ratios = {s: wall[args.algo, s] / wall["ppo", s] for s in args.seeds}
     lines = [f"| seed | PPO wall s | {args.algo.upper()} wall s | {args.algo.upper()} / PPO |", "|---:|---:|---:|---:|"]
@@ -87,7 +90,8 @@ def main(argv=None) -> dict:
                      + (", one run after the other" if args.sequential else "") + " (issue 18)",
         "command": " ".join(["python", "benchmarks/recipe_wall_ratio.py", *(argv if argv is not None else sys.argv[1:])]),
         "protocol": "recipe defaults, 1 torch thread each; for each seed the two runs ran "
-                    + ("one after the other, each alone on the machine" if args.sequential else "at the same time, one per core"),
+                    + ("one after the other, each alone on the machine, PPO first for the 1st, 3rd... seed and "
+                       "second for the others" if args.sequential else "at the same time, one per core"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.time() - t0, 1),
         "runs": runs, "ratios": {str(s): r for s, r in ratios.items()}, "median_ratio": median,

@@ -87,6 +87,10 @@ Measured for every (variant, N, M):
    compiles, the second absorbs a recompile). A failure is recorded as ``unsupported`` with
    the error's first line, a compile past ``--compile-timeout`` seconds as ``timeout``.
 
+On a CPU device every process (the baseline's included) first calls
+``torchrl_sapg.runtime.keep_freed_host_memory``, as the recipe does by default
+(``--no-keep-freed-memory``: glibc's default, which page-faults every large activation afresh).
+
 Every figure comes with its ratio to the eager ``torchrl`` baseline of the same cell in the same
 run (``*_vs_torchrl``; time ratios > 1 are slower, rate ratios < 1 are slower), and every cell
 with the overheads ``sapg_over_ppo`` and ``epo_over_ppo`` (update time, end-to-end time per
@@ -130,6 +134,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "recipes"))
 from env_throughput import _device_name, _sync  # noqa: E402
+
+from torchrl_sapg.runtime import keep_freed_host_memory  # noqa: E402
 
 VARIANTS = ("torchrl", "ppo", "sapg", "epo")
 #: opt-in: our PPO without the per-minibatch analytic KL (kl_actor=None, fixed lr); SAPG with the
@@ -1058,6 +1064,9 @@ def parse_args(argv=None):
     p.add_argument("--compile-timeout", type=float, default=600, help="seconds for a compiled loss's warm-up")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (and the workers' OMP_NUM_THREADS)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="CPU: glibc keeps freed memory for the next large tensor, in every variant "
+                        "(torchrl_sapg.runtime.keep_freed_host_memory; the recipe's keep_freed_memory default)")
     p.add_argument("--in-process", action="store_true", help="no subprocesses (memory figures then accumulate)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run: N=32, M=4, T=4, small net, in-process, no compile")
     p.add_argument("--out", default=None)
@@ -1079,6 +1088,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory and torch.device(args.device).type == "cpu":
+        keep_freed_host_memory()  # the recipe's default; every variant, the TorchRL baseline included
     if args.worker is not None:
         try:
             print(json.dumps(worker(json.loads(args.worker), args)))

@@ -229,6 +229,10 @@ def _check_run_options(cfg: DictConfig) -> None:
     _at_least(cfg, "checkpoint_interval", 0, "env frames between checkpoints; 0 writes one at the end only", default=0)
     _int_at_least(cfg, "keep_checkpoints", 0, "rotated copies beside last.pt", default=0)
     _int_at_least(cfg, "log_interval", 1, "iterations between log lines", default=1)
+    keep = _get(cfg, "keep_freed_memory", True)
+    if not isinstance(keep, bool):
+        raise ValueError(f"keep_freed_memory={keep!r} must be true or false (true: glibc keeps freed memory for the "
+                         "next large CPU tensor; docs/throughput.md).")
 
 
 def _check_logger(cfg: DictConfig) -> None:

@@ -44,6 +44,7 @@ from common import (  # noqa: E402
 )
 
 from torchrl_sapg.collectors import PopulationCollector  # noqa: E402
+from torchrl_sapg.runtime import keep_freed_host_memory  # noqa: E402
 from torchrl_sapg.trainers.distributed import init_distributed, rank_seed, world_info  # noqa: E402
 from torchrl_sapg.trainers.evaluation import evaluate_policies  # noqa: E402
 from torchrl_sapg.trainers.checkpoint import load_checkpoint, remove_stale_temp_files  # noqa: E402
@@ -85,6 +86,8 @@ def main(cfg: DictConfig) -> dict:
         OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    # the learner's activations live in host memory only on a CPU device
+    freed_memory_kept = bool(cfg.get("keep_freed_memory", True)) and torch.device(cfg.device).type == "cpu" and keep_freed_host_memory()
     torch.manual_seed(cfg.seed)  # the same initial weights everywhere (rank 0's are broadcast anyway)
 
     algo = algorithm(cfg)  # recipes/common.py's ALGORITHMS entry: networks, loss, trainer, hooks
@@ -158,6 +161,7 @@ def main(cfg: DictConfig) -> dict:
         "run_dir": run_dir,
         "world_size": world_size,
         "frames_per_second": trainer.collected_frames / max(wall, 1e-9),
+        "keep_freed_memory": freed_memory_kept,
     }
     if digests is not None:
         summary["rank_parameter_digests"] = digests

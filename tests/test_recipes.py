@@ -9,6 +9,7 @@ import csv
 import glob
 import json
 import os
+import platform
 import pathlib
 import shutil
 import subprocess
@@ -122,6 +123,8 @@ def test_train_writes_config_logs_checkpoint_and_summary(trained):
     assert summary["frames"] == 4 * FPB
     assert summary["batch_layout"]["rows"] == FPB
     assert summary["final_return"] == pytest.approx(_csv(scalars / "policy" / "0" / "return.csv")[-1][1])
+    # the recipe's default keep_freed_memory=true took effect on this (glibc, CPU) run
+    assert summary["keep_freed_memory"] is (platform.libc_ver()[0] == "glibc")
     # nothing written into the repository or the cwd besides the run dir
     assert sorted(p.name for p in tmp.iterdir() if not p.name.startswith(("wandb", "xdg"))) == ["run"]
 

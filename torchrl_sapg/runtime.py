@@ -1,18 +1,25 @@
-"""The process's place in a torchrun launch: rank, local rank, world size, per-rank seeds; and
-the one helper for an argument that was renamed.
+"""The process's place in a torchrun launch: rank, local rank, world size, per-rank seeds; the
+process-wide setting of the C allocator for large CPU tensors; and the one helper for an argument
+that was renamed.
 
 The lowest layer of the package (it imports nothing from it), so env backends, population
 methods and trainers can all read it; the collectives live in ``trainers/distributed.py``.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import warnings
 from typing import Any
 
-__all__ = ["RANK_SEED_STRIDE", "rank_seed", "renamed_argument", "world_info"]
+__all__ = ["RANK_SEED_STRIDE", "keep_freed_host_memory", "rank_seed", "renamed_argument", "world_info"]
 
 RANK_SEED_STRIDE = 1_000_003
+
+# mallopt parameters of glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
 
 
 def rank_seed(seed: int, rank: int | None = None) -> int:
@@ -36,6 +43,39 @@ def world_info() -> tuple[int, int, int]:
         int(os.environ.get("LOCAL_RANK", 0)),
         int(os.environ.get("WORLD_SIZE", 1)),
     )
+
+
+def keep_freed_host_memory(trim_threshold: int = 1 << 30) -> bool:
+    """Make glibc's ``malloc`` keep freed memory for the next large CPU tensor instead of unmapping it.
+
+    glibc gives every block over its mmap threshold (at most 32 MiB) pages of its own and returns
+    them to the kernel on ``free``; a training loop that allocates the same large activations every
+    minibatch then page-faults on each first write. This serves large blocks from the heap
+    (``M_MMAP_MAX = 0``) and trims the heap only when more than ``trim_threshold`` bytes at its top
+    are free. Process-wide and lasting; a no-op where the C library is not glibc. Measured in
+    ``docs/throughput.md`` ("Host memory").
+
+    Args:
+        trim_threshold: free bytes at the heap's top above which glibc returns memory to the kernel.
+
+    Returns:
+        ``True`` if glibc accepted both settings, ``False`` otherwise (another C library, or a refusal).
+
+    Examples:
+        >>> import platform
+        >>> keep_freed_host_memory() == (platform.libc_ver()[0] == "glibc")
+        True
+    """
+    if int(trim_threshold) < 0:
+        raise ValueError(f"trim_threshold={trim_threshold}: pass a byte count >= 0.")
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    trim = min(int(trim_threshold), 2**31 - 1)  # mallopt takes an int
+    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, trim) == 1
 
 
 def renamed_argument(owner: str, old: str, new: str, old_value: Any, new_value: Any, default: Any = None) -> Any:
