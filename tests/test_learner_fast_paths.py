@@ -4,9 +4,13 @@
   against ``Linear(concat(obs, phi[id]))``, values and gradients, for 1-, 2- and 3-d inputs;
 * in-place hidden activations against the same network with out-of-place ones;
 * minibatches without the ``"next"`` / ``"collector"`` entries: same loss values, and every
-  entry kept where a hook or another loss could read it.
+  entry kept where a hook or another loss could read it;
+* the off-policy diagnostics reduced once per update (deferred) average to what per-minibatch reduction logs.
 """
 from __future__ import annotations
+
+import contextlib
+import copy
 
 import pytest
 import torch
@@ -154,6 +158,25 @@ def test_leaving_entries_out_changes_no_loss_value():
     full, trimmed = loss(batch.clone()), loss(_trainer(loss)._training_rows(batch.clone()))
     for key in full.keys():
         torch.testing.assert_close(full[key], trimmed[key])
+
+
+def test_trainer_defers_the_diagnostics_to_the_same_averages():
+    """OnPolicyTrainer reduces the off-policy diagnostics once per update; its averages equal the per-minibatch ones."""
+    torch.manual_seed(2)
+    ac = make_actor_critic(3, 1)
+    batch = _batch(ac)
+    batch.update({"off_policy": torch.arange(64) % 3 == 0,
+                  "target_log_prob": batch["action_log_prob"] + 0.3 * torch.randn(64)})
+    batch["action_log_prob"] = batch["action_log_prob"] + 0.2 * torch.randn(64)  # ratios away from 1
+    loss = OffPolicyClipPPOLoss(ac.actor, ac.critic)
+    deferred, per_call = _trainer(loss), _trainer(copy.deepcopy(loss))
+    per_call.loss_module.deferred_diagnostics = contextlib.nullcontext  # the loss reduces them in every forward
+    a, b = deferred.optim_steps(batch.clone()), per_call.optim_steps(batch.clone())
+    assert set(a.keys()) == set(b.keys())
+    for key in ("clip_fraction_on", "clip_fraction_off", "ESS_on", "ESS_off", "mu_mean", "mu_min", "mu_max",
+                "off_policy_fraction", "kl_approx", "loss_objective", "loss_critic"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert 0 < float(a["off_policy_fraction"]) < 1 and float(a["mu_max"]) > float(a["mu_min"])
 
 
 @pytest.mark.parametrize("num_policies", [4, 20])

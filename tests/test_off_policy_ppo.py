@@ -340,6 +340,37 @@ def test_statistics_all_off_policy(ac):
     torch.testing.assert_close(out["loss_objective"], ref["loss_objective"], rtol=1e-5, atol=1e-6)
 
 
+DIAGNOSTICS = ("clip_fraction_on", "clip_fraction_off", "ESS_on", "ESS_off", "mu_mean", "mu_min", "mu_max",
+               "off_policy_fraction")
+
+
+@pytest.mark.parametrize("sizes", [(B, B, B), (B, B // 2)], ids=["equal", "unequal"])
+def test_deferred_diagnostics_average_the_per_call_values(ac, sizes):
+    """Inside deferred_diagnostics() forward leaves the diagnostics out (kl_approx stays) and means() averages what
+    each call would have reported: one batched reduction for equal minibatches, one per call otherwise."""
+    loss = OffPolicyClipPPOLoss(ac.actor, ac.critic, clip_epsilon=EPS, entropy_bonus=False, critic_coeff=1.0,
+                                loss_critic_type="l2")
+    batches = [_batch(ac, seed=20 + i, n_off=5 + i)[:n] for i, n in enumerate(sizes)]
+    eager = [loss(td) for td in batches]
+    with loss.deferred_diagnostics() as pending:
+        deferred = [loss(td) for td in batches]
+    means = pending.means()
+    assert set(means) == set(DIAGNOSTICS)
+    for name in DIAGNOSTICS:
+        assert name not in deferred[0].keys()
+        expected = torch.stack([out[name] for out in eager]).mean()
+        torch.testing.assert_close(means[name], expected, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(eager[0]["mu_mean"], eager[1]["mu_mean"])  # the average is not one call's value
+    for a, b in zip(eager, deferred):
+        torch.testing.assert_close(b["kl_approx"], a["kl_approx"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b["loss_objective"], a["loss_objective"])
+    # outside the context forward reports them again, and a context without calls has nothing to report
+    assert "mu_mean" in loss(batches[0]).keys()
+    with loss.deferred_diagnostics() as empty:
+        pass
+    assert empty.means() == {}
+
+
 # ----------------------------------------------------------------------------- multi-dim batches
 def _on_policy_2d(ac):
     """A [4, 4] on-policy batch whose behaviour log-prob is the current policy's (ratio == 1)."""

@@ -114,10 +114,7 @@ class LatentConditionedMLP(nn.Module):
             # [x, onehot(id)] @ [W_obs^T; table]: one GEMM forward and one backward, the bias (or the policy's row)
             # inside it; no broadcast bias copy, no bias-gradient reduction, no gather or scatter. Without autograd
             # (collection, value estimation) the gather below is cheaper: it has no backward to save.
-            # the one-hot by comparison, not F.one_hot, which validates the ids with a host sync
-            cols = flat_x.new_ones(flat_x.shape[0], 1) if ids is None else \
-                ids.reshape(-1, 1) == torch.arange(m, device=ids.device)
-            h = torch.cat([flat_x, cols.to(flat_x.dtype)], dim=-1) @ torch.cat([w_obs.t(), table], dim=0)
+            h = _with_one_hot(flat_x, ids, m) @ torch.cat([w_obs.t(), table], dim=0)
         else:
             # embedding, not table[id]: its backward is a fast scatter-add; the GEMM accumulates into the gathered rows
             rows = nn.functional.embedding(ids.reshape(-1), table)
@@ -139,6 +136,19 @@ class LatentConditionedMLP(nn.Module):
         for layer in itertools.islice(self.mlp, 1, None):  # not self.mlp[1:], which builds a new Sequential per call
             h = layer(h)
         return h
+
+
+def _with_one_hot(x: torch.Tensor, ids: torch.Tensor | None, m: int) -> torch.Tensor:
+    """``[x, onehot(ids)]`` (``[x, 1]`` without ids) for the folded first layer's single GEMM."""
+    if ids is None:
+        return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=-1)
+    if torch.compiler.is_compiling() or is_functorch_wrapped_tensor(x) or x.requires_grad:
+        # by comparison, not F.one_hot, which validates the ids with a host sync
+        return torch.cat([x, (ids.reshape(-1, 1) == torch.arange(m, device=ids.device)).to(x.dtype)], dim=-1)
+    # written in place: one zero fill, one copy and one scatter instead of a comparison, a cast and a concatenation
+    out = x.new_zeros(x.shape[0], x.shape[1] + m)
+    out[:, : x.shape[1]] = x
+    return out.scatter_(1, ids.reshape(-1, 1) + x.shape[1], 1.0)
 
 
 def _init_split_input_layer(layer: nn.Linear, observation_dim: int, latent_dim: int) -> None:

@@ -123,6 +123,6 @@ def gaussian_kl_rows(
         if num_policies is None:
             raise ValueError("reduction='max_policy' needs num_policies (the number of policy ids).")
         ids = policy_id.reshape(kl.shape).flatten()
-        total = kl.new_zeros(num_policies).index_add_(0, ids, (kl * keep).flatten())
-        rows = kl.new_zeros(num_policies).index_add_(0, ids, keep.flatten())
-        return (total / rows.clamp_min(1)).max()  # a policy without rows in the minibatch counts 0
+        # each policy's KL sum and row count in one scatter-add
+        sums = kl.new_zeros(num_policies, 2).index_add_(0, ids, torch.stack([kl * keep, keep], -1).reshape(-1, 2))
+        return (sums[:, 0] / sums[:, 1].clamp_min(1)).max()  # a policy without rows in the minibatch counts 0

@@ -263,22 +263,27 @@ class OnPolicyTrainer(Trainer):
                                  "optimizer_steps_per_iteration": n_mb * self.num_epochs}
             if self.sequence_minibatches:
                 self.batch_layout["sequence_length"] = int(flat.shape[1])
-        total = None
-        for _ in range(self.num_epochs):
-            self._pre_epoch_log_hook(flat)
-            flat = self._pre_epoch_hook(flat)
-            perm = torch.randperm(rows, generator=self.generator, device=self.generator.device)
-            for i in range(n_mb):
-                sub = flat[perm[i * mb : (i + 1) * mb]]
-                sub = self._process_optim_batch_hook(sub)
-                self._optim_count += 1
-                losses = self.optimization_stepper.step(self, sub)
-                self._post_optim_hook()
-                self._post_optim_log(sub)
-                total = losses.clone() if total is None else total.add_(losses)
-            self._post_epoch_log_hook(flat)
-            self._post_epoch_hook()
+        total, loss = None, self.loss_module
+        # our off-policy losses reduce their diagnostics once per update, not per minibatch (eager steps only)
+        deferred = isinstance(loss, OffPolicyClipPPOLoss) and not getattr(self.optimization_stepper, "compiled", False)
+        with loss.deferred_diagnostics() if deferred else contextlib.nullcontext() as pending:
+            for _ in range(self.num_epochs):
+                self._pre_epoch_log_hook(flat)
+                flat = self._pre_epoch_hook(flat)
+                perm = torch.randperm(rows, generator=self.generator, device=self.generator.device)
+                for i in range(n_mb):
+                    sub = flat[perm[i * mb : (i + 1) * mb]]
+                    sub = self._process_optim_batch_hook(sub)
+                    self._optim_count += 1
+                    losses = self.optimization_stepper.step(self, sub)
+                    self._post_optim_hook()
+                    self._post_optim_log(sub)
+                    total = losses.clone() if total is None else total.add_(losses)
+                self._post_epoch_log_hook(flat)
+                self._post_epoch_hook()
         average = total / (n_mb * self.num_epochs)
+        if pending is not None:  # the off-policy diagnostics, averaged over the minibatches in one reduction
+            average.update(pending.means())
         self._post_optim_complete_log_hook(self._optim_count, average)
         return average
 
