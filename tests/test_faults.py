@@ -332,9 +332,45 @@ def test_run_folder_lock_refuses_a_second_live_owner(tmp_path):
     holder = subprocess.run(
         [sys.executable, "-c", "import sys; from torchrl_sapg.trainers.run_dir import RunFolderLock; "
          "RunFolderLock(sys.argv[1]).acquire()", str(tmp_path)], env=_env(tmp_path), capture_output=True, text=True)
-    assert holder.returncode != 0 and f'"pid": {os.getpid()}' in holder.stderr and "hydra.run.dir" in holder.stderr
+    assert holder.returncode != 0 and f"pid {os.getpid()} on host" in holder.stderr and "hydra.run.dir" in holder.stderr
     lock.release()
     RunFolderLock(tmp_path).acquire().release()  # free again once the owner let go
+
+
+def test_owner_file_primitives_tell_busy_from_unsupported(tmp_path, monkeypatch):
+    import fcntl
+
+    from torchrl_sapg.runtime import read_owner_file, try_exclusive_lock, write_owner_file
+
+    path = tmp_path / "x.lock"
+    first, second = (os.open(path, os.O_RDWR | os.O_CREAT) for _ in range(2))
+    try:
+        assert read_owner_file(first) == {}  # empty
+        assert try_exclusive_lock(first) is True
+        write_owner_file(first, {"pid": 7})
+        write_owner_file(first, {"pid": 8})  # replaces, never appends
+        assert try_exclusive_lock(second) is False and read_owner_file(second) == {"pid": 8}
+        os.pwrite(first, b"[1, 2]   \n", 0)
+        assert read_owner_file(second) == {}  # JSON, but not a record
+        monkeypatch.setattr(fcntl, "flock", lambda fd, op: (_ for _ in ()).throw(OSError(errno.ENOLCK, "no locks")))
+        assert try_exclusive_lock(second) is None
+    finally:
+        os.close(first)
+        os.close(second)
+
+
+def test_run_folder_without_file_locking_warns_and_runs(tmp_path, monkeypatch):
+    """NFS without a lock manager answers flock with ENOLCK: that is no locking, not another owner."""
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="no flock on this filesystem"):
+        lock = RunFolderLock(tmp_path).acquire()
+    assert json.loads((tmp_path / ".owner.lock").read_text())["pid"] == os.getpid()
+    lock.release()
 
 
 def test_fresh_start_in_a_used_folder_is_refused(tmp_path):

@@ -1,6 +1,6 @@
 """The process's place in a torchrun launch: rank, local rank, world size, per-rank seeds; the
-process-wide setting of the C allocator for large CPU tensors; and the one helper for an argument
-that was renamed.
+process-wide setting of the C allocator for large CPU tensors; the owner-file primitives that
+run folders and PBT member slots lock with; and the one helper for an argument that was renamed.
 
 The lowest layer of the package (it imports nothing from it), so env backends, population
 methods and trainers can all read it; the collectives live in ``trainers/distributed.py``.
@@ -8,15 +8,25 @@ methods and trainers can all read it; the collectives live in ``trainers/distrib
 from __future__ import annotations
 
 import ctypes
+import errno
+import json
 import os
 import platform
 import warnings
-from typing import Any
+from typing import Any, Mapping
 
-__all__ = ["RANK_SEED_STRIDE", "keep_freed_host_memory", "rank_seed", "renamed_argument", "world_info"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks, an owner file is informational only
+    fcntl = None
+
+__all__ = ["RANK_SEED_STRIDE", "keep_freed_host_memory", "rank_seed", "read_owner_file", "renamed_argument",
+           "try_exclusive_lock", "world_info", "write_owner_file"]
 
 RANK_SEED_STRIDE = 1_000_003
 
+# flock's errnos when another open file description holds the lock; any other errno means no locking here
+_BUSY_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
 # mallopt parameters of glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -76,6 +86,63 @@ def keep_freed_host_memory(trim_threshold: int = 1 << 30) -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     trim = min(int(trim_threshold), 2**31 - 1)  # mallopt takes an int
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, trim) == 1
+
+
+def try_exclusive_lock(fd: int) -> bool | None:
+    """Try to take an exclusive, non-blocking ``flock`` on the open file ``fd``.
+
+    The kernel drops the lock when the last descriptor closes, the owner's death by SIGKILL
+    included, so a lock never outlives its process.
+
+    Args:
+        fd: an open file descriptor of the lock file.
+
+    Returns:
+        ``True``: this process holds it; ``False``: another open file holds it; ``None``: this
+        filesystem or platform has no locking (NFS without a lock manager, Windows), so nothing is
+        enforced.
+
+    Examples:
+        >>> import os, tempfile
+        >>> fd = os.open(os.path.join(tempfile.mkdtemp(), "x.lock"), os.O_RDWR | os.O_CREAT)
+        >>> try_exclusive_lock(fd)
+        True
+        >>> os.close(fd)
+    """
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as err:
+        return False if err.errno in _BUSY_ERRNOS else None  # ENOLCK, EOPNOTSUPP, ...: no locking
+
+
+def read_owner_file(fd: int) -> dict[str, Any]:
+    """The JSON owner record in the open lock file ``fd`` (``{}`` if empty, being rewritten or not JSON).
+
+    Args:
+        fd: an open file descriptor of the lock file.
+    """
+    try:
+        data = json.loads(os.pread(fd, 65536, 0).decode("utf-8", "replace") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_owner_file(fd: int, owner: Mapping[str, Any]) -> None:
+    """Replace the content of the open lock file ``fd`` with ``owner`` as one JSON line (best effort).
+
+    Args:
+        fd: an open file descriptor of the lock file, locked by this process.
+        owner: what a second claimant's error message should show (pid, host, start time...).
+    """
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(dict(owner), sort_keys=True) + "\n").encode(), 0)
+    except OSError:
+        pass  # informational only
 
 
 def renamed_argument(owner: str, old: str, new: str, old_value: Any, new_value: Any, default: Any = None) -> Any:

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import pathlib
 import socket
 import time
+import warnings
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; the owner file is informational only
-    fcntl = None
+from torchrl_sapg.runtime import read_owner_file, try_exclusive_lock, write_owner_file
 
 #: what marks a folder as holding a run: a summary or a checkpoint (a run killed before its first checkpoint
 #: leaves only config.yaml and log rows, which a fresh start replaces and trims)
@@ -51,18 +48,22 @@ class RunFolderLock:
     def acquire(self) -> "RunFolderLock":
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise RunFolderError(
-                    f"run folder {str(self.folder)!r} is in use by another process ({holder}). Wait for it, stop it, "
-                    "or give this run its own folder (hydra.run.dir=...)."
-                ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode(), 0)
+        got = try_exclusive_lock(fd)
+        if got is False:
+            holder = read_owner_file(fd)
+            os.close(fd)
+            who = f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}" if holder else "details not written yet"
+            raise RunFolderError(
+                f"run folder {str(self.folder)!r} is in use by another process ({who}). Wait for it, stop it, "
+                "or give this run its own folder (hydra.run.dir=...)."
+            )
+        if got is None:
+            warnings.warn(
+                f"cannot lock {str(self.path)!r} (no flock on this filesystem, e.g. NFS mounted with 'nolock'); a "
+                "second run in the same folder will not be refused.",
+                stacklevel=2,
+            )
+        write_owner_file(fd, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
         self._fd = fd
         return self
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
-import json
 import os
 import pathlib
 import socket
@@ -13,18 +11,13 @@ import warnings
 from typing import Any, Mapping
 
 from torchrl_sapg.population.pbt_decentralized.records import TMP_MAX_AGE_S, remove_temp_files
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: the owner file is informational only
-    fcntl = None
+from torchrl_sapg.runtime import read_owner_file, try_exclusive_lock, write_owner_file
 
 __all__ = ["LAUNCH_ID_ENV", "LOCK_DIR", "MemberLock", "WorkspaceBusyError", "claim_owner_lock", "held_lock",
            "member_owner", "owner_lock_path"]
 
 LOCK_DIR = "locks"
 LAUNCH_ID_ENV = "TORCHRL_SAPG_PBT_LAUNCH_ID"
-_BUSY_ERRNOS = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}
 
 
 class WorkspaceBusyError(RuntimeError):
@@ -51,15 +44,6 @@ def _owner_info(member_id: int, launch_id: str | None) -> dict[str, Any]:
     }
 
 
-def _read_owner_fd(fd: int) -> dict[str, Any]:
-    """The owner information in an open lock file (``{}`` if it is empty or being rewritten)."""
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        data = json.loads(os.read(fd, 65536).decode("utf-8", "replace") or "{}")
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
 
 def _busy_message(root: pathlib.Path, member_id: int, path: pathlib.Path, owner: Mapping[str, Any]) -> str:
     who = (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} (started {owner.get('started', '?')}, "
@@ -71,18 +55,6 @@ def _busy_message(root: pathlib.Path, member_id: int, path: pathlib.Path, owner:
         "--workspace) or other member ids (pbt.member_id= / --member-ids)."
     )
 
-
-def _try_flock(fd: int) -> bool | None:
-    """``True``: locked; ``False``: another open file holds it; ``None``: no locking on this filesystem."""
-    if fcntl is None:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as err:
-        if err.errno in _BUSY_ERRNOS:
-            return False
-        return None  # ENOLCK (NFS without a lock manager), EOPNOTSUPP, ...
 
 
 def member_owner(root: str | os.PathLike, member_id: int) -> dict[str, Any] | None:
@@ -98,9 +70,9 @@ def member_owner(root: str | os.PathLike, member_id: int) -> dict[str, Any] | No
     except OSError:
         return None
     try:
-        got = _try_flock(fd)
+        got = try_exclusive_lock(fd)
         if got is False:
-            return _read_owner_fd(fd)
+            return read_owner_file(fd)
         return None
     finally:
         os.close(fd)  # also releases a probe lock
@@ -162,13 +134,13 @@ def claim_owner_lock(root: pathlib.Path, member_id: int, member_dir: pathlib.Pat
     if held is not None:
         return held
     fd = _open_lock_file(path)
-    got = None if fd is None else _try_flock(fd)
+    got = None if fd is None else try_exclusive_lock(fd)
     deadline = time.monotonic() + float(wait_s)
     while got is False and time.monotonic() < deadline:
         time.sleep(0.05)
-        got = _try_flock(fd)
+        got = try_exclusive_lock(fd)
     if got is False:
-        owner = _read_owner_fd(fd)
+        owner = read_owner_file(fd)
         os.close(fd)
         raise WorkspaceBusyError(_busy_message(root, member_id, path, owner))
     if got is None and fd is not None:
@@ -180,7 +152,7 @@ def claim_owner_lock(root: pathlib.Path, member_id: int, member_dir: pathlib.Pat
         )
     owner = _owner_info(member_id, launch_id)
     if fd is not None:
-        _write_owner(fd, owner)
+        write_owner_file(fd, owner)
     # with the lock, nobody else writes this folder: every temp file in it is a dead writer's
     removed = remove_temp_files(member_dir, None if got else TMP_MAX_AGE_S)
     lock = MemberLock(path=path, member_id=member_id, owner=owner, enforced=bool(got),
@@ -200,10 +172,3 @@ def _open_lock_file(path: pathlib.Path) -> int | None:
         warnings.warn(f"cannot open the PBT owner lock {str(path)!r} ({err}); running without it.", stacklevel=4)
         return None
 
-
-def _write_owner(fd: int, owner: Mapping[str, Any]) -> None:
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(owner, sort_keys=True) + "\n").encode(), 0)
-    except OSError:
-        pass  # informational only
