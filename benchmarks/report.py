@@ -87,6 +87,19 @@ def distributed_fps(lines: list[str]) -> None:
         lines += ["", "Commands of the three runs:", ""] + [f"- `{r['command']}`" for r in d["rows"]] + [""]
 
 
+def _row_ratios(cell: dict) -> dict:
+    """SAPG/EPO rows per update and time per trained row vs PPO, from a cell's eager results (results
+    written before throughput.py stored them derive them here)."""
+    eager = {r["variant"]: r for r in cell["results"] if not r.get("compile") and r.get("status") == "ok"}
+    out = {}
+    for v in ("sapg", "epo"):
+        if v in eager and "ppo" in eager and "rows_per_update" in eager[v]:
+            rows = eager[v]["rows_per_update"] / eager["ppo"]["rows_per_update"]
+            out[f"{v}_over_ppo_rows"] = rows
+            out[f"{v}_over_ppo_time_per_row"] = eager[v]["update_s"] / eager["ppo"]["update_s"] / rows
+    return out
+
+
 def _throughput_extras(d: dict) -> list[str]:
     """The FLOP-floor table and every cell's per-phase profile of a throughput.py JSON (if it has them)."""
     from throughput import floor_markdown, profile_markdown
@@ -130,15 +143,17 @@ def throughput(lines: list[str]) -> None:
                     f"{r['samples_per_s']:,.0f} | {r['samples_per_s_vs_torchrl']:.2f} | "
                     + (f"{e2e:,.0f} | {r['e2e_frames_per_s_vs_torchrl']:.2f} |" if e2e else "— | — |"))
 
-        def x(o, key):
-            return f"{o[key]:.2f}×" if key in o else "—"
+        def x(o, key, fmt=".2f"):
+            return f"{o[key]:{fmt}}×" if key in o else "—"
 
-        lines += ["", "| N | M | PPO / torchrl update | SAPG / PPO update | EPO / PPO update | SAPG / PPO end-to-end | "
-                  "EPO / PPO end-to-end |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "| N | M | PPO / torchrl update | SAPG / PPO update | EPO / PPO update | SAPG / PPO rows | "
+                  "SAPG / PPO per row | SAPG / PPO end-to-end | EPO / PPO end-to-end |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for cell in d["cells"]:
-            o = cell["overheads"]
+            o = {**_row_ratios(cell), **cell["overheads"]}
             lines.append(f"| {cell['num_envs']} | {cell['num_policies']} | {x(o, 'ppo_over_torchrl_update_time')} | "
                          f"{x(o, 'sapg_over_ppo_update_time')} | {x(o, 'epo_over_ppo_update_time')} | "
+                         f"{x(o, 'sapg_over_ppo_rows', '.3f')} | {x(o, 'sapg_over_ppo_time_per_row')} | "
                          f"{x(o, 'sapg_over_ppo_e2e_time')} | {x(o, 'epo_over_ppo_e2e_time')} |")
         lines.append("")
         lines += _throughput_extras(d)

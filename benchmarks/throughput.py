@@ -908,6 +908,9 @@ def add_ratios(rows: list[dict]) -> dict:
             if v in (BASELINE, "ppo"):
                 continue
             over[f"{v}_over_ppo_update_time"] = eager[v]["update_s"] / eager["ppo"]["update_s"]
+            # SAPG/EPO train on the leader's off-policy rows too: the row ratio is the floor of the time ratio
+            over[f"{v}_over_ppo_rows"] = eager[v]["rows_per_update"] / eager["ppo"]["rows_per_update"]
+            over[f"{v}_over_ppo_time_per_row"] = over[f"{v}_over_ppo_update_time"] / over[f"{v}_over_ppo_rows"]
             if "e2e_frames_per_s" in eager[v]:
                 over[f"{v}_over_ppo_e2e_time"] = eager["ppo"]["e2e_frames_per_s"] / eager[v]["e2e_frames_per_s"]
     # where the extra time goes, phase by phase (profiled iterations): ppo - torchrl, and each variant - ppo
@@ -1003,12 +1006,14 @@ def markdown(cells: list[dict]) -> str:
                 f"{f(mib['train_memory_increase_bytes'], '.0f')} |"
             )
     lines += ["", "| N | M | PPO / torchrl update time | SAPG / PPO update time | EPO / PPO update time | "
-                  "SAPG / PPO e2e time | EPO / PPO e2e time |", "|---:|---:|---:|---:|---:|---:|---:|"]
+                  "SAPG / PPO rows | SAPG / PPO time per row | SAPG / PPO e2e time | EPO / PPO e2e time |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for cell in cells:
         o = cell["overheads"]
         lines.append(
             f"| {cell['num_envs']} | {cell['num_policies']} | {f(o.get('ppo_over_torchrl_update_time'), '.2f')} | "
             f"{f(o.get('sapg_over_ppo_update_time'), '.2f')} | {f(o.get('epo_over_ppo_update_time'), '.2f')} | "
+            f"{f(o.get('sapg_over_ppo_rows'), '.3f')} | {f(o.get('sapg_over_ppo_time_per_row'), '.2f')} | "
             f"{f(o.get('sapg_over_ppo_e2e_time'), '.2f')} | {f(o.get('epo_over_ppo_e2e_time'), '.2f')} |"
         )
     floor = floor_markdown(cells)
@@ -1158,6 +1163,9 @@ def main(argv=None) -> dict:
             "train_memory_increase_bytes": "that peak minus the memory just before the two iterations",
             "*_vs_torchrl": "the figure / the same figure of the cell's eager torchrl baseline",
             "*_over_ppo_*_time": "time ratio to our eager PPO of the cell (> 1: slower)",
+            "*_over_ppo_rows": "training-batch rows per update / PPO's (SAPG/EPO: 1 + off_policy_ratio / M, the "
+                               "floor of the update-time ratio for a row-bound update)",
+            "*_over_ppo_time_per_row": "*_over_ppo_update_time / *_over_ppo_rows: the cost of one trained row vs PPO's",
             "profile": "profiled end-to-end iterations (after the timed ones): median exclusive wall-clock seconds "
                        "per phase (" + ", ".join(PHASES) + "); update_s = all phases but collect; share_of_update = "
                        "phase / update_s; CUDA synchronised at every timer",

@@ -76,6 +76,9 @@ def test_ratios_are_figures_over_the_baseline(quick):
     for v in ("sapg", "epo"):
         assert o[f"{v}_over_ppo_update_time"] == pytest.approx(rows[v]["update_s"] / ppo["update_s"])
         assert o[f"{v}_over_ppo_e2e_time"] == pytest.approx(ppo["e2e_frames_per_s"] / rows[v]["e2e_frames_per_s"])
+        # the leader's off-policy rows: 1 + 1/M more rows than PPO trains on, the time ratio's floor
+        assert o[f"{v}_over_ppo_rows"] == pytest.approx(1 + 1 / cell["num_policies"])
+        assert o[f"{v}_over_ppo_time_per_row"] == pytest.approx(o[f"{v}_over_ppo_update_time"] / o[f"{v}_over_ppo_rows"])
 
 
 def test_flop_floor_is_counted_for_every_variant(quick):
