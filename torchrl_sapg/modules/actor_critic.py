@@ -7,7 +7,6 @@ import math
 from typing import Sequence
 
 import torch
-from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey
 from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
@@ -15,6 +14,7 @@ from torchrl.modules import IndependentNormal, ProbabilisticActor, ValueOperator
 
 from torchrl_sapg.modules.latents import PolicyLatents, check_policy_ids
 from torchrl_sapg.modules.normalization import ObservationNormalizer
+from torchrl_sapg.modules.td_module import DirectWriteMixin, DirectWriteModule
 
 _ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
 _IN_PLACE = (nn.ELU, nn.ReLU, nn.SiLU)  # the activations with an ``inplace`` argument
@@ -258,7 +258,7 @@ class LatentConditionedActor(ProbabilisticActor):
             observation_dim, action_dim, num_policies, latents, hidden_sizes, activation, obs_normalizer, input_init
         )
         head = _GaussianHead(backbone, num_policies, action_dim, init_log_std)
-        module = TensorDictModule(head, in_keys=[observation_key, policy_id_key], out_keys=["loc", "scale"])
+        module = DirectWriteModule(head, in_keys=[observation_key, policy_id_key], out_keys=["loc", "scale"])
         super().__init__(
             module,
             in_keys=["loc", "scale"],
@@ -286,7 +286,7 @@ class LatentConditionedActor(ProbabilisticActor):
         return self.head.backbone.obs_normalizer
 
 
-class LatentConditionedValue(ValueOperator):
+class LatentConditionedValue(DirectWriteMixin, ValueOperator):
     """State-value critic ``V(obs, phi[policy_id])`` sharing the latent table with the actor.
 
     SAPG conditions the critic on the same per-policy parameters as the actor, so each

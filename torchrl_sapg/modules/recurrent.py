@@ -29,7 +29,7 @@ import contextlib
 from typing import Sequence
 
 import torch
-from tensordict.nn import TensorDictModule, TensorDictSequential
+from tensordict.nn import TensorDictSequential
 from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.envs import EnvBase, InitTracker, Transform, TransformedEnv
@@ -38,6 +38,7 @@ from torchrl.modules import IndependentNormal, LSTMModule, ProbabilisticActor, s
 from torchrl_sapg.modules.actor_critic import LatentConditionedMLP, activation_class, check_latents
 from torchrl_sapg.modules.factory import ActorCritic
 from torchrl_sapg.modules.latents import PolicyLatents, check_policy_ids
+from torchrl_sapg.modules.td_module import DirectWriteModule
 from torchrl_sapg.modules.normalization import ObservationNormalizer
 from torchrl_sapg.runtime import renamed_argument
 
@@ -173,9 +174,9 @@ class RecurrentLatentActor(ProbabilisticActor):
         head = _GaussianHead(lstm_hidden, action_dim, num_policies, init_log_std)
         h, c = hidden_state_keys("actor")
         module = TensorDictSequential(
-            TensorDictModule(embed, in_keys=[observation_key, policy_id_key], out_keys=["actor_embed"]),
+            DirectWriteModule(embed, in_keys=[observation_key, policy_id_key], out_keys=["actor_embed"]),
             lstm,
-            TensorDictModule(head, in_keys=["actor_lstm_out", policy_id_key], out_keys=["loc", "scale"]),
+            DirectWriteModule(head, in_keys=["actor_lstm_out", policy_id_key], out_keys=["loc", "scale"]),
             # intermediate features are not stored in the collected batch (memory at scale)
             selected_out_keys=["loc", "scale", ("next", h), ("next", c)],
         )
@@ -259,9 +260,9 @@ class RecurrentLatentValue(TensorDictSequential):
         lstm = _lstm(embed.out_dim, lstm_hidden, "critic", recurrent_backend)
         h, c = hidden_state_keys("critic")
         super().__init__(
-            TensorDictModule(embed, in_keys=[observation_key, policy_id_key], out_keys=["critic_embed"]),
+            DirectWriteModule(embed, in_keys=[observation_key, policy_id_key], out_keys=["critic_embed"]),
             lstm,
-            TensorDictModule(nn.Linear(lstm_hidden, 1), in_keys=["critic_lstm_out"], out_keys=[value_key]),
+            DirectWriteModule(nn.Linear(lstm_hidden, 1), in_keys=["critic_lstm_out"], out_keys=[value_key]),
             selected_out_keys=[value_key, ("next", h), ("next", c)],
         )
         self.num_policies = num_policies
