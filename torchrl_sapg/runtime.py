@@ -123,6 +123,16 @@ def read_owner_file(fd: int) -> dict[str, Any]:
 
     Args:
         fd: an open file descriptor of the lock file.
+
+    Examples:
+        >>> import os, tempfile
+        >>> fd = os.open(os.path.join(tempfile.mkdtemp(), "x.lock"), os.O_RDWR | os.O_CREAT)
+        >>> read_owner_file(fd)
+        {}
+        >>> write_owner_file(fd, {"pid": 42})
+        >>> read_owner_file(fd)
+        {'pid': 42}
+        >>> os.close(fd)
     """
     try:
         data = json.loads(os.pread(fd, 65536, 0).decode("utf-8", "replace") or "{}")
@@ -137,6 +147,15 @@ def write_owner_file(fd: int, owner: Mapping[str, Any]) -> None:
     Args:
         fd: an open file descriptor of the lock file, locked by this process.
         owner: what a second claimant's error message should show (pid, host, start time...).
+
+    Examples:
+        >>> import os, tempfile
+        >>> fd = os.open(os.path.join(tempfile.mkdtemp(), "x.lock"), os.O_RDWR | os.O_CREAT)
+        >>> write_owner_file(fd, {"pid": 1, "host": "a-long-host-name"})
+        >>> write_owner_file(fd, {"pid": 2})  # replaces the record, never appends
+        >>> read_owner_file(fd)
+        {'pid': 2}
+        >>> os.close(fd)
     """
     try:
         os.ftruncate(fd, 0)

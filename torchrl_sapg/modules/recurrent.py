@@ -38,8 +38,8 @@ from torchrl.modules import IndependentNormal, LSTMModule, ProbabilisticActor, s
 from torchrl_sapg.modules.actor_critic import LatentConditionedMLP, activation_class, check_latents
 from torchrl_sapg.modules.factory import ActorCritic
 from torchrl_sapg.modules.latents import PolicyLatents, check_policy_ids
-from torchrl_sapg.modules.td_module import DirectWriteModule
 from torchrl_sapg.modules.normalization import ObservationNormalizer
+from torchrl_sapg.modules.td_module import DirectWriteModule
 from torchrl_sapg.runtime import renamed_argument
 
 #: SAPG's AllegroKuka MLP widths (the MLP's last width is the LSTM's input size)

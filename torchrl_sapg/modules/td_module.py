@@ -6,7 +6,7 @@ returning a plain tensor unchanged. A policy's and a critic's forward run once p
 once per minibatch, so the probe is paid thousands of times per iteration. The classes here write
 plain tensors with ``TensorDict.set``, the same result, and hand anything else (a tuple, a dict, a
 TensorDict, a non-default ``tensordict_out``) to TensorDict's own path. The cost is measured in
-``docs/throughput.md`` ("The import probe per module output").
+``docs/throughput.md`` ("What changed in the learner", fifth round).
 """
 from __future__ import annotations
 

@@ -44,7 +44,6 @@ def _owner_info(member_id: int, launch_id: str | None) -> dict[str, Any]:
     }
 
 
-
 def _busy_message(root: pathlib.Path, member_id: int, path: pathlib.Path, owner: Mapping[str, Any]) -> str:
     who = (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} (started {owner.get('started', '?')}, "
            f"launch id {owner.get('launch_id', '?')})") if owner else "a process that has not written its details yet"
@@ -54,7 +53,6 @@ def _busy_message(root: pathlib.Path, member_id: int, path: pathlib.Path, owner:
         "Stop the other run, or start this one with another workspace (a new directory: pbt.workspace= / "
         "--workspace) or other member ids (pbt.member_id= / --member-ids)."
     )
-
 
 
 def member_owner(root: str | os.PathLike, member_id: int) -> dict[str, Any] | None:
