@@ -7,7 +7,8 @@ seed at the same time, one per core, so a change in the machine's load hits both
 alternates from seed to seed, so a drift in the machine's speed does not always favour the same
 algorithm). It reads each
 run's ``summary.json`` (``wall_seconds``, ``frames``, ``final_return``), prints a table of
-the per-seed ratios with their median and writes JSON (docs/throughput.md, issue 18).
+the per-seed ratios with their median, their IQM and its 95% bootstrap interval over seeds
+(``rl_stats``), and writes JSON (docs/throughput.md, issue 18).
 
 Example::
 
@@ -28,6 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from rl_stats import iqm, stratified_bootstrap_ci  # noqa: E402
 
 
 def run_pair(env: str, algos: list[str], seed: int, extra: list[str], workdir: Path, sequential: bool = False) -> list[dict]:
@@ -60,6 +63,16 @@ def _finish(workdir: Path, seed: int, entry) -> list[dict]:
              "final_return": summary.get("final_return"), "command": " ".join(["python", "recipes/train.py", *cmd[2:]])}]
 
 
+def ratio_summary(ratios: list[float], *, seed: int = 0) -> dict:
+    """Median, IQM and the IQM's 95% bootstrap interval (resampling seeds) of the per-seed ratios.
+
+    >>> round(ratio_summary([1.0, 1.2, 1.1, 1.3, 1.4])["iqm_ratio"], 6)
+    1.2
+    """
+    low, high = stratified_bootstrap_ci(ratios, iqm, seed=seed)
+    return {"median_ratio": statistics.median(ratios), "iqm_ratio": iqm(ratios), "iqm_ratio_ci": [low, high]}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="acrobot")
@@ -81,8 +94,10 @@ def main(argv=None) -> dict:
     ratios = {s: wall[args.algo, s] / wall["ppo", s] for s in args.seeds}
     lines = [f"| seed | PPO wall s | {args.algo.upper()} wall s | {args.algo.upper()} / PPO |", "|---:|---:|---:|---:|"]
     lines += [f"| {s} | {wall['ppo', s]:.1f} | {wall[args.algo, s]:.1f} | {ratios[s]:.2f} |" for s in args.seeds]
-    median = statistics.median(ratios.values())
-    table = "\n".join(lines) + f"\n\nmedian {args.algo.upper()} / PPO: {median:.2f}"
+    stats = ratio_summary(list(ratios.values()))
+    low, high = stats["iqm_ratio_ci"]
+    table = "\n".join(lines) + (f"\n\n{args.algo.upper()} / PPO over {len(ratios)} seeds: median {stats['median_ratio']:.2f}, "
+                                f"IQM {stats['iqm_ratio']:.2f} (95% bootstrap interval {low:.2f}-{high:.2f})")
     print(table)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {
@@ -94,7 +109,7 @@ def main(argv=None) -> dict:
                        "second for the others" if args.sequential else "at the same time, one per core"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.time() - t0, 1),
-        "runs": runs, "ratios": {str(s): r for s, r in ratios.items()}, "median_ratio": median,
+        "runs": runs, "ratios": {str(s): r for s, r in ratios.items()}, **stats,
         "table_markdown": table,
     }
     if args.out:

@@ -186,7 +186,7 @@ def build_ours(variant: str, n: int, m: int, args, collector=None, agent_state=N
 
     ``collector=None`` builds the recipe's env and ``PopulationCollector``; ``compile_options``
     (a dict of ``torch.compile`` arguments) turns on the trainer's ``compile`` switch."""
-    from common import build_agent, build_env, build_loss, register_algorithm_hooks
+    from common import build_agent, build_env, build_loss, build_optimizer, register_algorithm_hooks
 
     from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
@@ -204,7 +204,7 @@ def build_ours(variant: str, n: int, m: int, args, collector=None, agent_state=N
                                         frames_per_batch=n * args.horizon)
     t = cfg.train
     loss, value_estimator = build_loss(cfg, agent)
-    optimizer = torch.optim.Adam(loss.parameters(), lr=t.lr)
+    optimizer = build_optimizer(cfg, loss)  # the recipe's (fused) Adam
     schedule = LearningRateSchedule(optimizer, mode="fixed" if variant == "ppo_nokl" else t.lr_schedule,
                                     kl_threshold=t.kl_threshold, min_lr=t.min_lr, max_lr=t.max_lr,
                                     total_frames=int(cfg.total_frames))

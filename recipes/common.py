@@ -232,11 +232,20 @@ def device_of(cfg: DictConfig) -> torch.device:
 
 
 # ----------------------------------------------------------------------------- trainers
+def build_optimizer(cfg: DictConfig, loss: torch.nn.Module) -> torch.optim.Adam:
+    """Adam over the loss's parameters at ``train.lr``; its fused kernel with ``train.fused_adam`` (CPU, CUDA)."""
+    params = list(loss.parameters())
+    fused = bool(cfg.train.get("fused_adam", True)) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
+    return torch.optim.Adam(params, lr=cfg.train.lr, fused=fused or None)
+
+
 def _on_policy_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer_kwargs) -> OnPolicyTrainer:
     """One loss module and Adam over its parameters, the adaptive LR rule, then the algorithm's hooks."""
     t = cfg.train
     loss, value_estimator = build_loss(cfg, agent)
-    optimizer = torch.optim.Adam(loss.parameters(), lr=t.lr)
+    optimizer = build_optimizer(cfg, loss)
     schedule = LearningRateSchedule(
         optimizer, mode=t.lr_schedule, total_frames=int(cfg.total_frames),
         **config_kwargs(LearningRateSchedule, t, only=("kl_threshold", "min_lr", "max_lr")),

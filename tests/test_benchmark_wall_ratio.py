@@ -19,6 +19,7 @@ def test_wall_ratio_of_two_tiny_runs(tmp_path):
     assert all(r["frames"] >= 192 and r["wall_seconds"] > 0 for r in result["runs"])
     walls = {r["algo"]: r["wall_seconds"] for r in result["runs"]}
     assert result["ratios"]["0"] == walls["sapg"] / walls["ppo"] == result["median_ratio"]
+    assert result["iqm_ratio_ci"] == [result["iqm_ratio"]] * 2  # one seed: nothing to resample
     assert json.loads(out.read_text())["table_markdown"].startswith("| seed | PPO wall s | SAPG wall s |")
 
 
@@ -31,3 +32,15 @@ def test_sequential_protocol_alternates_the_order_and_is_recorded(tmp_path):
     assert [(r["algo"], r["seed"]) for r in result["runs"]] == [("ppo", 1), ("sapg", 1), ("sapg", 2), ("ppo", 2)]
     assert "one after the other" in result["protocol"] and result["median_ratio"] > 0
     assert set(result["ratios"]) == {"1", "2"}
+
+
+def test_ratio_summary_is_the_iqm_of_the_seed_ratios_with_a_bootstrap_interval():
+    ratios = [1.30, 1.02, 1.10, 1.18, 1.06, 1.50]
+    stats = recipe_wall_ratio.ratio_summary(ratios)
+    middle = sorted(ratios)[1:5]  # 6 seeds: one cut from each end
+    assert abs(stats["iqm_ratio"] - sum(middle) / 4) < 1e-9
+    assert stats["median_ratio"] == (1.10 + 1.18) / 2
+    low, high = stats["iqm_ratio_ci"]
+    assert min(ratios) <= low < stats["iqm_ratio"] < high <= max(ratios)
+    assert recipe_wall_ratio.ratio_summary(ratios) == stats  # a seeded bootstrap: the same interval every time
+    assert recipe_wall_ratio.ratio_summary([1.1])["iqm_ratio_ci"] == [1.1, 1.1]

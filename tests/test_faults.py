@@ -63,7 +63,7 @@ class InjectNonFinite(Transform):
         return next_tensordict
 
 
-def build(tmp_path, *, total_frames=6 * FPB, fault=None, env_kwargs=None, **kwargs):
+def build(tmp_path, *, total_frames=6 * FPB, fault=None, env_kwargs=None, fused=False, **kwargs):
     torch.manual_seed(0)
     env = make_env("pendulum", N_ENVS, seed=0, **(env_kwargs or {}))
     if fault is not None:
@@ -71,7 +71,7 @@ def build(tmp_path, *, total_frames=6 * FPB, fault=None, env_kwargs=None, **kwar
     ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=FPB)
     loss = ClipPPOLoss(ac.actor, ac.critic)
-    optimizer = torch.optim.Adam(loss.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=1e-3, fused=fused or None)
     kwargs.setdefault("checkpoint_path", str(tmp_path / "checkpoints" / "last.pt"))
     kwargs.setdefault("checkpoint_interval", FPB)
     trainer = OnPolicyTrainer(
@@ -259,8 +259,9 @@ def test_drop_mode_trains_on_and_counts_the_rows(tmp_path):
     assert all_finite(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["trainer"])
 
 
-def test_a_nan_loss_never_reaches_the_weights_or_the_optimiser(tmp_path):
-    trainer = build(tmp_path, total_frames=3 * FPB)
+@pytest.mark.parametrize("fused", [False, True], ids=["adam", "fused_adam"])
+def test_a_nan_loss_never_reaches_the_weights_or_the_optimiser(tmp_path, fused):
+    trainer = build(tmp_path, total_frames=3 * FPB, fused=fused)
     first = {}
 
     def poison(batch):  # a loss that turns NaN in the 2nd iteration (e.g. a numerically broken term)

@@ -765,3 +765,77 @@ def test_the_loss_reports_the_analytic_kl_from_its_own_forward(reduction):
     assert len(passes) == 1  # the loss's own pass; none for the KL
     assert float(out["kl"]) > 0
     torch.testing.assert_close(out["kl"], ref)
+
+
+def _adam_pair(lr):
+    """The same parameters and Adam state twice: one optimiser fused, one not."""
+    torch.manual_seed(0)
+    base = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    pairs = []
+    for fused in (False, True):
+        params = [torch.nn.Parameter(p.detach().clone()) for p in base]
+        pairs.append((params, torch.optim.Adam(params, lr=lr, fused=fused or None)))
+    return pairs
+
+
+@pytest.mark.parametrize("lr", [1e-2, torch.tensor(1e-2)], ids=["float_lr", "tensor_lr"])
+def test_skip_if_nonfinite_with_fused_adam_skips_the_whole_step_and_steps_like_adam_otherwise(lr):
+    from torchrl_sapg.trainers.stepper import skip_if_nonfinite
+
+    (plain, plain_opt), (fused, fused_opt) = _adam_pair(lr)
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in plain]
+        finite = torch.tensor(step != 1)  # the 2nd step carries a NaN loss
+        if step == 1:
+            grads[0][0, 0] = float("nan")
+        before = [p.detach().clone() for p in fused]
+        state_before = copy.deepcopy(fused_opt.state_dict()["state"])
+        for params, opt in ((plain, plain_opt), (fused, fused_opt)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            with skip_if_nonfinite(opt, params, finite):
+                opt.step()
+        assert not hasattr(fused_opt, "found_inf")  # the flag is only set around the step
+        assert all(torch.isfinite(p).all() for p in plain + fused)
+        if step == 0:  # a finite step: the fused kernel is Adam's update
+            for a, b in zip(plain, fused):
+                torch.testing.assert_close(a, b)
+        if step == 1:  # skipped: fused leaves weights, moments and step count untouched; plain keeps the weights
+            assert all(torch.equal(a, b) for a, b in zip(before, fused))
+            assert all(torch.equal(a, b) for a, b in zip(before, plain))
+            for k, s in fused_opt.state_dict()["state"].items():
+                assert all(torch.equal(s[n], state_before[k][n]) for n in ("step", "exp_avg", "exp_avg_sq"))
+    assert fused_opt.state_dict()["state"][0]["step"].item() == 2  # the skipped step is not counted
+    assert plain_opt.state_dict()["state"][0]["step"].item() == 3  # the plain path steps with a zero lr
+
+
+def test_fused_adam_step_matches_adams_formula_by_hand():
+    from torchrl_sapg.trainers.stepper import skip_if_nonfinite
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = torch.optim.Adam([p], lr=0.1, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    w, m, v = p.detach().clone(), torch.zeros(5), torch.zeros(5)
+    for t in (1, 2):
+        g = torch.randn(5)
+        p.grad = g.clone()
+        with skip_if_nonfinite(opt, [p], torch.tensor(True)):
+            opt.step()
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w = w - 0.1 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+        torch.testing.assert_close(p.detach(), w)
+
+
+def test_recipe_optimizer_is_fused_adam_unless_switched_off():
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "recipes"))
+    from omegaconf import OmegaConf
+
+    from common import build_optimizer
+
+    loss = torch.nn.Linear(3, 2)
+    for flag, fused in ((True, True), (False, None)):
+        opt = build_optimizer(OmegaConf.create({"train": {"lr": 3e-4, "fused_adam": flag}}), loss)
+        assert isinstance(opt, torch.optim.Adam) and opt.defaults["fused"] is fused and opt.defaults["lr"] == 3e-4
+    assert build_optimizer(OmegaConf.create({"train": {"lr": 1e-3}}), loss).defaults["fused"] is True  # the default

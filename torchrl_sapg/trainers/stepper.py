@@ -18,14 +18,31 @@ __all__ = ["ClippedGradientStepper", "skip_if_nonfinite"]
 def skip_if_nonfinite(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], finite: torch.Tensor):
     """Make the enclosed ``optimizer.step()`` a no-op for the weights when ``finite`` is False, without a host sync.
 
-    The gradients are zeroed and every group's learning rate multiplied by ``finite``, so NaN/inf never
+    A fused optimiser (``fused=True`` in every group, e.g. ``torch.optim.Adam``) is handed ``found_inf``, the flag
+    its kernel reads to skip the whole step: weights, moments and step count stay as they were. Any other
+    optimiser gets zeroed gradients and every group's learning rate multiplied by ``finite``, so NaN/inf never
     reaches a weight (Adam's moments decay once). The trainer raises on the non-finite loss after the iteration.
 
     Args:
         optimizer: the optimiser about to step.
         params: the parameters it updates.
         finite: a boolean scalar tensor on the parameters' device.
+
+    Examples:
+        >>> p = nn.Parameter(torch.ones(2)); p.grad = torch.full((2,), float("nan"))
+        >>> opt = torch.optim.Adam([p], lr=0.1, fused=True)
+        >>> with skip_if_nonfinite(opt, [p], torch.isfinite(p.grad).all()):
+        ...     opt.step()
+        >>> p.data
+        tensor([1., 1.])
     """
+    if all(g.get("fused") for g in optimizer.param_groups):
+        optimizer.found_inf = (~finite).to(torch.float32)  # the kernels' flag, as torch.amp.GradScaler sets it
+        try:
+            yield
+        finally:
+            del optimizer.found_inf
+        return
     scale = finite.to(params[0].dtype)
     for p in params:
         if p.grad is not None:
