@@ -839,3 +839,18 @@ def test_recipe_optimizer_is_fused_adam_unless_switched_off():
         opt = build_optimizer(OmegaConf.create({"train": {"lr": 3e-4, "fused_adam": flag}}), loss)
         assert isinstance(opt, torch.optim.Adam) and opt.defaults["fused"] is fused and opt.defaults["lr"] == 3e-4
     assert build_optimizer(OmegaConf.create({"train": {"lr": 1e-3}}), loss).defaults["fused"] is True  # the default
+
+
+def test_skip_if_nonfinite_hands_found_inf_only_to_torchs_own_fused_optimisers():
+    from torchrl_sapg.trainers.stepper import skip_if_nonfinite
+
+    class MyAdam(torch.optim.Adam):  # a subclass elsewhere may not honour found_inf: the zero-lr path
+        pass
+
+    for cls, steps in ((torch.optim.Adam, 0), (MyAdam, 1)):
+        p = torch.nn.Parameter(torch.ones(3))
+        p.grad = torch.full((3,), float("nan"))
+        opt = cls([p], lr=0.1, fused=True)
+        with skip_if_nonfinite(opt, [p], torch.tensor(False)):
+            opt.step()
+        assert torch.equal(p.detach(), torch.ones(3)) and opt.state[p]["step"].item() == steps

@@ -18,7 +18,7 @@ __all__ = ["ClippedGradientStepper", "skip_if_nonfinite"]
 def skip_if_nonfinite(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], finite: torch.Tensor):
     """Make the enclosed ``optimizer.step()`` a no-op for the weights when ``finite`` is False, without a host sync.
 
-    A fused optimiser (``fused=True`` in every group, e.g. ``torch.optim.Adam``) is handed ``found_inf``, the flag
+    A fused ``torch.optim`` optimiser (``fused=True`` in every group, e.g. ``Adam``) is handed ``found_inf``, the flag
     its kernel reads to skip the whole step: weights, moments and step count stay as they were. Any other
     optimiser gets zeroed gradients and every group's learning rate multiplied by ``finite``, so NaN/inf never
     reaches a weight (Adam's moments decay once). The trainer raises on the non-finite loss after the iteration.
@@ -36,7 +36,8 @@ def skip_if_nonfinite(optimizer: torch.optim.Optimizer, params: list[nn.Paramete
         >>> p.data
         tensor([1., 1.])
     """
-    if all(g.get("fused") for g in optimizer.param_groups):
+    # torch's own fused kernels read found_inf (Adam, AdamW, SGD, Adagrad); another class's "fused" flag may not
+    if type(optimizer).__module__.startswith("torch.optim.") and all(g.get("fused") for g in optimizer.param_groups):
         optimizer.found_inf = (~finite).to(torch.float32)  # the kernels' flag, as torch.amp.GradScaler sets it
         try:
             yield
