@@ -188,6 +188,10 @@ def _check_train(cfg: DictConfig) -> None:
     _choice(cfg, "train.lr_schedule", ("adaptive", "linear", "fixed"))
     _choice(cfg, "train.normalize_advantage", ("batch", "minibatch", "none"))
     _choice(cfg, "train.nonfinite", ("raise", "drop"))
+    fused = _get(cfg, "train.fused_adam", True)
+    if not isinstance(fused, bool):
+        raise ValueError(f"train.fused_adam={fused!r} must be true or false (true: Adam's fused kernel; "
+                         "false: its per-parameter loop).")
     if _get(cfg, "train.cudagraphs", False) and not str(_get(cfg, "device", "cpu")).startswith("cuda"):
         raise ValueError(f"train.cudagraphs=true needs device=cuda (device={_get(cfg, 'device', 'cpu')!r}); "
                          "use train.compile=true alone on this device.")

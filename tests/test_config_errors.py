@@ -180,6 +180,7 @@ def test_total_frames_below_one_batch():
         ("keep_checkpoints=-1", "keep_checkpoints=-1 must be an int >= 0"),
         ("algo.name=a2c", "algo.name='a2c' is unknown"),
         ("keep_freed_memory=maybe", "keep_freed_memory='maybe' must be true or false"),
+        ("train.fused_adam=maybe", "train.fused_adam='maybe' must be true or false"),
     ],
 )
 def test_bad_run_option(override, expected):
