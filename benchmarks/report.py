@@ -307,11 +307,31 @@ def hard_scaling_table(min_n: int = 4096) -> list[str]:
             seeds = max((len(c["seeds"]) for c in cells if c), default=0)
             rows.append(f"| {d['env']} ({metric}) | {n:,} | {d['protocols']['updates']['updates']} | {seeds} | "
                         + " | ".join(_iqm(c) for c in cells) + " |")
-    flagged = [d["env"] for d in _hard_scaling() if _seed_determined(d)]
+    uniform = {d["env"]: v for d in _hard_scaling() if (v := _uniform_score(d)) is not None}
+    flagged = [d["env"] for d in _hard_scaling() if d["env"] not in uniform and _seed_determined(d)]
+    if uniform:
+        rows += ["", "On " + ", ".join(f"{env} nearly every run scores {v:.2f}" for env, v in uniform.items())
+                 + " (at least 80% of each method's seeds, at every N): this protocol does not tell the methods apart "
+                 "there (docs/scaling.md)."]
     if flagged:
         rows += ["", "Caution: on " + ", ".join(flagged) + " most seeds score the same at every N for every method: the "
                  "outcome is set by the seed's initial network, not by training (docs/scaling.md)."]
     return rows
+
+
+def _uniform_score(d: dict) -> float | None:
+    """The one value that the seeds scoring the same at every N all score, where they are at least 80% of every
+    method's seeds (a floor or a ceiling, e.g. 0 successes everywhere); else None.
+
+    Such a task is not seed-determined: neither the seed nor the method nor N changed the outcome."""
+    if not _seed_determined(d):
+        return None
+    metric, by_seed = d["metric"], {}
+    for r in d["runs"]:
+        if "updates" in r.get("protocols", []) and r.get(metric) is not None:
+            by_seed.setdefault((r["algo"], r["seed"]), set()).add(round(r[metric], 6))
+    constant = {next(iter(v)) for v in by_seed.values() if len(v) == 1}
+    return next(iter(constant)) if len(constant) == 1 else None
 
 
 def _seed_determined(d: dict, threshold: float = 0.8) -> bool:
@@ -416,7 +436,10 @@ def readme_table() -> str:
     studies = _hard_scaling()
     if studies:
         n_seeds = sorted({len(t["seeds"]) for d in studies for t in d["table"]})
-        rows = ["Hard-exploration tasks (docs/embedded-tasks.md), recipe defaults, fixed number of updates per run: "
+        commits = sorted({(d.get("code") or {}).get("commit", "?")[:7] + ("+dirty" if (d.get("code") or {}).get("dirty") else "")
+                          for d in studies})
+        rows = [f"Hard-exploration tasks (docs/embedded-tasks.md), recipe defaults (runs at commit {', '.join(commits)}), "
+                "fixed number of updates per run: "
                 "the headline policy's final deterministic evaluation (PPO: its policy; SAPG: the leader; EPO: the "
                 "master; PBT: the best of 8 members), interquartile mean [95% stratified-bootstrap CI] over "
                 f"{'/'.join(map(str, n_seeds))} seeds, CPU.", "", *rows]
@@ -442,7 +465,9 @@ def diagnostics_table() -> list[str]:
             if not rs:
                 continue
             mean = lambda f: statistics.fmean(f(r) for r in rs)  # noqa: E731
-            off = [r["off_policy"] for r in rs if r.get("off_policy", {}).get("ESS_off") is not None]
+            # runs with off-policy rows only: PPO's loss logs ESS_off = 0 and mu = 1 for its none
+            off = [r["off_policy"] for r in rs if r.get("off_policy", {}).get("ESS_off") is not None
+                   and r["off_policy"].get("off_policy_fraction", 1.0) > 0]
             ess = f"{statistics.fmean(o['ESS_off'] for o in off):.2f}" if off else "–"
             mu = (f"{statistics.fmean(o['mu_min_overall'] for o in off):.2f} / "
                   f"{statistics.fmean(o['mu_max_overall'] for o in off):.1f}" if off else "–")

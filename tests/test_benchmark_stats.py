@@ -142,3 +142,55 @@ def test_seed_determined_flags_outcomes_that_do_not_depend_on_n():
     runs += [{"algo": "sapg", "num_envs": n, "seed": s, "protocols": ["updates"], "eval_success": n / 16 * (s < 3)}
              for n in (8, 16) for s in range(4)]
     assert scaling.seed_determined(runs, "eval_success") == {"ppo": 1.0, "sapg": 0.25}
+
+
+def _hard_task_json(tmp_path, env, score):
+    """A scaling JSON of ``env`` whose eval success is ``score(algo, n, seed)``, written where report reads it."""
+    import json
+
+    runs = [{"algo": a, "algo_name": a, "num_envs": n, "seed": s, "protocols": ["updates"], "iterations": 2,
+             "frames": 2 * n * 16, "eval_return": 1.0, "final_train_return": None, "wall_seconds": 1.0,
+             "eval_success": score(a, n, s)}
+            for a in ("ppo", "sapg") for n in (1024, 4096) for s in range(5)]
+    d = {"env": env, "protocols": {"updates": {"updates": 2, "horizon": 16}}, "runs": runs,
+         "code": {"commit": "0123456789abcdef", "dirty": False}, **scaling.analysis(runs, ["ppo", "sapg"], None, None)}
+    (tmp_path / f"scaling_{env}.json").write_text(json.dumps(d))
+
+
+def test_report_tells_a_floor_apart_from_a_seed_determined_task(tmp_path, monkeypatch):
+    import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    # every seed but one scores 0 at every N: a floor, not an outcome set by the seed
+    _hard_task_json(tmp_path, "point_maze_u", lambda a, n, s: 0.5 * (a == "sapg" and s == 3 and n == 4096))
+    # each seed scores the same at every N, and the seeds differ: seed-determined
+    _hard_task_json(tmp_path, "sparse_mountain_car", lambda a, n, s: float(s % 2))
+    notes = [line for line in report.hard_scaling_table() if line and not line.startswith("|")]
+    assert notes == [
+        "On point_maze_u nearly every run scores 0.00 (at least 80% of each method's seeds, at every N): this protocol "
+        "does not tell the methods apart there (docs/scaling.md).",
+        "Caution: on sparse_mountain_car most seeds score the same at every N for every method: the outcome is set by "
+        "the seed's initial network, not by training (docs/scaling.md).",
+    ]
+    assert "recipe defaults (runs at commit 0123456)" in report.readme_table()
+    # a task where N changes most seeds' scores gets neither note
+    _hard_task_json(tmp_path, "sparse_mountain_car", lambda a, n, s: n / 4096 * (s + 1) / 5)
+    _hard_task_json(tmp_path, "point_maze_u", lambda a, n, s: n / 4096 * (s + 1) / 5)
+    assert [line for line in report.hard_scaling_table() if line and not line.startswith("|")] == []
+
+
+def test_diagnostics_table_leaves_off_policy_columns_empty_without_off_policy_rows(tmp_path, monkeypatch):
+    import json
+
+    import report
+
+    def run(algo, off_policy):
+        return {"env": "point_maze_u", "algo": algo, "num_envs": 12, "seed": 0, "off_policy": off_policy,
+                "maze": {"coverage": [0.5], "union_coverage": 0.5, "mean_pairwise_tv": 0.0, "goal_cell_visit_share": [0.0]}}
+
+    runs = [run("ppo", {"ESS_off": 0.0, "mu_min_overall": 1.0, "mu_max_overall": 1.0, "off_policy_fraction": 0.0}),
+            run("sapg", {"ESS_off": 0.9, "mu_min_overall": 0.2, "mu_max_overall": 4.0, "off_policy_fraction": 0.14})]
+    (tmp_path / "diagnostics_point_maze_u.json").write_text(json.dumps({"runs": runs}))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    ppo, sapg = report.diagnostics_table()[2:]
+    assert ppo.endswith("| – | – |") and sapg.endswith("| 0.90 | 0.20 / 4.0 |")
