@@ -300,15 +300,16 @@ def _iqm(t: dict | None, digits: int = 2) -> str:
 def hard_scaling_table(min_n: int = 4096) -> list[str]:
     """Task × N (N >= ``min_n``) rows: each method's IQM [95% CI] of the task's metric, fixed-updates protocol."""
     rows = ["| task (metric) | N | updates | seeds | PPO | SAPG | EPO | PBT |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for d in _hard_scaling():
+    studies = _hard_scaling()
+    for d in studies:
         metric = METRIC_NAMES.get(d.get("metric"), d.get("metric"))
         for n in sorted({t["num_envs"] for t in d["table"] if t["num_envs"] >= min_n}):
             cells = [_cell(d, a, n) for a in ALGOS]
             seeds = max((len(c["seeds"]) for c in cells if c), default=0)
             rows.append(f"| {d['env']} ({metric}) | {n:,} | {d['protocols']['updates']['updates']} | {seeds} | "
                         + " | ".join(_iqm(c) for c in cells) + " |")
-    uniform = {d["env"]: v for d in _hard_scaling() if (v := _uniform_score(d)) is not None}
-    flagged = [d["env"] for d in _hard_scaling() if d["env"] not in uniform and _seed_determined(d)]
+    uniform = {d["env"]: v for d in studies if (v := _uniform_score(d)) is not None}
+    flagged = [d["env"] for d in studies if d["env"] not in uniform and _seed_determined(d)]
     if uniform:
         rows += ["", "On " + ", ".join(f"{env} nearly every run scores {v:.2f}" for env, v in uniform.items())
                  + " (at least 80% of each method's seeds, at every N): this protocol does not tell the methods apart "
@@ -436,8 +437,8 @@ def readme_table() -> str:
     studies = _hard_scaling()
     if studies:
         n_seeds = sorted({len(t["seeds"]) for d in studies for t in d["table"]})
-        commits = sorted({(d.get("code") or {}).get("commit", "?")[:7] + ("+dirty" if (d.get("code") or {}).get("dirty") else "")
-                          for d in studies})
+        codes = [d.get("code") or {} for d in studies]
+        commits = sorted({c.get("commit", "?")[:7] + ("+dirty" if c.get("dirty") else "") for c in codes})
         rows = [f"Hard-exploration tasks (docs/embedded-tasks.md), recipe defaults (runs at commit {', '.join(commits)}), "
                 "fixed number of updates per run: "
                 "the headline policy's final deterministic evaluation (PPO: its policy; SAPG: the leader; EPO: the "
