@@ -492,10 +492,10 @@ def leader_table() -> list[str]:
     return out
 
 
-def ablation_table() -> list[str]:
-    """The SAPG ablations (``ablation_<task>.json``, written by scaling.py at one N): IQM [CI], P(> PPO), returns."""
+def ablation_table(task: str) -> list[str]:
+    """The SAPG ablations of ``task`` (``ablation_<task>.json``, written by scaling.py): IQM [CI], P(> PPO), returns."""
     out = []
-    for path in sorted(RESULTS.glob("ablation_*.json")):
+    for path in sorted(RESULTS.glob(f"ablation_{task}.json")):
         d = json.loads(path.read_text())
         command = re.sub(r" --(out|runs-dir) \S+", "", d["commands"][-1])
         out += [f"`{command}` (`{path.name}`):", "",
@@ -526,7 +526,9 @@ def update_scaling_doc() -> None:
     _splice(doc, "saturation", saturation_table())
     _splice(doc, "leader", leader_table())
     _splice(doc, "diagnostics", diagnostics_table())
-    _splice(doc, "ablation", ablation_table())
+    for path in sorted(RESULTS.glob("ablation_*.json")):  # one marker block per task: <!-- ablation-<task>:start -->
+        task = path.stem.removeprefix("ablation_")
+        _splice(doc, f"ablation-{task}", ablation_table(task))
 
 
 def update_readme() -> None:
