@@ -494,8 +494,9 @@ def leader_table() -> list[str]:
 
 def ablation_table(task: str) -> list[str]:
     """The SAPG ablations of ``task`` (``ablation_<task>.json``, written by scaling.py): IQM [CI], P(> PPO), returns."""
+    path = RESULTS / f"ablation_{task}.json"
     out = []
-    for path in sorted(RESULTS.glob(f"ablation_{task}.json")):
+    if path.is_file():
         d = json.loads(path.read_text())
         command = re.sub(r" --(out|runs-dir) \S+", "", d["commands"][-1])
         out += [f"`{command}` (`{path.name}`):", "",
