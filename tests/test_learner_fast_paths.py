@@ -21,7 +21,7 @@ from torchrl.objectives import ClipPPOLoss
 from torchrl_sapg.modules import LatentConditionedMLP, PolicyLatents, make_actor_critic
 from torchrl_sapg.modules import actor_critic as actor_critic_module
 from torchrl_sapg.objectives import OffPolicyClipPPOLoss
-from torchrl_sapg.trainers import OnPolicyTrainer
+from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
 
 def _concatenated_reference(net: LatentConditionedMLP, obs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -87,6 +87,16 @@ def test_first_layer_without_latents_folds_its_bias_exactly(lead):
     grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
     for g, r in zip(grads, torch.autograd.grad(ref.square().sum(), list(net.parameters()))):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_hot_input_is_exact_and_leaves_its_shared_rows_untouched(dtype):
+    """[x, onehot(id)] from the cached [0, I] rows equals the concatenation bit for bit, call after call."""
+    for seed in range(3):  # a later call would see an earlier call's x if the cached rows were written into
+        g = torch.Generator().manual_seed(seed)
+        x, ids = torch.randn(50, 3, generator=g, dtype=dtype), torch.randint(0, 5, (50,), generator=g)
+        expected = torch.cat([x, nn.functional.one_hot(ids, 5).to(dtype)], dim=-1)
+        assert torch.equal(actor_critic_module._with_one_hot(x, ids, 5), expected)
 
 
 def test_both_lookups_are_exercised_by_the_threshold():
@@ -170,13 +180,47 @@ def test_trainer_defers_the_diagnostics_to_the_same_averages():
     batch["action_log_prob"] = batch["action_log_prob"] + 0.2 * torch.randn(64)  # ratios away from 1
     loss = OffPolicyClipPPOLoss(ac.actor, ac.critic)
     deferred, per_call = _trainer(loss), _trainer(copy.deepcopy(loss))
-    per_call.loss_module.deferred_diagnostics = contextlib.nullcontext  # the loss reduces them in every forward
+    per_call.loss_module.deferred_diagnostics = lambda **_: contextlib.nullcontext()  # reduced in every forward
     a, b = deferred.optim_steps(batch.clone()), per_call.optim_steps(batch.clone())
     assert set(a.keys()) == set(b.keys())
     for key in ("clip_fraction_on", "clip_fraction_off", "ESS_on", "ESS_off", "mu_mean", "mu_min", "mu_max",
                 "off_policy_fraction", "kl_approx", "loss_objective", "loss_critic"):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
     assert 0 < float(a["off_policy_fraction"]) < 1 and float(a["mu_max"]) > float(a["mu_min"])
+
+
+def _off_policy_batch(ac):
+    batch = _batch(ac)
+    batch.update({"off_policy": torch.arange(64) % 3 == 0,
+                  "target_log_prob": batch["action_log_prob"] + 0.3 * torch.randn(64)})
+    batch["action_log_prob"] = batch["action_log_prob"] + 0.2 * torch.randn(64)
+    return batch
+
+
+@pytest.mark.parametrize("kl_from", ["kl_approx", "analytic"])
+def test_trainer_defers_kl_approx_only_when_the_step_does_not_read_it(kl_from):
+    """An adaptive learning rate on kl_approx reads it after every minibatch, so the trainer keeps it per call (a
+    deferred one would be missing: KeyError); on the analytic KL kl_approx is deferred, to the per-call average."""
+    torch.manual_seed(3)
+    ac = make_actor_critic(3, 1)
+    batch = _off_policy_batch(ac)
+    trainers = []
+    for net in (ac, copy.deepcopy(ac)):  # the same start, each trained by its own trainer
+        loss = OffPolicyClipPPOLoss(net.actor, net.critic)
+        opt = torch.optim.Adam(loss.parameters(), lr=1e-3)
+        trainers.append(OnPolicyTrainer(
+            collector=[], loss_module=loss, optimizer=opt, total_frames=64, num_epochs=2, num_minibatches=2,
+            progress_bar=False, seed=0, lr_schedule=LearningRateSchedule(opt, mode="adaptive"),
+            kl_actor=net.actor if kl_from == "analytic" else None))
+    deferred, per_call = trainers
+    expected = {"kl"} if kl_from == "analytic" else {"kl_approx"}
+    assert deferred.optimization_stepper.minibatch_reads == expected
+    per_call.loss_module.deferred_diagnostics = lambda **_: contextlib.nullcontext()
+    a, b = deferred.optim_steps(batch.clone()), per_call.optim_steps(batch.clone())
+    torch.testing.assert_close(a["kl_approx"], b["kl_approx"], rtol=1e-5, atol=1e-6)
+    assert float(a["kl_approx"]) != 0.0
+    fixed = _trainer(OffPolicyClipPPOLoss(ac.actor, ac.critic))
+    assert fixed.optimization_stepper.minibatch_reads == frozenset()  # a fixed rate reads no KL
 
 
 @pytest.mark.parametrize("num_policies", [4, 20])

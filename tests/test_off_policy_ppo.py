@@ -371,6 +371,25 @@ def test_deferred_diagnostics_average_the_per_call_values(ac, sizes):
     assert empty.means() == {}
 
 
+def test_deferred_kl_approx_is_left_out_of_forward_and_averaged(ac):
+    """deferred_diagnostics(kl_approx=True): forward reports no kl_approx (not even ClipPPOLoss's all-rows one) and
+    means() gives the average of the on-policy values each call would have reported."""
+    loss = OffPolicyClipPPOLoss(ac.actor, ac.critic, clip_epsilon=EPS, entropy_bonus=False, critic_coeff=1.0,
+                                loss_critic_type="l2")
+    batches = [_batch(ac, seed=30 + i, n_off=4 + 3 * i) for i in range(3)]
+    eager = [loss(td) for td in batches]
+    with loss.deferred_diagnostics(kl_approx=True) as pending:
+        deferred = [loss(td) for td in batches]
+    assert all("kl_approx" not in out.keys() for out in deferred)
+    means = pending.means()
+    assert set(means) == {*DIAGNOSTICS, "kl_approx"}
+    expected = torch.stack([out["kl_approx"] for out in eager]).mean()
+    torch.testing.assert_close(means["kl_approx"], expected, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(eager[0]["kl_approx"], eager[1]["kl_approx"])
+    for a, b in zip(eager, deferred):
+        torch.testing.assert_close(b["loss_objective"], a["loss_objective"])
+
+
 # ----------------------------------------------------------------------------- multi-dim batches
 def _on_policy_2d(ac):
     """A [4, 4] on-policy batch whose behaviour log-prob is the current policy's (ratio == 1)."""

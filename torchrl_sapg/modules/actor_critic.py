@@ -145,10 +145,17 @@ def _with_one_hot(x: torch.Tensor, ids: torch.Tensor | None, m: int) -> torch.Te
     if torch.compiler.is_compiling() or is_functorch_wrapped_tensor(x) or x.requires_grad:
         # by comparison, not F.one_hot, which validates the ids with a host sync
         return torch.cat([x, (ids.reshape(-1, 1) == torch.arange(m, device=ids.device)).to(x.dtype)], dim=-1)
-    # written in place: one zero fill, one copy and one scatter instead of a comparison, a cast and a concatenation
-    out = x.new_zeros(x.shape[0], x.shape[1] + m)
+    # each row of [0, I] gathered by id, then x copied into the leading columns: two ops instead of a zero fill, a
+    # copy and a scatter (17 against 37 us at 3,584 rows on CPU, docs/throughput.md)
+    out = _one_hot_rows(x.shape[1], m, x.dtype, x.device).index_select(0, ids.reshape(-1))
     out[:, : x.shape[1]] = x
-    return out.scatter_(1, ids.reshape(-1, 1) + x.shape[1], 1.0)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _one_hot_rows(width: int, m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[0, I]``: ``m`` rows of ``width`` zeros followed by the ``m x m`` identity (read-only, shared)."""
+    return torch.cat([torch.zeros(m, width, dtype=dtype, device=device), torch.eye(m, dtype=dtype, device=device)], dim=1)
 
 
 def _init_split_input_layer(layer: nn.Linear, observation_dim: int, latent_dim: int) -> None:

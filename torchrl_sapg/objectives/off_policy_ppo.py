@@ -178,7 +178,7 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
             log_mu = torch.zeros_like(log_weight)
         else:  # on-policy rows have mu = 1 by definition (target == behaviour)
             behaviour_lp = tensordict.get(self.tensor_keys.sample_log_prob).reshape(log_weight.shape)
-            log_mu = torch.where(off, target_lp.reshape(log_weight.shape) - behaviour_lp, torch.zeros_like(log_weight)).detach()
+            log_mu = torch.where(off, target_lp.reshape(log_weight.shape) - behaviour_lp, 0.0).detach()
         self._call.update(off=off, log_mu=log_mu)
         centre = log_mu if self.mu_correction else torch.zeros_like(log_mu)
         log_is = centre
@@ -234,7 +234,7 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         key = (loss.shape, loss.dtype)
         if key not in cache:
             coeff = self.off_policy_coeff.to(loss.dtype)
-            weights = torch.where(self._expand_loss_mask(off, loss), coeff, torch.ones_like(coeff))
+            weights = torch.where(self._expand_loss_mask(off, loss), coeff, 1.0)
             # a minibatch of only zero-weight rows (lambda = 0) gives 0, not NaN
             cache[key] = weights, weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
         return cache[key]
@@ -265,15 +265,20 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
             self._call = None
 
     @contextlib.contextmanager
-    def deferred_diagnostics(self):
+    def deferred_diagnostics(self, *, kl_approx: bool = False):
         """Within this context, forward stores the diagnostics' per-row inputs instead of reducing them.
 
         A training loop that only logs the diagnostics averaged over its minibatches wraps its
         update in it and reads the averages once from :meth:`DeferredDiagnostics.means`: the same
         values (up to float summation order), in one batched reduction instead of a set of small
-        reductions per minibatch (docs/throughput.md). Inside, forward still reports ``kl_approx``;
-        the other diagnostics are left out of its output. Under ``torch.compile`` forward reduces
-        them per call as outside.
+        reductions per minibatch (docs/throughput.md). Inside, forward still reports ``kl_approx``
+        (unless ``kl_approx=True``); the other diagnostics are left out of its output. Under
+        ``torch.compile`` forward reduces them per call as outside.
+
+        Args:
+            kl_approx: defer ``kl_approx`` too (forward leaves it out and :meth:`DeferredDiagnostics.means`
+                reports it), for a loop that does not read it after each minibatch (e.g. an adaptive
+                learning rate that follows the analytic ``"kl"`` instead).
 
         Examples:
             >>> from tensordict import TensorDict
@@ -288,7 +293,7 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
             >>> "mu_mean" in out.keys(), round(float(pending.means()["mu_mean"]), 4)
             (False, 1.1052)
         """
-        previous, self._deferred = self._deferred, DeferredDiagnostics(self)
+        previous, self._deferred = self._deferred, DeferredDiagnostics(self, kl_approx=kl_approx)
         try:
             yield self._deferred
         finally:
@@ -306,6 +311,9 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         lw, off, log_mu = call["log_ratio"].reshape(-1), off.reshape(-1), call["log_mu"].reshape(-1)
         if self._deferred is not None and not torch.compiler.is_compiling():
             self._deferred.rows.append((lw, off, log_mu))
+            if self._deferred.kl_approx:  # ClipPPOLoss's all-rows value must not stand in for the on-policy one
+                td_out.del_("kl_approx")
+                return
             with torch.no_grad():  # kl_approx stays per call: the adaptive LR may read it (OnPolicyTrainer's kl_key)
                 on = (~off).to(lw.dtype)
                 td_out.set("kl_approx", -(lw * on).sum() / on.sum().clamp_min(1))
@@ -347,15 +355,17 @@ class DeferredDiagnostics:
 
     Args:
         loss: the loss whose forwards are recorded.
+        kl_approx: whether :meth:`means` reports ``kl_approx`` (forward then left it out).
     """
 
-    def __init__(self, loss: OffPolicyClipPPOLoss):
+    def __init__(self, loss: OffPolicyClipPPOLoss, *, kl_approx: bool = False):
         self.loss = loss
+        self.kl_approx = kl_approx
         self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def means(self) -> dict[str, torch.Tensor]:
         """Each diagnostic of every recorded forward, averaged over the forwards (``{}`` if none ran);
-        ``kl_approx``, which forward reported itself, is left out."""
+        ``kl_approx`` only if it was deferred (else forward reported it itself)."""
         if not self.rows:
             return {}
         if len({lw.shape for lw, _, _ in self.rows}) == 1:  # one batched reduction over [forwards, R]
@@ -363,5 +373,6 @@ class DeferredDiagnostics:
         else:  # minibatches of different sizes: one reduction each
             per_call = [self.loss._diagnostic_stats(*row) for row in self.rows]
             stats = {k: torch.stack([d[k] for d in per_call]) for k in per_call[0]}
-        stats.pop("kl_approx")
+        if not self.kl_approx:
+            stats.pop("kl_approx")
         return {k: v.mean() for k, v in stats.items()}

@@ -263,10 +263,11 @@ class OnPolicyTrainer(Trainer):
                                  "optimizer_steps_per_iteration": n_mb * self.num_epochs}
             if self.sequence_minibatches:
                 self.batch_layout["sequence_length"] = int(flat.shape[1])
-        total, loss = None, self.loss_module
-        # our off-policy losses reduce their diagnostics once per update, not per minibatch (eager steps only)
+        total, loss = None, self.loss_module  # our off-policy losses reduce their diagnostics once per update (eager)
+        # kl_approx too, unless the step reads it (a stepper that does not say what it reads may)
         deferred = isinstance(loss, OffPolicyClipPPOLoss) and not getattr(self.optimization_stepper, "compiled", False)
-        with loss.deferred_diagnostics() if deferred else contextlib.nullcontext() as pending:
+        defer_kl = "kl_approx" not in getattr(self.optimization_stepper, "minibatch_reads", {"kl_approx"})
+        with loss.deferred_diagnostics(kl_approx=defer_kl) if deferred else contextlib.nullcontext() as pending:
             for _ in range(self.num_epochs):
                 self._pre_epoch_log_hook(flat)
                 flat = self._pre_epoch_hook(flat)

@@ -110,6 +110,13 @@ class ClippedGradientStepper(OptimizationStepper):
         """Only the adaptive rule reads the KL: the analytic one costs an extra actor pass."""
         return self.kl_actor is not None and self.lr_schedule is not None and self.lr_schedule.mode == "adaptive"
 
+    @property
+    def minibatch_reads(self) -> frozenset[str]:
+        """The loss outputs :meth:`step` needs after each minibatch: the KL an adaptive learning rate follows."""
+        if self.lr_schedule is None or self.lr_schedule.mode != "adaptive":
+            return frozenset()
+        return frozenset({"kl" if self._analytic_kl else self.kl_key})
+
     def _kl(self, losses: TensorDictBase) -> torch.Tensor | None:
         kl = losses.get("kl") if self._analytic_kl else losses.get(self.kl_key, None)
         return None if kl is None else kl.detach().float().mean().reshape(1)
