@@ -112,7 +112,12 @@ class ClippedGradientStepper(OptimizationStepper):
 
     @property
     def minibatch_reads(self) -> frozenset[str]:
-        """The loss outputs :meth:`step` needs after each minibatch: the KL an adaptive learning rate follows."""
+        """The loss outputs :meth:`step` needs after each minibatch: the KL an adaptive learning rate follows.
+
+        Examples:
+            >>> ClippedGradientStepper().minibatch_reads  # no schedule: nothing
+            frozenset()
+        """
         if self.lr_schedule is None or self.lr_schedule.mode != "adaptive":
             return frozenset()
         return frozenset({"kl" if self._analytic_kl else self.kl_key})
