@@ -28,8 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from env_throughput import _device_name  # noqa: E402
 from rl_stats import iqm, stratified_bootstrap_ci  # noqa: E402
 
 
@@ -107,7 +110,7 @@ def main(argv=None) -> dict:
         "protocol": "recipe defaults, 1 torch thread each; for each seed the two runs ran "
                     + ("one after the other, each alone on the machine, PPO first for the 1st, 3rd... seed and "
                        "second for the others" if args.sequential else "at the same time, one per core"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "commit": commit,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "cpu_model": _device_name(torch.device("cpu")), "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.time() - t0, 1),
         "runs": runs, "ratios": {str(s): r for s, r in ratios.items()}, **stats,
         "table_markdown": table,
