@@ -1,26 +1,35 @@
-"""The recipe's training iteration split into phases, PPO against SAPG (or EPO) in one process, and the
-wall-time ratio the paper's design alone would give (issue 18, docs/throughput.md).
+"""The recipe's training iteration split into phases, SAPG (or EPO) against PPO in one process, and
+against PPO trained on SAPG's rows: how far SAPG's wall time is from what the paper's design costs
+(issue 18, docs/throughput.md).
 
-For each seed it builds both trainers as ``recipes/train.py`` does (``recipes/common.py``'s
-``build_trainer``, the env's ``PopulationCollector``, the recipe's logger (CSV) in a temporary folder,
-``threads=1``) but without checkpoints (the recipe writes one every 500k frames, ~40 Acrobot
-iterations), runs ``--warmup`` iterations of each, then ``--rounds`` rounds of one iteration each,
-alternating which goes first. Every timed iteration is split into the phases of
-``benchmarks/throughput.py`` (``collect``, ``value``, ``aggregate``, ``minibatch``, ``loss_forward``,
-``backward``, ``optimizer``...; the same wrappers, no library code changed). Per seed it reports the
-median seconds of every phase and of the iteration, and three ratios:
+SAPG's leader also trains on K = N/M relabelled follower env-rows, so its update sees N + K env-rows
+where PPO's sees N: the design's price. For each seed three trainers are built as
+``recipes/train.py`` builds them (``recipes/common.py``'s ``build_trainer``, the env's
+``PopulationCollector``, the recipe's logger in a temporary folder, ``threads=1``), without
+checkpoints (the recipe writes one every 500k frames, ~40 Acrobot iterations):
 
-* ``ratio``: the median over rounds of SAPG's iteration time / PPO's in the same round;
-* ``row_floor``: ``(C + U·rho) / (C + U)`` with PPO's collect time ``C``, PPO's update time ``U``
-  (iteration minus collect) and ``rho`` = SAPG's training rows / PPO's (``(N + K) / N``, K = N/M the
-  leader's off-policy env-rows). The ratio SAPG would reach if collecting cost what PPO's does and its
-  update cost exactly its extra rows: what the paper's design costs, no implementation overhead;
-* ``excess``: ``ratio - row_floor``, the implementation's share.
+* ``ppo``: the recipe's PPO, N envs;
+* ``sapg`` (``--algo``): the recipe's SAPG, N envs, training on N + K env-rows;
+* ``ppo_on_sapg_rows``: the recipe's PPO with N + K envs, so its update trains on exactly SAPG's rows
+  in the same minibatch layout.
 
-Across seeds: their median, IQM and its 95% bootstrap interval (``rl_stats``). One process, round
-robin: a change in the machine's speed hits both alike, which the two-process protocol of
-``recipe_wall_ratio.py`` cannot promise. It times iterations, not whole runs (no start-up, no final
-checkpoint), so its ratio is not that script's.
+After ``--warmup`` iterations of each, ``--rounds`` rounds run one iteration of each, back to back,
+the order rotating. Every timed iteration is split into the phases of ``benchmarks/throughput.py``
+(``collect``, ``value``, ``aggregate``, ``minibatch``, ``loss_forward``, ``backward``,
+``optimizer``...; the same wrappers, no library code changed). Per seed, the median seconds of each
+phase and iteration, and the medians over rounds of:
+
+* ``ratio``: SAPG's iteration time / PPO's;
+* ``floor``: ``(C + V + R') / I``: PPO's collect ``C`` and value estimation ``V``, plus ``R'``, the
+  rest of an iteration of PPO on SAPG's rows (its iteration less its collect and value estimation),
+  over PPO's iteration ``I``. The ratio SAPG would reach if collecting cost what PPO's does and its
+  update cost what PPO's costs on the same rows: the design's price and no implementation overhead;
+* ``excess``: ``ratio - floor``, the implementation's share.
+
+Across seeds: median, IQM and its 95% bootstrap interval (``rl_stats``). One process with paired
+rounds: a change in the machine's speed hits the three alike, which the two-process protocol of
+``recipe_wall_ratio.py`` cannot promise. It times iterations, not whole runs (no start-up, no
+checkpoints), so its ratio is not that script's.
 
 Example::
 
@@ -49,10 +58,14 @@ from throughput import PHASES, PhaseProfile, instrument_trainer  # noqa: E402
 
 from torchrl_sapg.runtime import keep_freed_host_memory  # noqa: E402
 
+#: the third trainer: PPO on SAPG's training rows
+ON_ROWS = "ppo_on_sapg_rows"
+SUMMARY_KEYS = ("ratio", "floor", "excess")
+
 
 def build_recipe_trainer(algo: str, env: str, seed: int, extra: list[str], log_dir: Path):
-    """``(trainer, frames per iteration)`` as ``recipes/train.py`` builds them (its logger writes to ``log_dir``),
-    without checkpoints."""
+    """``(trainer, frames per iteration, num_envs)`` as ``recipes/train.py`` builds them (its logger writes to
+    ``log_dir``), without checkpoints."""
     from common import build_agent, build_collection_policy, build_env, build_trainer, headline_policy
     from hydra import compose, initialize_config_dir
 
@@ -76,74 +89,89 @@ def build_recipe_trainer(algo: str, env: str, seed: int, extra: list[str], log_d
         checkpoint_path=None, nonfinite=cfg.train.nonfinite, compile=False, cudagraphs=False, seed=seed,
         headline_policy=headline_policy(cfg), progress_bar=False, sync=None,
     )
-    return trainer, frames
+    return trainer, frames, int(cfg.env.num_envs)
+
+
+def train_once(trainer, frames: int) -> None:
+    """One more iteration of ``trainer``."""
+    trainer.total_frames = trainer.collected_frames + frames
+    trainer.train()
 
 
 def timed_iteration(trainer, frames: int) -> dict[str, float]:
     """One ``train()`` iteration of ``trainer``: its seconds per phase and in all (``"iteration"``)."""
     prof = PhaseProfile(torch.device("cpu"))
-    trainer.total_frames = trainer.collected_frames + frames
     start = time.perf_counter()
     with instrument_trainer(trainer, prof):
-        trainer.train()
+        train_once(trainer, frames)
     return {**prof.seconds, "iteration": time.perf_counter() - start}
 
 
-def row_floor(collect_s: float, iteration_s: float, rows_ratio: float) -> float:
-    """``(C + U·rho) / (C + U)``: the iteration ratio when only the training rows grow (``U = iteration - collect``).
+def design_floor(ppo: dict[str, float], ppo_on_rows: dict[str, float]) -> float:
+    """PPO's collection and value estimation plus the rest of an iteration of PPO on SAPG's training rows,
+    over PPO's iteration (each a dict of seconds by phase, ``"iteration"`` included).
 
-    >>> row_floor(1.0, 3.0, 1.5)
-    1.5
+    >>> round(design_floor({"collect": 1.0, "value": 0.5, "iteration": 3.0}, {"collect": 1.0, "value": 0.5, "iteration": 3.6}), 6)
+    1.2
     """
-    update = iteration_s - collect_s
-    return (collect_s + update * rows_ratio) / iteration_s
+    rest_on_rows = ppo_on_rows["iteration"] - ppo_on_rows["collect"] - ppo_on_rows["value"]
+    return (ppo["collect"] + ppo["value"] + rest_on_rows) / ppo["iteration"]
 
 
 def measure_seed(env: str, other: str, seed: int, extra: list[str], warmup: int, rounds: int) -> dict:
-    """Both trainers of one seed, warmed up, then ``rounds`` alternating timed iterations; medians and ratios."""
-    algos = ["ppo", other]
+    """The three trainers of one seed, warmed up, then ``rounds`` rounds of one timed iteration each (the order
+    rotating); per-phase medians, and the medians over rounds of the ratio and of the floor."""
     with tempfile.TemporaryDirectory(prefix="recipe_phases_") as tmp:
-        trainers = {a: build_recipe_trainer(a, env, seed, extra, Path(tmp) / a) for a in algos}
-        for trainer, frames in trainers.values():
+        trainers = {a: build_recipe_trainer(a, env, seed, extra, Path(tmp) / a) for a in ("ppo", other)}
+        for trainer, frames, _ in trainers.values():
             for _ in range(warmup):
-                trainer.total_frames = trainer.collected_frames + frames
-                trainer.train()
-        times: dict[str, list[dict]] = {a: [] for a in algos}
+                train_once(trainer, frames)
+        # PPO on as many env-rows as SAPG trains on (N + K), in the same minibatch layout
+        trainer, frames, num_envs = trainers[other]
+        on_rows = trainer.batch_layout["rows"] * num_envs // frames
+        trainers[ON_ROWS] = build_recipe_trainer("ppo", env, seed, [*extra, f"env.num_envs={on_rows}"], Path(tmp) / ON_ROWS)
+        for _ in range(warmup):
+            train_once(*trainers[ON_ROWS][:2])
+        names = list(trainers)
+        times: dict[str, list[dict]] = {a: [] for a in names}
         for r in range(rounds):
-            for a in (algos if r % 2 == 0 else algos[::-1]):
-                times[a].append(timed_iteration(*trainers[a]))
-        rows = {a: int(trainers[a][0].batch_layout["rows"]) for a in algos}
-        for trainer, _ in trainers.values():
+            for a in names[r % 3:] + names[: r % 3]:
+                times[a].append(timed_iteration(*trainers[a][:2]))
+        rows = {a: int(t.batch_layout["rows"]) for a, (t, _, _) in trainers.items()}
+        layouts = {a: t.batch_layout["minibatch_size"] for a, (t, _, _) in trainers.items()}
+        for trainer, _, _ in trainers.values():
             trainer.collector.shutdown()
-    med = {a: {k: statistics.median(t[k] for t in times[a]) for k in (*PHASES, "iteration")} for a in algos}
-    ppo, alt = med["ppo"], med[other]
-    rho = rows[other] / rows["ppo"]
-    floor = row_floor(ppo["collect"], ppo["iteration"], rho)
-    # each round's two iterations ran back to back: the median of their ratios is robust to the machine's drift
-    ratio = statistics.median(o["iteration"] / p["iteration"] for o, p in zip(times[other], times["ppo"]))
-    return {"seed": seed, "rows": rows, "rows_ratio": rho, "median_seconds": med, "ratio": ratio,
-            "row_floor": floor, "excess": ratio - floor,
-            "iteration_seconds": {a: [t["iteration"] for t in times[a]] for a in algos}}
+    med = {a: {k: statistics.median(t[k] for t in times[a]) for k in (*PHASES, "iteration")} for a in names}
+    # a round's iterations ran back to back: medians of per-round quotients are robust to the machine's drift
+    rounds_ = list(zip(times["ppo"], times[other], times[ON_ROWS]))
+    ratio = statistics.median(o["iteration"] / p["iteration"] for p, o, _ in rounds_)
+    floor = statistics.median(design_floor(p, q) for p, _, q in rounds_)
+    return {"seed": seed, "rows": rows, "minibatch_size": layouts, "median_seconds": med, "ratio": ratio,
+            "floor": floor, "excess": ratio - floor,
+            "iteration_seconds": {a: [t["iteration"] for t in times[a]] for a in names}}
 
 
 def markdown(other: str, seeds: list[dict], stats: dict) -> str:
     """Per-seed ratios, then the phases of the first seed (ms per iteration) with SAPG's excess over PPO."""
     o = other.upper()
-    lines = [f"| seed | PPO iteration s | {o} iteration s | {o} / PPO | row floor | excess |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| seed | PPO iteration s | {o} iteration s | PPO on {o}'s rows s | {o} / PPO | floor | excess |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {s['seed']} | {s['median_seconds']['ppo']['iteration']:.4f} | {s['median_seconds'][other]['iteration']:.4f} "
-              f"| {s['ratio']:.3f} | {s['row_floor']:.3f} | {s['excess']:+.3f} |" for s in seeds]
+              f"| {s['median_seconds'][ON_ROWS]['iteration']:.4f} | {s['ratio']:.3f} | {s['floor']:.3f} | {s['excess']:+.3f} |"
+              for s in seeds]
     parts = []
-    for key in ("ratio", "row_floor", "excess"):
+    for key in SUMMARY_KEYS:
         low, high = stats[key]["iqm_ratio_ci"]
         parts.append(f"{key} IQM {stats[key]['iqm_ratio']:.3f} [{low:.3f}, {high:.3f}]")
     lines += ["", f"{o} / PPO over {len(seeds)} seeds (95% bootstrap intervals): " + "; ".join(parts), ""]
     first = seeds[0]["median_seconds"]
     lines += [f"Seed {seeds[0]['seed']}, median ms per iteration:", "",
-              f"| phase | PPO | {o} | {o} - PPO |", "|---|---:|---:|---:|"]
+              f"| phase | PPO | {o} | PPO on {o}'s rows | {o} - PPO | {o} - PPO on its rows |", "|---|---:|---:|---:|---:|---:|"]
     for k in (*PHASES, "iteration"):
-        if first["ppo"][k] or first[other][k]:
-            lines.append(f"| {k} | {first['ppo'][k] * 1e3:.2f} | {first[other][k] * 1e3:.2f} | "
-                         f"{(first[other][k] - first['ppo'][k]) * 1e3:+.2f} |")
+        ppo, alt, on_rows = first["ppo"][k], first[other][k], first[ON_ROWS][k]
+        if ppo or alt or on_rows:
+            lines.append(f"| {k} | {ppo * 1e3:.2f} | {alt * 1e3:.2f} | {on_rows * 1e3:.2f} | {(alt - ppo) * 1e3:+.2f} "
+                         f"| {(alt - on_rows) * 1e3:+.2f} |")
     return "\n".join(lines)
 
 
@@ -153,8 +181,8 @@ def main(argv=None) -> dict:
     p.add_argument("--algo", default="sapg", help="the algorithm compared with PPO (sapg | epo)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations of each trainer first")
-    p.add_argument("--rounds", type=int, default=16, help="timed iterations of each, alternating which goes first")
-    p.add_argument("--extra", nargs="*", default=[], help="further recipe overrides for both")
+    p.add_argument("--rounds", type=int, default=16, help="timed iterations of each, the order rotating")
+    p.add_argument("--extra", nargs="*", default=[], help="further recipe overrides for all three")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0:
@@ -163,16 +191,17 @@ def main(argv=None) -> dict:
     kept = keep_freed_host_memory()  # as recipes/train.py does on CPU (keep_freed_memory: true)
     t0 = time.time()
     seeds = [measure_seed(args.env, args.algo, s, args.extra, args.warmup, args.rounds) for s in args.seeds]
-    stats = {key: ratio_summary([s[key] for s in seeds]) for key in ("ratio", "row_floor", "excess")}
+    stats = {key: ratio_summary([s[key] for s in seeds]) for key in SUMMARY_KEYS}
     table = markdown(args.algo, seeds, stats)
     print(table)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {
         "benchmark": f"recipe iteration by phase, {args.algo.upper()} vs PPO on {args.env}, one process (issue 18)",
         "command": " ".join(["python", "benchmarks/recipe_phases.py", *(argv if argv is not None else sys.argv[1:])]),
-        "protocol": f"recipe defaults, 1 torch thread, keep_freed_memory={kept}; per seed both trainers in one process, "
-                    f"{args.warmup} warm-up iterations each, then {args.rounds} rounds of one iteration each, alternating "
-                    "which goes first; medians per phase",
+        "protocol": f"recipe defaults, 1 torch thread, keep_freed_memory={kept}, no checkpoints; per seed PPO, "
+                    f"{args.algo.upper()} and PPO on {args.algo.upper()}'s training rows in one process, {args.warmup} "
+                    f"warm-up iterations each, then {args.rounds} rounds of one iteration each, the order rotating; "
+                    "medians per phase, medians over rounds of the per-round ratio and floor",
         "cpu_model": _device_name(torch.device("cpu")), "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.time() - t0, 1),
         "seeds": seeds, "summary": stats, "table_markdown": table,

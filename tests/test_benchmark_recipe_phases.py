@@ -1,5 +1,6 @@
-"""``benchmarks/recipe_phases.py`` splits the recipe's iterations into phases and compares SAPG with its row floor."""
+"""``benchmarks/recipe_phases.py`` splits the recipe's iterations into phases and compares SAPG with PPO on its rows."""
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -13,32 +14,33 @@ import recipe_phases  # noqa: E402
 TINY = ["env.num_envs=12", "train.horizon=8", "model.hidden_sizes=[8]"]
 
 
-def test_phases_ratios_and_row_floor_of_a_tiny_recipe(tmp_path):
+def test_phases_ratio_and_floor_of_a_tiny_recipe(tmp_path):
     out = tmp_path / "phases.json"
     result = recipe_phases.main(["--env", "pendulum", "--seeds", "0", "1", "--warmup", "1", "--rounds", "3",
                                  "--extra", *TINY, "--out", str(out)])
     assert json.loads(out.read_text())["summary"] == result["summary"]
+    on_rows = recipe_phases.ON_ROWS
     for seed in result["seeds"]:
-        # 12 envs, 6 policies: the leader adds 12 / 6 = 2 off-policy env-rows of 8 steps to PPO's 12
-        assert seed["rows"] == {"ppo": 96, "sapg": 112} and seed["rows_ratio"] == pytest.approx(14 / 12)
-        ppo, sapg = seed["median_seconds"]["ppo"], seed["median_seconds"]["sapg"]
-        assert sapg["aggregate"] > 10 * ppo["aggregate"]  # only SAPG runs SAPGLoss.aggregate (PPO: an empty hook loop)
-        assert all(t[k] > 0 for t in (ppo, sapg) for k in ("collect", "value", "minibatch", "loss_forward", "backward"))
+        # 12 envs, 6 policies: the leader adds 12 / 6 = 2 off-policy env-rows of 8 steps; PPO then runs 14 envs
+        assert seed["rows"] == {"ppo": 96, "sapg": 112, on_rows: 112}
+        assert seed["minibatch_size"]["sapg"] == seed["minibatch_size"][on_rows] == 28  # 4 minibatches each
+        med = seed["median_seconds"]
+        assert med["sapg"]["aggregate"] > 10 * max(med["ppo"]["aggregate"], med[on_rows]["aggregate"])
+        assert all(med[a][k] > 0 for a in med for k in ("collect", "value", "minibatch", "loss_forward", "backward"))
         walls = seed["iteration_seconds"]
-        assert len(walls["ppo"]) == len(walls["sapg"]) == 3 and sorted(walls["ppo"])[1] == ppo["iteration"]
+        assert {len(w) for w in walls.values()} == {3} and sorted(walls["ppo"])[1] == med["ppo"]["iteration"]
         assert seed["ratio"] == sorted(s / p for s, p in zip(walls["sapg"], walls["ppo"]))[1]  # paired by round
-        update = ppo["iteration"] - ppo["collect"]
-        assert seed["row_floor"] == pytest.approx((ppo["collect"] + update * 14 / 12) / ppo["iteration"])
-        assert seed["excess"] == pytest.approx(seed["ratio"] - seed["row_floor"])
-    floors = sorted(s["row_floor"] for s in result["seeds"])
-    assert result["summary"]["row_floor"]["median_ratio"] == pytest.approx(sum(floors) / 2)
-    assert "| loss_forward |" in result["table_markdown"] and "row floor" in result["table_markdown"]
+        assert seed["excess"] == pytest.approx(seed["ratio"] - seed["floor"])
+    floors = sorted(s["floor"] for s in result["seeds"])
+    assert result["summary"]["floor"]["median_ratio"] == pytest.approx(statistics.mean(floors))
+    assert "| loss_forward |" in result["table_markdown"] and "| floor |" in result["table_markdown"]
 
 
-def test_row_floor_is_the_rows_ratio_applied_to_the_update_only():
-    assert recipe_phases.row_floor(0.0, 2.0, 7 / 6) == pytest.approx(7 / 6)  # nothing but update: the rows ratio
-    assert recipe_phases.row_floor(1.0, 1.0, 7 / 6) == 1.0  # nothing but collection: no extra cost
-    assert recipe_phases.row_floor(0.1, 0.3, 1.15) == pytest.approx((0.1 + 0.2 * 1.15) / 0.3)
+def test_design_floor_adds_ppo_on_sapgs_rows_beyond_collection_and_value_estimation():
+    ppo = {"collect": 0.10, "value": 0.01, "iteration": 0.30}
+    assert recipe_phases.design_floor(ppo, ppo) == pytest.approx(1.0)  # no extra rows: no extra cost
+    on_rows = {"collect": 0.12, "value": 0.02, "iteration": 0.36}  # 0.22 beyond collection and value estimation
+    assert recipe_phases.design_floor(ppo, on_rows) == pytest.approx((0.10 + 0.01 + 0.22) / 0.30)
 
 
 def test_bad_round_counts_are_refused():
