@@ -188,6 +188,14 @@ def wall_ratio(lines: list[str]) -> None:
                   f"`{d.get('commit', '?')}`, {d['machine']}): {d['protocol']}.", "", d["table_markdown"], ""]
 
 
+def recipe_phases(lines: list[str]) -> None:
+    """``<env>_phases.json`` (benchmarks/recipe_phases.py): the recipe's iteration by phase, SAPG vs PPO and the floor."""
+    for path in sorted(RESULTS.glob("*_phases.json")):
+        d = json.loads(path.read_text())
+        lines += [f"### {d['benchmark']}", "", f"`{d['command']}` (`{path.name}`, {d.get('date', '')}, commit "
+                  f"`{d.get('commit', '?')}`, {d.get('cpu_model', '?')}): {d['protocol']}.", "", d["table_markdown"], ""]
+
+
 def _scaling_grid(d: dict, protocol: str, cell) -> list[str]:
     rows = [t for t in d["table"] if t["protocol"] == protocol]
     ns = sorted({t["num_envs"] for t in rows})
@@ -558,6 +566,7 @@ def main() -> None:
     pbt_memory(lines)
     throughput(lines)
     wall_ratio(lines)
+    recipe_phases(lines)
     distributed_fps(lines)
     scaling(lines)
     gradient_alignment(lines)
