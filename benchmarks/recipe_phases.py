@@ -128,7 +128,8 @@ def measure_seed(env: str, other: str, seed: int, extra: list[str], warmup: int,
                 train_once(trainer, frames)
         # PPO on as many env-rows as SAPG trains on (N + K), in the same minibatch layout
         trainer, frames, num_envs = trainers[other]
-        on_rows = trainer.batch_layout["rows"] * num_envs // frames
+        rows = trainer.batch_layout["rows"]  # steps, or env-rows when the minibatches are whole sequences
+        on_rows = rows if trainer.sequence_minibatches else rows * num_envs // frames
         trainers[ON_ROWS] = build_recipe_trainer("ppo", env, seed, [*extra, f"env.num_envs={on_rows}"], Path(tmp) / ON_ROWS)
         for _ in range(warmup):
             train_once(*trainers[ON_ROWS][:2])
@@ -143,9 +144,9 @@ def measure_seed(env: str, other: str, seed: int, extra: list[str], warmup: int,
             trainer.collector.shutdown()
     med = {a: {k: statistics.median(t[k] for t in times[a]) for k in (*PHASES, "iteration")} for a in names}
     # a round's iterations ran back to back: medians of per-round quotients are robust to the machine's drift
-    rounds_ = list(zip(times["ppo"], times[other], times[ON_ROWS]))
-    ratio = statistics.median(o["iteration"] / p["iteration"] for p, o, _ in rounds_)
-    floor = statistics.median(design_floor(p, q) for p, _, q in rounds_)
+    per_round = list(zip(times["ppo"], times[other], times[ON_ROWS]))
+    ratio = statistics.median(o["iteration"] / p["iteration"] for p, o, _ in per_round)
+    floor = statistics.median(design_floor(p, q) for p, _, q in per_round)
     return {"seed": seed, "rows": rows, "minibatch_size": layouts, "median_seconds": med, "ratio": ratio,
             "floor": floor, "excess": ratio - floor,
             "iteration_seconds": {a: [t["iteration"] for t in times[a]] for a in names}}
