@@ -169,10 +169,11 @@ def build_loss(cfg: DictConfig, agent: ActorCritic):
     if algo.loss is None:
         raise ValueError(f"algo={algo.name} trains through its own learner (build_pbt_trainer), not one loss module.")
     loss, average_gae = algo.loss(cfg, agent)
-    # no vmap over V(s) and V(s'): two plain critic calls are faster (docs/throughput.md), and a recurrent
-    # critic's sequence pass has data-dependent control flow (resets) that vmap cannot trace
+    # feed-forward critic: one call on T + budget states per row (V(s'_t) = V(s_{t+1}) inside an episode; the
+    # trainer sets the exact budget per batch). Recurrent: no vmap over V(s) and V(s') (two plain calls are
+    # faster, docs/throughput.md), and its sequence pass has data-dependent control flow that vmap cannot trace
     value_estimator = GAE(value_network=agent.critic, average_gae=average_gae, deactivate_vmap=True,
-                          **config_kwargs(GAE, cfg.train, only=("gamma", "lmbda")))
+                          shifted=not is_recurrent_config(cfg), **config_kwargs(GAE, cfg.train, only=("gamma", "lmbda")))
     return loss, value_estimator
 
 

@@ -5,7 +5,9 @@
 * in-place hidden activations against the same network with out-of-place ones;
 * minibatches without the ``"next"`` / ``"collector"`` entries: same loss values, and every
   entry kept where a hook or another loss could read it;
-* the off-policy diagnostics reduced once per update (deferred) average to what per-minibatch reduction logs.
+* the off-policy diagnostics reduced once per update (deferred) average to what per-minibatch reduction logs;
+* value estimation in one critic call on ``T + budget`` states per row (TorchRL's ``GAE(shifted=True)`` with
+  the trainer's per-batch budget) against two calls on ``T``, on real rollouts with truncations and terminations.
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.value import GAE
 
+from torchrl_sapg import PopulationCollector, make_env
 from torchrl_sapg.modules import LatentConditionedMLP, PolicyLatents, make_actor_critic
 from torchrl_sapg.modules import actor_critic as actor_critic_module
-from torchrl_sapg.objectives import OffPolicyClipPPOLoss
+from torchrl_sapg.objectives import OffPolicyClipPPOLoss, shifted_budget
 from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
 
@@ -128,10 +132,10 @@ def test_hidden_activations_run_in_place_with_the_same_gradients():
 
 
 # ------------------------------------------------------------------ minibatch entries
-def _trainer(loss, batch_size=64):
+def _trainer(loss, batch_size=64, value_estimator=None):
     opt = torch.optim.Adam(loss.parameters(), lr=1e-3)
     return OnPolicyTrainer(collector=[], loss_module=loss, optimizer=opt, total_frames=batch_size,
-                           num_epochs=1, num_minibatches=2, progress_bar=False, seed=0)
+                           num_epochs=1, num_minibatches=2, progress_bar=False, seed=0, value_estimator=value_estimator)
 
 
 def _batch(ac, n=64):
@@ -231,3 +235,82 @@ def test_first_layer_compiles_without_a_break_to_the_same_values(num_policies):
     obs, ids = torch.randn(10, 3), torch.randint(0, num_policies, (10,))
     compiled = torch.compile(net, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(obs, ids), net(obs, ids))
+
+
+# ------------------------------------------------------------------ value estimation in one critic call
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shifted_budget_is_one_plus_the_most_truncations_before_the_last_step(seed):
+    g = torch.Generator().manual_seed(seed)
+    done = torch.rand(6, 9, 1, generator=g) < 0.4
+    terminated = done & (torch.rand(6, 9, 1, generator=g) < 0.5)
+    per_row = [sum(bool(done[i, t]) and not bool(terminated[i, t]) for t in range(8)) for i in range(6)]
+    assert shifted_budget(done, terminated) == 1 + max(per_row)
+    assert shifted_budget(torch.zeros(6, 9, dtype=torch.bool), torch.zeros(6, 9, dtype=torch.bool)) == 1
+
+
+def _rollouts(num_batches=3, num_envs=8, horizon=12, max_episode_steps=4):
+    """Real ``[N, T]`` CartPole batches of a 2-policy latent actor, episodes ending every 4 steps (several
+    ends per row), half of them marked as terminations."""
+    torch.manual_seed(3)
+    env = make_env("cartpole", num_envs, seed=3, max_episode_steps=max_episode_steps)
+    ac = make_actor_critic(4, 1, num_policies=2, latent_dim=4, hidden_sizes=(16,))
+    collector = PopulationCollector(env, ac.actor, num_policies=2, frames_per_batch=num_envs * horizon)
+    batches, g = [], torch.Generator().manual_seed(3)
+    for batch in collector:
+        # half the episode ends become terminations (CartPole rarely falls inside 4 steps): both kinds per row
+        done = batch["next", "done"]
+        batch["next", "terminated"] = done & (torch.rand(done.shape, generator=g) < 0.5)
+        batch["next", "truncated"] = done & ~batch["next", "terminated"]
+        batches.append(batch)
+        if len(batches) == num_batches:
+            break
+    collector.shutdown()
+    return ac, batches
+
+
+def test_trainer_value_estimation_in_one_call_equals_two_calls():
+    ac, batches = _rollouts()
+    one_call = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic, shifted=True, deactivate_vmap=True)
+    two_calls = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic, shifted=False, deactivate_vmap=True)
+    trainer = _trainer(OffPolicyClipPPOLoss(ac.actor, ac.critic), value_estimator=one_call)
+    for batch in batches:
+        done, terminated = batch["next", "done"], batch["next", "terminated"]
+        assert terminated.any() and shifted_budget(done, terminated) >= 2  # truncations inside a row
+        out = trainer._estimate_values(batch.clone())
+        ref = two_calls(batch.clone())
+        assert one_call.shifted_budget == shifted_budget(done, terminated)
+        assert "shifted_valid" not in out.keys()
+        for key in ("advantage", "value_target", "state_value"):
+            torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-6)
+        # V(s') after a termination enters no target (times 1 - terminated): the single call does not compute it
+        kept = ~terminated
+        torch.testing.assert_close(out["next", "state_value"][kept], ref["next", "state_value"][kept], rtol=1e-5, atol=1e-6)
+
+
+def test_a_smaller_budget_would_drop_steps():
+    """The check above can fail: with one slot too few, TorchRL's single call drops steps (and changes advantages)."""
+    ac, batches = _rollouts(num_batches=1)
+    batch = batches[0]
+    budget = shifted_budget(batch["next", "done"], batch["next", "terminated"])
+    short = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic, shifted=True, shifted_budget=budget - 1)(batch.clone())
+    assert not short["shifted_valid"].all()
+    ref = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic)(batch.clone())
+    assert not torch.allclose(short["advantage"], ref["advantage"])
+
+
+@pytest.mark.parametrize("lstm_hidden, shifted", [(0, True), (8, False)])
+def test_recipe_gae_is_one_call_for_a_feed_forward_critic(monkeypatch, lstm_hidden, shifted):
+    """The recipes ask TorchRL's GAE for the single call except with a recurrent critic (replayed sequences)."""
+    import pathlib
+
+    from hydra import compose, initialize_config_dir
+
+    recipes = pathlib.Path(__file__).resolve().parents[1] / "recipes"
+    monkeypatch.syspath_prepend(str(recipes))
+    from common import build_agent, build_env, build_loss
+
+    with initialize_config_dir(config_dir=str(recipes / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["env=pendulum", "env.num_envs=4", "model.hidden_sizes=[8]",
+                                           f"model.lstm_hidden={lstm_hidden}"])
+    _, gae = build_loss(cfg, build_agent(cfg, build_env(cfg, seed=0)))
+    assert gae.shifted is shifted

@@ -1,11 +1,15 @@
 """Value targets of ``[N, T]`` rollouts that TorchRL's estimators do not provide: SAPG's n-step return (Eq. 5)
-and V-trace(lambda) over relabelled rows. Pure functions of tensors, like ``torchrl.objectives.value.functional``.
+and V-trace(lambda) over relabelled rows; and the budget TorchRL's single-call GAE needs to stay exact.
+Pure functions of tensors, like ``torchrl.objectives.value.functional``.
 """
 from __future__ import annotations
 
-import torch
+from typing import Callable
 
-__all__ = ["n_step_return", "vtrace_lambda_target"]
+import torch
+from tensordict import TensorDictBase
+
+__all__ = ["estimate_values", "n_step_return", "shifted_budget", "vtrace_lambda_target"]
 
 
 def n_step_return(
@@ -50,6 +54,60 @@ def n_step_return(
         alive = live * (1.0 - d_k) * (1.0 - last)
         disc *= gamma
     return out.reshape(shape)
+
+
+def shifted_budget(done: torch.Tensor, terminated: torch.Tensor) -> int:
+    """The smallest ``shifted_budget`` with which TorchRL's ``GAE(shifted=True)`` keeps every step of
+    ``[N, T]`` rollouts (no ``"shifted_valid"`` step set to ``False``): one slot for the rollout's last
+    next state, plus one per truncation (``done & ~terminated``) before the last step of a row.
+
+    The single-call path evaluates ``V`` once on ``T + shifted_budget`` states per row instead of
+    twice on ``T``; with this budget its values are those of the two-call path. One host sync.
+
+    Args:
+        done: ``[N, T]`` or ``[N, T, 1]`` episode ends (``("next", "done")``).
+        terminated: same shape, the ends that do not bootstrap (``("next", "terminated")``).
+
+    Examples:
+        >>> done = torch.tensor([[False, True, False, True], [True, False, True, False]])
+        >>> shifted_budget(done, torch.tensor([[False, False, False, True], [False] * 4]))
+        3
+    """
+    truncated = done.to(torch.bool) & ~terminated.to(torch.bool)
+    truncated = truncated.reshape(truncated.shape[0], truncated.shape[1], -1).any(-1)
+    return 1 + int(truncated[:, :-1].sum(1).max()) if truncated.numel() else 1
+
+
+def estimate_values(estimator: Callable[[TensorDictBase], TensorDictBase | None],
+                    batch: TensorDictBase) -> TensorDictBase:
+    """``estimator(batch)``; a TorchRL estimator with ``shifted=True`` first gets the batch's exact
+    :func:`shifted_budget`, so its single critic call keeps every step (no ``"shifted_valid"`` left).
+
+    Args:
+        estimator: a value estimator (TorchRL's ``GAE``...) that writes advantages into ``batch``.
+        batch: ``[N, T]`` rollouts with ``("next", done)`` and ``("next", terminated)``.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.objectives.value import GAE
+        >>> critic = TensorDictModule(torch.nn.Linear(3, 1), ["observation"], ["state_value"])
+        >>> done = torch.zeros(2, 5, 1, dtype=torch.bool); done[:, 1] = True
+        >>> batch = TensorDict({"observation": torch.randn(2, 5, 3), "next": {"observation": torch.randn(2, 5, 3),
+        ...     "reward": torch.randn(2, 5, 1), "done": done, "terminated": torch.zeros_like(done)}}, [2, 5])
+        >>> gae = GAE(gamma=0.99, lmbda=0.95, value_network=critic, shifted=True)
+        >>> out = estimate_values(gae, batch)
+        >>> gae.shifted_budget, "shifted_valid" in out.keys()
+        (2, False)
+    """
+    if getattr(estimator, "shifted", False) and hasattr(estimator, "shifted_budget"):
+        keys = estimator.tensor_keys
+        done = batch.get(("next", keys.done))
+        estimator.shifted_budget = shifted_budget(done, batch.get(("next", keys.terminated), done))
+    out = estimator(batch)
+    out = batch if out is None else out
+    out.pop("shifted_valid", None)  # all True with that budget
+    return out
 
 
 def vtrace_lambda_target(

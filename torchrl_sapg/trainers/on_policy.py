@@ -16,6 +16,7 @@ from torchrl.trainers import Trainer
 
 from torchrl_sapg.objectives.kl import gaussian_kl  # noqa: F401  (re-exported)
 from torchrl_sapg.objectives.off_policy_ppo import OffPolicyClipPPOLoss
+from torchrl_sapg.objectives.value import estimate_values
 from torchrl_sapg.trainers.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from torchrl_sapg.trainers.distributed import rank_seed
 from torchrl_sapg.trainers.lr_schedule import LearningRateSchedule
@@ -41,7 +42,7 @@ class OnPolicyTrainer(Trainer):
         num_epochs: passes over each batch (mini-epochs).
         num_minibatches / minibatch_size: exactly one of them.
         value_estimator: run on each batch before the update (``None``: the loss computes its
-            own advantages).
+            own advantages), through :func:`~torchrl_sapg.objectives.value.estimate_values`.
         max_grad_norm: global gradient-norm clip.
         reward_scale: rewards are multiplied by this before value estimation (logged episode
             returns are unaffected: the collector records them first).
@@ -308,8 +309,7 @@ class OnPolicyTrainer(Trainer):
             batch.set(self.reward_key, batch.get(self.reward_key) * self.reward_scale)
         if self.value_estimator is None:
             return batch
-        out = self.value_estimator(batch)
-        return batch if out is None else out
+        return estimate_values(self.value_estimator, batch)
 
     def train(self) -> None:
         """Train until ``total_frames`` (continuing from :meth:`load`'s point after a resume)."""
