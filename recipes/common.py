@@ -173,7 +173,8 @@ def build_loss(cfg: DictConfig, agent: ActorCritic):
     # trainer sets the exact budget per batch). Recurrent: no vmap over V(s) and V(s') (two plain calls are
     # faster, docs/throughput.md), and its sequence pass has data-dependent control flow that vmap cannot trace
     value_estimator = GAE(value_network=agent.critic, average_gae=average_gae, deactivate_vmap=True,
-                          shifted=not is_recurrent_config(cfg), **config_kwargs(GAE, cfg.train, only=("gamma", "lmbda")))
+                          shifted=not is_recurrent_config(cfg),
+                          **config_kwargs(GAE, cfg.train, only=("gamma", "lmbda")))
     return loss, value_estimator
 
 

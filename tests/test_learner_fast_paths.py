@@ -238,14 +238,22 @@ def test_first_layer_compiles_without_a_break_to_the_same_values(num_policies):
 
 
 # ------------------------------------------------------------------ value estimation in one critic call
+def _ends(done, terminated, names=None):
+    return TensorDict({"next": {"done": done, "terminated": terminated}}, done.shape[:2], names=names)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_shifted_budget_is_one_plus_the_most_truncations_before_the_last_step(seed):
     g = torch.Generator().manual_seed(seed)
     done = torch.rand(6, 9, 1, generator=g) < 0.4
     terminated = done & (torch.rand(6, 9, 1, generator=g) < 0.5)
     per_row = [sum(bool(done[i, t]) and not bool(terminated[i, t]) for t in range(8)) for i in range(6)]
-    assert shifted_budget(done, terminated) == 1 + max(per_row)
-    assert shifted_budget(torch.zeros(6, 9, dtype=torch.bool), torch.zeros(6, 9, dtype=torch.bool)) == 1
+    assert shifted_budget(_ends(done, terminated)) == 1 + max(per_row)
+    # time first, named: the same rows
+    time_first = _ends(done.transpose(0, 1), terminated.transpose(0, 1), names=["time", None])
+    assert shifted_budget(time_first) == 1 + max(per_row)
+    assert shifted_budget(_ends(torch.zeros(6, 9, dtype=torch.bool), torch.zeros(6, 9, dtype=torch.bool))) == 1
+    assert shifted_budget(TensorDict({}, [6, 9])) == 1
 
 
 def _rollouts(num_batches=3, num_envs=8, horizon=12, max_episode_steps=4):
@@ -274,24 +282,25 @@ def test_trainer_value_estimation_in_one_call_equals_two_calls():
     two_calls = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic, shifted=False, deactivate_vmap=True)
     trainer = _trainer(OffPolicyClipPPOLoss(ac.actor, ac.critic), value_estimator=one_call)
     for batch in batches:
-        done, terminated = batch["next", "done"], batch["next", "terminated"]
-        assert terminated.any() and shifted_budget(done, terminated) >= 2  # truncations inside a row
+        terminated = batch["next", "terminated"]
+        assert terminated.any() and shifted_budget(batch) >= 2  # truncations inside a row
         out = trainer._estimate_values(batch.clone())
         ref = two_calls(batch.clone())
-        assert one_call.shifted_budget == shifted_budget(done, terminated)
+        assert one_call.shifted_budget == shifted_budget(batch)
         assert "shifted_valid" not in out.keys()
         for key in ("advantage", "value_target", "state_value"):
             torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-6)
         # V(s') after a termination enters no target (times 1 - terminated): the single call does not compute it
         kept = ~terminated
-        torch.testing.assert_close(out["next", "state_value"][kept], ref["next", "state_value"][kept], rtol=1e-5, atol=1e-6)
+        next_value, ref_next_value = out["next", "state_value"][kept], ref["next", "state_value"][kept]
+        torch.testing.assert_close(next_value, ref_next_value, rtol=1e-5, atol=1e-6)
 
 
 def test_a_smaller_budget_would_drop_steps():
     """The check above can fail: with one slot too few, TorchRL's single call drops steps (and changes advantages)."""
     ac, batches = _rollouts(num_batches=1)
     batch = batches[0]
-    budget = shifted_budget(batch["next", "done"], batch["next", "terminated"])
+    budget = shifted_budget(batch)
     short = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic, shifted=True, shifted_budget=budget - 1)(batch.clone())
     assert not short["shifted_valid"].all()
     ref = GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic)(batch.clone())
@@ -314,3 +323,4 @@ def test_recipe_gae_is_one_call_for_a_feed_forward_critic(monkeypatch, lstm_hidd
                                            f"model.lstm_hidden={lstm_hidden}"])
     _, gae = build_loss(cfg, build_agent(cfg, build_env(cfg, seed=0)))
     assert gae.shifted is shifted
+

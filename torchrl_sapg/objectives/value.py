@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 from tensordict import TensorDictBase
+from tensordict.utils import NestedKey
 
 __all__ = ["estimate_values", "n_step_return", "shifted_budget", "vtrace_lambda_target"]
 
@@ -56,25 +57,36 @@ def n_step_return(
     return out.reshape(shape)
 
 
-def shifted_budget(done: torch.Tensor, terminated: torch.Tensor) -> int:
+def shifted_budget(batch: TensorDictBase, done_key: NestedKey = ("next", "done"),
+                   terminated_key: NestedKey = ("next", "terminated")) -> int:
     """The smallest ``shifted_budget`` with which TorchRL's ``GAE(shifted=True)`` keeps every step of
-    ``[N, T]`` rollouts (no ``"shifted_valid"`` step set to ``False``): one slot for the rollout's last
-    next state, plus one per truncation (``done & ~terminated``) before the last step of a row.
+    ``batch`` (no ``"shifted_valid"`` step set to ``False``): one slot for a row's last next state,
+    plus one per truncation (``done & ~terminated``) before the last step of the row.
 
     The single-call path evaluates ``V`` once on ``T + shifted_budget`` states per row instead of
     twice on ``T``; with this budget its values are those of the two-call path. One host sync.
+    The time dim is the one named ``"time"``, else the last (TorchRL's convention).
 
     Args:
-        done: ``[N, T]`` or ``[N, T, 1]`` episode ends (``("next", "done")``).
-        terminated: same shape, the ends that do not bootstrap (``("next", "terminated")``).
+        batch: rollouts, e.g. ``[N, T]``, with the two entries below.
+        done_key: the episode ends (without it, the budget is 1).
+        terminated_key: the ends that do not bootstrap (missing: every end terminates).
 
     Examples:
-        >>> done = torch.tensor([[False, True, False, True], [True, False, True, False]])
-        >>> shifted_budget(done, torch.tensor([[False, False, False, True], [False] * 4]))
+        >>> from tensordict import TensorDict
+        >>> done = torch.tensor([[False, True, False, True], [True, False, True, False]]).unsqueeze(-1)
+        >>> terminated = torch.tensor([[False, False, False, True], [False] * 4]).unsqueeze(-1)
+        >>> shifted_budget(TensorDict({"next": {"done": done, "terminated": terminated}}, [2, 4]))
         3
     """
+    done = batch.get(done_key, None)
+    if done is None or batch.ndim == 0:
+        return 1
+    terminated = batch.get(terminated_key, done)
     truncated = done.to(torch.bool) & ~terminated.to(torch.bool)
-    truncated = truncated.reshape(truncated.shape[0], truncated.shape[1], -1).any(-1)
+    truncated = truncated.reshape(*batch.batch_size, -1).any(-1)  # an entry's own trailing dims (e.g. [..., 1])
+    time_dim = batch.names.index("time") if "time" in batch.names else batch.ndim - 1
+    truncated = truncated.movedim(time_dim, -1).reshape(-1, batch.shape[time_dim])  # [rows, T]
     return 1 + int(truncated[:, :-1].sum(1).max()) if truncated.numel() else 1
 
 
@@ -85,7 +97,7 @@ def estimate_values(estimator: Callable[[TensorDictBase], TensorDictBase | None]
 
     Args:
         estimator: a value estimator (TorchRL's ``GAE``...) that writes advantages into ``batch``.
-        batch: ``[N, T]`` rollouts with ``("next", done)`` and ``("next", terminated)``.
+        batch: ``[N, T]`` rollouts with the estimator's ``("next", done)`` and ``("next", terminated)``.
 
     Examples:
         >>> from tensordict import TensorDict
@@ -102,8 +114,7 @@ def estimate_values(estimator: Callable[[TensorDictBase], TensorDictBase | None]
     """
     if getattr(estimator, "shifted", False) and hasattr(estimator, "shifted_budget"):
         keys = estimator.tensor_keys
-        done = batch.get(("next", keys.done))
-        estimator.shifted_budget = shifted_budget(done, batch.get(("next", keys.terminated), done))
+        estimator.shifted_budget = shifted_budget(batch, ("next", keys.done), ("next", keys.terminated))
     out = estimator(batch)
     out = batch if out is None else out
     out.pop("shifted_valid", None)  # all True with that budget
