@@ -423,10 +423,11 @@ def headlines() -> list[str]:
     if mem:
         rows += [f"- EPO peak memory, K = {mem['results'][0]['K']} → {mem['results'][-1]['K']}: "
                  f"**{100 * mem['memory_growth_first_to_last']:+.1f}%** (CPU)."]
-    tp = _load("throughput_cpu.json")
+    cpu_grids = [json.loads(p.read_text()) for p in RESULTS.glob("throughput_cpu*.json")]
+    tp = max(cpu_grids, key=lambda d: d["timestamp"]) if cpu_grids else None  # the latest learner's grid
     if tp:
         o = {(c["num_envs"], c["num_policies"]): c["overheads"] for c in tp["cells"]}
-        rows += ["- Update-time overhead vs PPO on one batch (CPU, " + ", ".join(
+        rows += [f"- Update-time overhead vs PPO on one batch (CPU, {tp['device_name']}, {tp['timestamp'][:10]}, " + ", ".join(
             f"N={n} M={m}: SAPG {v['sapg_over_ppo_update_time']:.2f}×, EPO {v['epo_over_ppo_update_time']:.2f}×"
             for (n, m), v in o.items()) + "); our PPO vs TorchRL's plain loop: " + ", ".join(
             f"{v['ppo_over_torchrl_update_time']:.2f}×" for v in o.values()) + " ([throughput.md](throughput.md))."]
