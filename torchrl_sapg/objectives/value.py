@@ -1,6 +1,6 @@
 """Value targets of ``[N, T]`` rollouts that TorchRL's estimators do not provide: SAPG's n-step return (Eq. 5)
-and V-trace(lambda) over relabelled rows; and the budget TorchRL's single-call GAE needs to stay exact.
-Pure functions of tensors, like ``torchrl.objectives.value.functional``.
+and V-trace(lambda) over relabelled rows, pure functions of tensors like ``torchrl.objectives.value.functional``;
+and the budget TorchRL's single-call GAE needs to stay exact (``shifted_budget``, ``estimate_values``).
 """
 from __future__ import annotations
 
