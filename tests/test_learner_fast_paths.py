@@ -256,6 +256,12 @@ def test_shifted_budget_is_one_plus_the_most_truncations_before_the_last_step(se
     assert shifted_budget(TensorDict({}, [6, 9])) == 1
 
 
+def test_shifted_budget_rejects_done_and_terminated_of_different_shapes():
+    done = torch.zeros(6, 9, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="differ in shape"):
+        shifted_budget(TensorDict({"next": {"done": done, "terminated": done.squeeze(-1)}}, [6, 9]))
+
+
 def _rollouts(num_batches=3, num_envs=8, horizon=12, max_episode_steps=4):
     """Real ``[N, T]`` CartPole batches of a 2-policy latent actor, episodes ending every 4 steps (several
     ends per row), half of them marked as terminations."""

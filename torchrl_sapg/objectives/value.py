@@ -83,6 +83,9 @@ def shifted_budget(batch: TensorDictBase, done_key: NestedKey = ("next", "done")
     if done is None or batch.ndim == 0:
         return 1
     terminated = batch.get(terminated_key, done)
+    if done.shape != terminated.shape:  # e.g. [N, T, 1] against [N, T] would broadcast to [N, T, T]
+        raise ValueError(f"shifted_budget: {done_key} {tuple(done.shape)} and {terminated_key} "
+                         f"{tuple(terminated.shape)} differ in shape; give both the same shape (e.g. [N, T, 1]).")
     truncated = done.to(torch.bool) & ~terminated.to(torch.bool)
     truncated = truncated.reshape(*batch.batch_size, -1).any(-1)  # an entry's own trailing dims (e.g. [..., 1])
     time_dim = batch.names.index("time") if "time" in batch.names else batch.ndim - 1
