@@ -7,7 +7,9 @@
   entry kept where a hook or another loss could read it;
 * the off-policy diagnostics reduced once per update (deferred) average to what per-minibatch reduction logs;
 * value estimation in one critic call on ``T + budget`` states per row (TorchRL's ``GAE(shifted=True)`` with
-  the trainer's per-batch budget) against two calls on ``T``, on real rollouts with truncations and terminations.
+  the trainer's per-batch budget) against two calls on ``T``, on real rollouts with truncations and terminations;
+* ``V(s)`` and ``V(s')`` in one call (``values_and_next``: SAPG's relabelled rows, the in-process PBT ensemble)
+  against two calls, on rollouts with real resets.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from torchrl.objectives.value import GAE
 from torchrl_sapg import PopulationCollector, make_env
 from torchrl_sapg.modules import LatentConditionedMLP, PolicyLatents, make_actor_critic
 from torchrl_sapg.modules import actor_critic as actor_critic_module
-from torchrl_sapg.objectives import OffPolicyClipPPOLoss, shifted_budget
+from torchrl_sapg.objectives import OffPolicyClipPPOLoss, SAPGLoss, bootstrap_steps, shifted_budget, values_and_next
+from torchrl_sapg.population.ensemble import PolicyEnsemble
 from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
 
@@ -330,3 +333,64 @@ def test_recipe_gae_is_one_call_for_a_feed_forward_critic(monkeypatch, lstm_hidd
     _, gae = build_loss(cfg, build_agent(cfg, build_env(cfg, seed=0)))
     assert gae.shifted is shifted
 
+
+
+@pytest.mark.parametrize("trailing", [False, True])
+def test_bootstrap_steps_are_each_rows_ends_and_last_step_padded_with_it(trailing):
+    g = torch.Generator().manual_seed(4)
+    done = torch.rand(7, 10, generator=g) < 0.25
+    done[0] = False  # a row with no end: only its last step
+    steps = bootstrap_steps(done.unsqueeze(-1) if trailing else done)
+    wanted = [[t for t in range(9) if done[r, t]] + [9] for r in range(7)]
+    assert steps.shape == (7, max(map(len, wanted)))
+    for r, row in enumerate(wanted):
+        assert steps[r].tolist() == row + [9] * (steps.shape[1] - len(row))
+
+
+def test_values_and_next_equal_two_calls_at_every_step_on_real_resets():
+    """CartPole rollouts with real resets: at an episode end s'_t is the terminal state, not s_{t+1}."""
+    ac, batches = _rollouts()
+    for batch in batches:
+        obs, nxt, done = batch["observation"], batch["next", "observation"], batch["next", "done"]
+        ends = done.squeeze(-1)[:, :-1]
+        assert ends.any() and not torch.allclose(nxt[:, :-1][ends], obs[:, 1:][ends])  # a plain shift would be wrong
+        net = nn.Linear(4, 3)
+        value, next_value = values_and_next(net, obs, nxt, done)
+        torch.testing.assert_close(value, net(obs), rtol=0, atol=1e-6)
+        torch.testing.assert_close(next_value, net(nxt), rtol=0, atol=1e-6)
+        # a TensorDict critic reading the policy id, as SAPG's aggregate calls it
+        critic = ac.critic.module
+        keys = ["observation", "policy_id"]
+        value, next_value = values_and_next(lambda td: critic(td["observation"], td["policy_id"]),
+                                            batch.select(*keys), batch["next"].select(*keys), done)
+        torch.testing.assert_close(value, critic(obs, batch["policy_id"]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(next_value, critic(nxt, batch["next", "policy_id"]), rtol=0, atol=1e-6)
+
+
+def test_sapg_relabelled_targets_bootstrap_from_the_recorded_next_state_on_real_resets():
+    ac, batches = _rollouts(num_batches=1)
+    batch = GAE(gamma=0.9, lmbda=0.95, value_network=ac.critic, average_gae=False)(batches[0])
+    loss = SAPGLoss(ac.actor, ac.critic, num_policies=2, gamma=0.9, off_policy_target="td0",
+                    advantage_normalization="none", generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        off = loss.aggregate(batch)[batch.shape[0]:]
+        leader = off["policy_id"]
+        value = ac.critic.module(off["observation"], leader).squeeze(-1)
+        next_value = ac.critic.module(off["next", "observation"], leader).squeeze(-1)
+    reward, terminated = off["next", "reward"].squeeze(-1), off["next", "terminated"].squeeze(-1)
+    truncated = off["next", "done"].squeeze(-1) & ~terminated
+    assert truncated[:, :-1].any() and terminated.any()
+    target = reward + 0.9 * next_value * (~terminated).float()
+    torch.testing.assert_close(off["state_value"].squeeze(-1), value, rtol=0, atol=1e-6)
+    torch.testing.assert_close(off["value_target"].squeeze(-1), target, rtol=0, atol=1e-5)
+
+
+def test_pbt_ensemble_rollout_values_equal_two_calls_on_real_resets():
+    _, batches = _rollouts(num_batches=1)
+    batch = batches[0]
+    ens = PolicyEnsemble(4, 1, num_members=2, hidden_sizes=(8,))
+    value, next_value = ens.rollout_values(batch)
+    with torch.no_grad():
+        ref = ens.values(batch["observation"].reshape(2, -1, 4)), ens.values(batch["next", "observation"].reshape(2, -1, 4))
+    torch.testing.assert_close(value, ref[0].reshape(value.shape), rtol=0, atol=1e-6)
+    torch.testing.assert_close(next_value, ref[1].reshape(value.shape), rtol=0, atol=1e-6)

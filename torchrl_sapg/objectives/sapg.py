@@ -12,7 +12,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_sapg.modules.latents import check_policy_ids
 from torchrl_sapg.objectives.off_policy_ppo import OffPolicyClipPPOLoss, masked_mean
-from torchrl_sapg.objectives.value import n_step_return, vtrace_lambda_target
+from torchrl_sapg.objectives.value import n_step_return, values_and_next, vtrace_lambda_target
 
 Aggregation = Literal["leader_follower", "symmetric", "none"]
 
@@ -291,7 +291,8 @@ class SAPGLoss(OffPolicyClipPPOLoss):
         ``r + gamma·V_old(s')·(1 - terminated)`` (Eq. 6) as ``"value_target"`` and its TD error
         as ``"advantage"``. With ``critic_target="nstep"`` on-policy ``"value_target"`` is the
         n-step return of Eq. 5. With ``advantage_normalization="batch"`` advantages are then
-        standardised over all returned rows. Never a host sync; fixed shapes.
+        standardised over all returned rows. Fixed output shapes; with a feed-forward critic one host
+        sync (how many episode ends a relabelled row holds, :func:`values_and_next`).
         """
         if batch.batch_dims != 2:
             raise ValueError(f"aggregate expects an [N, T] batch from the collector, got batch_size={tuple(batch.batch_size)}.")
@@ -397,21 +398,25 @@ class SAPGLoss(OffPolicyClipPPOLoss):
             return self.critic_network(td.select(*self.critic_network.in_keys).clone(False)).get(self.tensor_keys.value)
 
     def _values(self, td: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
-        """``V(s_t)`` and ``V(s'_t)`` for every step of ``[R, T]`` rows, from one critic call on ``[s; s']``.
+        """``V(s_t)`` and ``V(s'_t)`` for every step of ``[R, T]`` rows, from one critic call.
 
-        Inside an episode ``s'_t = s_{t+1}``, so ``V(s'_t)`` is the next step's value (for a
-        recurrent critic this is also the one computed with the replayed hidden state). Only at
-        episode ends and at the rollout's last step is the recorded next state's value used, with
-        ``is_init`` carried over so a recurrent critic restarts where the root step did.
+        Inside an episode ``s'_t = s_{t+1}``, so ``V(s'_t)`` is the next step's value. A feed-forward
+        critic evaluates each row's ``T`` states and only the next states at episode ends and after the
+        last step (:func:`values_and_next`, one host sync). A recurrent critic runs on ``[s; s']``, so
+        the next states' values are the ones computed with the replayed hidden state, with ``is_init``
+        carried over so it restarts where the root step did.
         """
         in_keys = self.critic_network.in_keys
         nxt = td.get("next").select(*in_keys)
+        done = td.get(("next", self.tensor_keys.done))
+        if "is_init" not in in_keys:
+            return values_and_next(self._critic_values, td.select(*in_keys), nxt, done)
         if "is_init" in td.keys() and "is_init" in nxt.keys():
             nxt.set("is_init", nxt.get("is_init") | td.get("is_init"))
         both = self._critic_values(torch.cat([td.select(*in_keys), nxt], dim=0))
         value, bootstrap = both[: td.shape[0]], both[td.shape[0]:]
         shifted = torch.cat([value[:, 1:], value[:, -1:]], dim=1)
-        done = td.get(("next", self.tensor_keys.done)).reshape(value.shape).to(torch.bool)
+        done = done.reshape(value.shape).to(torch.bool)
         last = torch.zeros_like(done)
         last[:, -1] = True
         return value, torch.where(done | last, bootstrap, shifted)

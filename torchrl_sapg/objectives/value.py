@@ -1,6 +1,7 @@
 """Value targets of ``[N, T]`` rollouts that TorchRL's estimators do not provide: SAPG's n-step return (Eq. 5)
 and V-trace(lambda) over relabelled rows, pure functions of tensors like ``torchrl.objectives.value.functional``;
-and the budget TorchRL's single-call GAE needs to stay exact (``shifted_budget``, ``estimate_values``).
+the budget TorchRL's single-call GAE needs to stay exact (``shifted_budget``, ``estimate_values``); and
+``V(s)`` with ``V(s')`` of rollouts from one critic call (``bootstrap_steps``, ``values_and_next``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-__all__ = ["estimate_values", "n_step_return", "shifted_budget", "vtrace_lambda_target"]
+__all__ = ["bootstrap_steps", "estimate_values", "n_step_return", "shifted_budget", "values_and_next",
+           "vtrace_lambda_target"]
 
 
 def n_step_return(
@@ -122,6 +124,60 @@ def estimate_values(estimator: Callable[[TensorDictBase], TensorDictBase | None]
     out = batch if out is None else out
     out.pop("shifted_valid", None)  # all True with that budget
     return out
+
+
+def bootstrap_steps(done: torch.Tensor) -> torch.Tensor:
+    """Per row of ``[R, T]`` rollouts, the steps whose recorded next state ``s'_t`` a value target reads
+    (every episode end and the last step; elsewhere ``s'_t = s_{t+1}``), in time order, padded with the
+    last step to the largest count over rows. One host sync (that count).
+
+    Args:
+        done: bool ``[R, T]`` (or ``[R, T, 1]``) episode ends.
+
+    Examples:
+        >>> bootstrap_steps(torch.tensor([[False, True, False, False], [False] * 4]))
+        tensor([[1, 3],
+                [3, 3]])
+    """
+    ends = done.reshape(done.shape[0], done.shape[1]).to(torch.bool)
+    last = ends.shape[1] - 1
+    ends = ends.clone()
+    ends[:, -1] = True
+    steps = torch.where(ends, torch.arange(last + 1, device=ends.device), last).sort(dim=1).values
+    return steps[:, : int(ends.sum(1).max())]
+
+
+def values_and_next(value_fn: Callable, current, following, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``V(s_t)`` and ``V(s'_t)`` of ``[R, T]`` rollouts from one call of ``value_fn`` on ``T + B`` states per row
+    (``B`` the :func:`bootstrap_steps`) instead of two calls on ``T``: inside an episode ``V(s'_t) = V(s_{t+1})``.
+    The values are those of ``value_fn`` on ``current`` and on ``following``, every step included. For feed-forward
+    critics only: a recurrent one would read the appended next states as a continuation of the row.
+
+    Args:
+        value_fn: ``[R, T', ...]`` inputs (tensor or TensorDict) to ``[R, T', ...]`` values.
+        current: the states ``s_t``, ``[R, T, ...]``.
+        following: the recorded next states ``s'_t``, like ``current``.
+        done: bool ``[R, T]`` (or ``[R, T, 1]``) episode ends.
+
+    Examples:
+        >>> obs, nxt = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+        >>> done = torch.zeros(2, 5, dtype=torch.bool); done[0, 1] = True
+        >>> nxt[:, :-1] = torch.where(done[:, :-1, None], nxt[:, :-1], obs[:, 1:])  # s' = s_{t+1} inside episodes
+        >>> critic = torch.nn.Linear(3, 1)
+        >>> v, nv = values_and_next(critic, obs, nxt, done)
+        >>> torch.allclose(v, critic(obs)), torch.allclose(nv, critic(nxt))
+        (True, True)
+    """
+    steps = bootstrap_steps(done)  # [R, B]
+    rows, t = steps.shape[0], done.shape[1]
+    both = value_fn(torch.cat([current, following[torch.arange(rows, device=steps.device).unsqueeze(1), steps]], dim=1))
+    value, boot = both[:, :t], both[:, t:]
+    ends = done.reshape(rows, t).to(torch.bool).clone()
+    ends[:, -1] = True
+    slot = (ends.cumsum(1) - 1).clamp_min(0)  # an end's position in its row's steps (the padding is never read)
+    slot = slot.reshape(*slot.shape, *(1,) * (value.dim() - 2)).expand(rows, t, *value.shape[2:])
+    shifted = torch.cat([value[:, 1:], value[:, -1:]], dim=1)
+    return value, torch.where(ends.reshape(*ends.shape, *(1,) * (value.dim() - 2)), boot.gather(1, slot), shifted)
 
 
 def vtrace_lambda_target(

@@ -21,6 +21,7 @@ from torchrl.objectives.value.functional import generalized_advantage_estimate
 
 from torchrl_sapg.modules.factory import make_actor_critic
 from torchrl_sapg.modules.normalization import batch_moments, merge_moments_
+from torchrl_sapg.objectives.value import values_and_next
 
 __all__ = ["EnsembleActor", "PolicyEnsemble", "StackedMembers", "ensemble_gae"]
 
@@ -142,11 +143,17 @@ class PolicyEnsemble(StackedMembers):
         return loc, scale, self.values(obs)
 
     def rollout_values(self, batch: TensorDictBase, observation_key: NestedKey = "observation"):
-        """``V_i(s_t)`` and ``V_i(s'_t)`` of a collected ``[N, T]`` batch, each ``[M, N/M, T, 1]``."""
+        """``V_i(s_t)`` and ``V_i(s'_t)`` of a collected ``[N, T]`` batch, each ``[M, N/M, T, 1]``, from one
+        vmapped critic call (:func:`values_and_next`: next states only at episode ends and after the last step)."""
         m, (n, t) = self.num_members, batch.shape
-        obs = batch.get(observation_key).reshape(m, -1, batch.get(observation_key).shape[-1])
-        nobs = batch.get(("next", observation_key)).reshape(obs.shape)
-        return self.values(obs).reshape(m, n // m, t, 1), self.values(nobs).reshape(m, n // m, t, 1)
+        obs = batch.get(observation_key)
+        dim = obs.shape[-1]
+
+        def member_values(states: torch.Tensor) -> torch.Tensor:  # [N, T', obs_dim], member blocks of env-rows
+            return self.values(states.reshape(m, -1, dim)).reshape(n, -1, 1)
+
+        v, nv = values_and_next(member_values, obs, batch.get(("next", observation_key)), batch.get(("next", "done")))
+        return v.reshape(m, n // m, t, 1), nv.reshape(m, n // m, t, 1)
 
     def _normalizer_stats(self) -> list[TensorDictBase]:
         return [p["backbone", "obs_normalizer", "stats"] if "backbone" in p.keys() else p["obs_normalizer", "stats"]
