@@ -24,7 +24,11 @@ phase and iteration, and the medians over rounds of:
   rest of an iteration of PPO on SAPG's rows (its iteration less its collect and value estimation),
   over PPO's iteration ``I``. The ratio SAPG would reach if collecting cost what PPO's does and its
   update cost what PPO's costs on the same rows: the design's price and no implementation overhead;
-* ``excess``: ``ratio - floor``, the implementation's share.
+* ``excess``: ``ratio - floor``, what SAPG spends beyond the design's price, split into
+* ``collect_excess``: ``(C_sapg - C) / I``, SAPG's collection beyond PPO's. The same number of env
+  steps, but a step with an episode end also runs TorchRL's partial reset, so this part follows how
+  many steps of the batch hold one (the policies' behaviour, not the learner's code);
+* ``learner_excess``: ``excess - collect_excess`` per round, the rest: the implementation's share.
 
 Across seeds: median, IQM and its 95% bootstrap interval (``rl_stats``). One process with paired
 rounds: a change in the machine's speed hits the three alike, which the two-process protocol of
@@ -60,7 +64,7 @@ from torchrl_sapg.runtime import keep_freed_host_memory  # noqa: E402
 
 #: the third trainer: PPO on SAPG's training rows
 ON_ROWS = "ppo_on_sapg_rows"
-SUMMARY_KEYS = ("ratio", "floor", "excess")
+SUMMARY_KEYS = ("ratio", "floor", "excess", "collect_excess", "learner_excess")
 
 
 def build_recipe_trainer(algo: str, env: str, seed: int, extra: list[str], log_dir: Path):
@@ -120,7 +124,8 @@ def design_floor(ppo: dict[str, float], ppo_on_rows: dict[str, float]) -> float:
 
 def measure_seed(env: str, other: str, seed: int, extra: list[str], warmup: int, rounds: int) -> dict:
     """The three trainers of one seed, warmed up, then ``rounds`` rounds of one timed iteration each (the order
-    rotating); per-phase medians, and the medians over rounds of the ratio and of the floor."""
+    rotating); per-phase medians, and the medians over rounds of the ratio, the floor and the two parts of the
+    excess."""
     with tempfile.TemporaryDirectory(prefix="recipe_phases_") as tmp:
         trainers = {a: build_recipe_trainer(a, env, seed, extra, Path(tmp) / a) for a in ("ppo", other)}
         for trainer, frames, _ in trainers.values():
@@ -147,19 +152,24 @@ def measure_seed(env: str, other: str, seed: int, extra: list[str], warmup: int,
     per_round = list(zip(times["ppo"], times[other], times[ON_ROWS]))
     ratio = statistics.median(o["iteration"] / p["iteration"] for p, o, _ in per_round)
     floor = statistics.median(design_floor(p, q) for p, _, q in per_round)
+    collect = [(o["collect"] - p["collect"]) / p["iteration"] for p, o, _ in per_round]
+    learner = [(o["iteration"] - p["iteration"]) / p["iteration"] - c - (design_floor(p, q) - 1.0)
+               for (p, o, q), c in zip(per_round, collect)]
     return {"seed": seed, "rows": rows, "minibatch_size": layouts, "median_seconds": med, "ratio": ratio,
-            "floor": floor, "excess": ratio - floor,
-            "iteration_seconds": {a: [t["iteration"] for t in times[a]] for a in names}}
+            "floor": floor, "excess": ratio - floor, "collect_excess": statistics.median(collect),
+            "learner_excess": statistics.median(learner),
+            **{f"{k}_seconds": {a: [t[k] for t in times[a]] for a in names} for k in ("iteration", "collect", "value")}}
 
 
 def markdown(other: str, seeds: list[dict], stats: dict) -> str:
     """Per-seed ratios, then the phases of the first seed (ms per iteration) with SAPG's excess over PPO."""
     o = other.upper()
-    lines = [f"| seed | PPO iteration s | {o} iteration s | PPO on {o}'s rows s | {o} / PPO | floor | excess |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| seed | PPO iteration s | {o} iteration s | PPO on {o}'s rows s | {o} / PPO | floor | excess "
+             "| of which collection | of which learner |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {s['seed']} | {s['median_seconds']['ppo']['iteration']:.4f} | {s['median_seconds'][other]['iteration']:.4f} "
-              f"| {s['median_seconds'][ON_ROWS]['iteration']:.4f} | {s['ratio']:.3f} | {s['floor']:.3f} | {s['excess']:+.3f} |"
-              for s in seeds]
+              f"| {s['median_seconds'][ON_ROWS]['iteration']:.4f} | {s['ratio']:.3f} | {s['floor']:.3f} | {s['excess']:+.3f} "
+              f"| {s['collect_excess']:+.3f} | {s['learner_excess']:+.3f} |" for s in seeds]
     parts = []
     for key in SUMMARY_KEYS:
         low, high = stats[key]["iqm_ratio_ci"]
@@ -202,7 +212,7 @@ def main(argv=None) -> dict:
         "protocol": f"recipe defaults, 1 torch thread, keep_freed_memory={kept}, no checkpoints; per seed PPO, "
                     f"{args.algo.upper()} and PPO on {args.algo.upper()}'s training rows in one process, {args.warmup} "
                     f"warm-up iterations each, then {args.rounds} rounds of one iteration each, the order rotating; "
-                    "medians per phase, medians over rounds of the per-round ratio and floor",
+                    "medians per phase, medians over rounds of the per-round ratio, floor, collection and learner excess",
         "cpu_model": _device_name(torch.device("cpu")), "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.time() - t0, 1),
         "seeds": seeds, "summary": stats, "table_markdown": table,

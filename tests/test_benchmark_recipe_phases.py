@@ -31,9 +31,18 @@ def test_phases_ratio_and_floor_of_a_tiny_recipe(tmp_path):
         assert {len(w) for w in walls.values()} == {3} and sorted(walls["ppo"])[1] == med["ppo"]["iteration"]
         assert seed["ratio"] == sorted(s / p for s, p in zip(walls["sapg"], walls["ppo"]))[1]  # paired by round
         assert seed["excess"] == pytest.approx(seed["ratio"] - seed["floor"])
+        # the excess split by round into SAPG's extra collection time and the rest (the learner's)
+        c, v = seed["collect_seconds"], seed["value_seconds"]
+        collect = [(cs - cp) / ip for cs, cp, ip in zip(c["sapg"], c["ppo"], walls["ppo"])]
+        assert seed["collect_excess"] == pytest.approx(sorted(collect)[1])
+        learner = [(i_s - c_p - v_p - (i_q - c_q - v_q)) / i_p - x for i_s, i_p, i_q, c_p, c_q, v_p, v_q, x in
+                   zip(walls["sapg"], walls["ppo"], walls[on_rows], c["ppo"], c[on_rows], v["ppo"], v[on_rows], collect)]
+        assert seed["learner_excess"] == pytest.approx(sorted(learner)[1])
     floors = sorted(s["floor"] for s in result["seeds"])
     assert result["summary"]["floor"]["median_ratio"] == pytest.approx(statistics.mean(floors))
     assert "| loss_forward |" in result["table_markdown"] and "| floor |" in result["table_markdown"]
+    assert "| of which collection | of which learner |" in result["table_markdown"]
+    assert set(result["summary"]) == {"ratio", "floor", "excess", "collect_excess", "learner_excess"}
 
 
 def test_design_floor_adds_ppo_on_sapgs_rows_beyond_collection_and_value_estimation():
