@@ -139,12 +139,20 @@ def bootstrap_steps(done: torch.Tensor) -> torch.Tensor:
         tensor([[1, 3],
                 [3, 3]])
     """
-    ends = done.reshape(done.shape[0], done.shape[1]).to(torch.bool)
-    last = ends.shape[1] - 1
-    ends = ends.clone()
+    return _steps_of(_ends_and_last(done))
+
+
+def _ends_and_last(done: torch.Tensor) -> torch.Tensor:
+    """Bool ``[R, T]``: the episode ends of ``done`` (``[R, T]`` or ``[R, T, 1]``) and every row's last step."""
+    ends = done.reshape(done.shape[0], done.shape[1]).to(torch.bool).clone()
     ends[:, -1] = True
+    return ends
+
+
+def _steps_of(ends: torch.Tensor) -> torch.Tensor:
+    last = ends.shape[1] - 1
     steps = torch.where(ends, torch.arange(last + 1, device=ends.device), last).sort(dim=1).values
-    return steps[:, : int(ends.sum(1).max())]
+    return steps[:, : int(ends.sum(1).max())]  # the host sync
 
 
 def values_and_next(value_fn: Callable, current, following, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,12 +176,11 @@ def values_and_next(value_fn: Callable, current, following, done: torch.Tensor) 
         >>> torch.allclose(v, critic(obs)), torch.allclose(nv, critic(nxt))
         (True, True)
     """
-    steps = bootstrap_steps(done)  # [R, B]
-    rows, t = steps.shape[0], done.shape[1]
+    ends = _ends_and_last(done)
+    steps = _steps_of(ends)  # [R, B], bootstrap_steps(done)
+    rows, t = ends.shape
     both = value_fn(torch.cat([current, following[torch.arange(rows, device=steps.device).unsqueeze(1), steps]], dim=1))
     value, boot = both[:, :t], both[:, t:]
-    ends = done.reshape(rows, t).to(torch.bool).clone()
-    ends[:, -1] = True
     slot = (ends.cumsum(1) - 1).clamp_min(0)  # an end's position in its row's steps (the padding is never read)
     slot = slot.reshape(*slot.shape, *(1,) * (value.dim() - 2)).expand(rows, t, *value.shape[2:])
     shifted = torch.cat([value[:, 1:], value[:, -1:]], dim=1)
