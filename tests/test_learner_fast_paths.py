@@ -347,6 +347,14 @@ def test_bootstrap_steps_are_each_rows_ends_and_last_step_padded_with_it(trailin
         assert steps[r].tolist() == row + [9] * (steps.shape[1] - len(row))
 
 
+@pytest.mark.parametrize("shape", [(7,), (7, 10, 2)])
+def test_bootstrap_steps_refuse_done_without_one_flag_per_step(shape):
+    with pytest.raises(ValueError, match=r"done must hold one flag per step, shaped \[R, T\] or \[R, T, 1\]"):
+        bootstrap_steps(torch.zeros(shape, dtype=torch.bool))
+    with pytest.raises(ValueError, match="done must hold one flag per step"):
+        values_and_next(nn.Linear(3, 1), torch.randn(7, 10, 3), torch.randn(7, 10, 3), torch.zeros(shape, dtype=torch.bool))
+
+
 def test_values_and_next_equal_two_calls_at_every_step_on_real_resets():
     """CartPole rollouts with real resets: at an episode end s'_t is the terminal state, not s_{t+1}."""
     ac, batches = _rollouts()

@@ -144,6 +144,9 @@ def bootstrap_steps(done: torch.Tensor) -> torch.Tensor:
 
 def _ends_and_last(done: torch.Tensor) -> torch.Tensor:
     """Bool ``[R, T]``: the episode ends of ``done`` (``[R, T]`` or ``[R, T, 1]``) and every row's last step."""
+    if done.dim() < 2 or done.numel() != done.shape[0] * done.shape[1]:
+        raise ValueError(f"done must hold one flag per step, shaped [R, T] or [R, T, 1]; got {tuple(done.shape)}. "
+                         "Pass the rollouts' ('next', 'done') entry of an [R, T] batch.")
     ends = done.reshape(done.shape[0], done.shape[1]).to(torch.bool).clone()
     ends[:, -1] = True
     return ends
