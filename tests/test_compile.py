@@ -40,7 +40,7 @@ def test_the_update_step_compiles_without_a_graph_break(loss_cls, analytic_kl):
     assert explained.graph_count == 1
 
 
-def _run(compile_: bool):
+def _trainer(compile_: bool):
     torch.manual_seed(0)
     env = make_env("pendulum", 16, seed=0, max_episode_steps=8)
     ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
@@ -55,8 +55,13 @@ def _run(compile_: bool):
                               lr_schedule=LearningRateSchedule(optim, mode="adaptive"), kl_actor=ac.actor,
                               obs_normalizers=[ac.obs_normalizer], progress_bar=False, seed=0, compile=compile_)
     trainer.register_op("batch_process", loss.aggregate)
+    return trainer
+
+
+def _run(compile_: bool):
+    trainer = _trainer(compile_)
     trainer.train()
-    return {k: v.clone() for k, v in loss.state_dict().items() if v.is_floating_point()}
+    return {k: v.clone() for k, v in trainer.loss_module.state_dict().items() if v.is_floating_point()}
 
 
 def test_a_compiled_run_trains_like_the_eager_one():
@@ -64,6 +69,38 @@ def test_a_compiled_run_trains_like_the_eager_one():
     eager, compiled = _run(False), _run(True)
     for k in eager:
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_a_compiled_run_compiles_its_step_once():
+    # Traced code guards on tensordict's class memo, which grows whenever tensordict first meets a type (the
+    # trainer's loss averaging adds ``int`` at the end of the first update). Here every step of the first update
+    # shows it a new class: compiled from the first step, the step would recompile at each of them.
+    from tensordict.utils import is_tensorclass
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    trainer = _trainer(True)
+    steps_per_update = 2 * 2  # num_epochs x num_minibatches
+    fresh = []
+
+    def show_tensordict_a_new_class():
+        if trainer._optim_count <= steps_per_update:
+            fresh.append(type(f"Fresh{trainer._optim_count}", (), {}))
+            is_tensorclass(fresh[-1])
+
+    trainer.register_op("post_optim", show_tensordict_a_new_class)
+    graphs = counters["stats"]["unique_graphs"]
+    trainer.train()
+    assert len(fresh) == steps_per_update and trainer._optim_count == 3 * steps_per_update
+    assert trainer.optimization_stepper.compile_warmup == steps_per_update  # the first update ran eagerly
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+
+
+def test_compile_warmup_must_be_a_step_count():
+    stepper = ClippedGradientStepper(compile=True)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="compile_warmup=.*an int >= 0"):
+            stepper.compile_warmup = bad
 
 
 def test_cudagraphs_without_cuda_is_a_clear_error():

@@ -61,8 +61,8 @@ class OnPolicyTrainer(Trainer):
         log_interval: log every that many iterations.
         checkpoint_path: where ``last.pt`` is written (``None``: no checkpoints).
         checkpoint_interval: env frames between checkpoints (and one at the end).
-        compile: ``torch.compile`` the update step (:meth:`ClippedGradientStepper.loss_step`): ``False``,
-            ``True`` or a dict of ``torch.compile`` keyword arguments (docs/throughput.md).
+        compile: ``torch.compile`` the update step (:meth:`ClippedGradientStepper.loss_step`) after a first
+            eager update: ``False``, ``True`` or a dict of ``torch.compile`` keyword arguments (docs/throughput.md).
         cudagraphs: compile it with CUDA graphs (``mode="reduce-overhead"``; needs a CUDA device).
         keep_checkpoints: rotated copies ``last.<frames>.pt`` kept beside ``last.pt`` (0: only ``last.pt``).
         nonfinite: a collected batch with NaN/inf observations or rewards: ``"raise"`` (stop, naming the key,
@@ -264,6 +264,9 @@ class OnPolicyTrainer(Trainer):
                                  "optimizer_steps_per_iteration": n_mb * self.num_epochs}
             if self.sequence_minibatches:
                 self.batch_layout["sequence_length"] = int(flat.shape[1])
+            if self.optimization_stepper.compiled:
+                # the first update runs eagerly and fills the caches traced code guards on: one compilation, not two
+                self.optimization_stepper.compile_warmup = n_mb * self.num_epochs
         total, loss = None, self.loss_module  # our off-policy losses reduce their diagnostics once per update (eager)
         # kl_approx too, unless the step reads it (a stepper that does not say what it reads may)
         deferred = isinstance(loss, OffPolicyClipPPOLoss) and not getattr(self.optimization_stepper, "compiled", False)

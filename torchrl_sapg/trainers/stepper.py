@@ -6,6 +6,7 @@ import contextlib
 import torch
 from tensordict import TensorDictBase
 from torch import nn
+from torchrl import compile_with_warmup
 from torchrl.trainers import OptimizationStepper, Trainer
 
 from torchrl_sapg.objectives.kl import gaussian_kl
@@ -78,6 +79,8 @@ class ClippedGradientStepper(OptimizationStepper):
             compiled with it) through ``torch.compile``: ``False``, ``True`` or a dict of
             ``torch.compile`` keyword arguments.
         cudagraphs: compile with ``mode="reduce-overhead"`` (CUDA graphs; CUDA only).
+        compile_warmup: loss steps run eagerly before :meth:`loss_step` is compiled (settable later,
+            before the steps reach it; :class:`OnPolicyTrainer` sets one update's steps).
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class ClippedGradientStepper(OptimizationStepper):
         kl_reduction: str = "mean",
         compile: bool | dict = False,
         cudagraphs: bool = False,
+        compile_warmup: int = 0,
     ):
         if kl_reduction not in ("mean", "max_policy"):
             raise ValueError(f"kl_reduction={kl_reduction!r}: choose 'mean' or 'max_policy'.")
@@ -97,13 +101,41 @@ class ClippedGradientStepper(OptimizationStepper):
         if cudagraphs:
             options.setdefault("mode", "reduce-overhead")
         self.compiled = bool(compile) or bool(cudagraphs)
-        self._loss_step = torch.compile(self.loss_step, **options) if self.compiled else self.loss_step
+        self._compile_options = options
+        self.compile_warmup = compile_warmup
         self.max_grad_norm = max_grad_norm
         self.lr_schedule = lr_schedule
         self.kl_key = kl_key
         self.kl_actor = kl_actor
         self.kl_reduction = kl_reduction
         self._params: list[nn.Parameter] | None = None
+
+    @property
+    def compile_warmup(self) -> int:
+        """Loss steps run eagerly before the compiled one takes over.
+
+        Traced code guards on Python-side caches that the first eager update still fills (tensordict's
+        type memo grows when the trainer divides its summed losses): compiled before they settle, the
+        step compiles a second time at the next update (docs/throughput.md).
+
+        Examples:
+            >>> stepper = ClippedGradientStepper(compile=True)
+            >>> stepper.compile_warmup = 20  # e.g. 5 epochs x 4 minibatches: the first update runs eagerly
+            >>> stepper.compile_warmup
+            20
+        """
+        return self._compile_warmup
+
+    @compile_warmup.setter
+    def compile_warmup(self, steps: int) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"compile_warmup={steps!r}: give the number of eager loss steps, an int >= 0.")
+        self._compile_warmup = steps
+        # TorchRL's wrapper: the first `steps` calls run loss_step itself, then torch.compile takes over
+        self._loss_step = (
+            compile_with_warmup(self.loss_step, warmup=steps, **self._compile_options) if self.compiled
+            else self.loss_step
+        )
 
     @property
     def _analytic_kl(self) -> bool:
