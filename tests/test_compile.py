@@ -103,6 +103,21 @@ def test_compile_warmup_must_be_a_step_count():
             stepper.compile_warmup = bad
 
 
+def test_compile_without_a_cpp_compiler_fails_at_construction(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))  # a machine without a C++ compiler
+    ac = make_actor_critic(3, 1)
+    loss = ClipPPOLoss(ac.actor, ac.critic)
+    collector = PopulationCollector(make_env("pendulum", 4, seed=0), ac.actor, num_policies=1, frames_per_batch=8)
+    kwargs = dict(collector=collector, loss_module=loss, optimizer=torch.optim.Adam(loss.parameters()),
+                  total_frames=8, num_epochs=1, num_minibatches=1, progress_bar=False)
+    with pytest.raises(RuntimeError, match="compile=True on CPU needs a C\\+\\+ compiler.*train.compile=false"):
+        OnPolicyTrainer(compile=True, **kwargs)
+    OnPolicyTrainer(compile={"backend": "aot_eager"}, **kwargs)  # no C++ kernels: nothing to check
+    OnPolicyTrainer(compile=False, **kwargs)
+
+
 def test_cudagraphs_without_cuda_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available")

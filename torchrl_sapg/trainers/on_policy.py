@@ -193,7 +193,7 @@ class OnPolicyTrainer(Trainer):
             raise ValueError(f"total_frames must be positive, got {total_frames}.")
 
     def _setup_device(self, loss_module, stepper, kl_actor, kl_reduction, cudagraphs, seed, sync) -> None:
-        """The minibatch generator and seeds, the loss's own analytic KL, the CUDA-graph check, rank 0's weights."""
+        """The minibatch generator and seeds, the loss's own analytic KL, the compile checks, rank 0's weights."""
         device = next(iter(loss_module.parameters())).device
         if stepper._analytic_kl and hasattr(loss_module, "analytic_kl"):
             # the loss reports the KL from its own forward: no second actor pass per minibatch
@@ -202,6 +202,7 @@ class OnPolicyTrainer(Trainer):
         if cudagraphs and device.type != "cuda":
             raise ValueError(f"cudagraphs=True needs the loss on a CUDA device, not {device}: pass device=cuda, or "
                              "compile=True alone (recipe: train.cudagraphs=false).")
+        stepper.check_can_compile(device)
         self.generator = torch.Generator(device=device)
         if seed is not None:  # under torchrun each rank its own action noise and shuffles
             seed = seed if sync is None else rank_seed(seed, sync.rank)

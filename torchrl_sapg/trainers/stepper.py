@@ -137,6 +137,27 @@ class ClippedGradientStepper(OptimizationStepper):
             else self.loss_step
         )
 
+    def check_can_compile(self, device: torch.device) -> None:
+        """Raise now, not at the first compiled step one update later, if inductor has no C++ compiler for CPU.
+
+        Args:
+            device: where the loss runs.
+        """
+        if not self.compiled or device.type != "cpu" or self._compile_options.get("backend", "inductor") != "inductor":
+            return
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+        except ImportError:  # another torch layout: torch.compile reports it itself
+            return
+        try:
+            get_cpp_compiler()
+        except Exception as err:  # torch's InvalidCxxCompiler (its class moves between releases)
+            raise RuntimeError(
+                f"compile=True on CPU needs a C++ compiler for inductor's kernels, and none works here ({err}). "
+                "Install g++ or clang++ (or point CXX at one), compile with another backend "
+                "(compile={'backend': 'aot_eager'}), or run eagerly: compile=False (recipe: train.compile=false)."
+            ) from err
+
     @property
     def _analytic_kl(self) -> bool:
         """Only the adaptive rule reads the KL: the analytic one costs an extra actor pass."""
