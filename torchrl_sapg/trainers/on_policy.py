@@ -164,7 +164,7 @@ class OnPolicyTrainer(Trainer):
         self.nonfinite_rows = 0  # env rows dropped since the last log line
         self.sequence_minibatches = bool(sequence_minibatches)
         self._reset_progress()
-        self._setup_device(loss_module, stepper, kl_actor, kl_reduction, cudagraphs, seed, sync)
+        self._setup_device(loss_module, stepper, kl_actor, kl_reduction, seed, sync)
 
 
     def _reset_progress(self) -> None:
@@ -192,17 +192,14 @@ class OnPolicyTrainer(Trainer):
         if total_frames <= 0:
             raise ValueError(f"total_frames must be positive, got {total_frames}.")
 
-    def _setup_device(self, loss_module, stepper, kl_actor, kl_reduction, cudagraphs, seed, sync) -> None:
+    def _setup_device(self, loss_module, stepper, kl_actor, kl_reduction, seed, sync) -> None:
         """The minibatch generator and seeds, the loss's own analytic KL, the compile checks, rank 0's weights."""
         device = next(iter(loss_module.parameters())).device
         if stepper._analytic_kl and hasattr(loss_module, "analytic_kl"):
             # the loss reports the KL from its own forward: no second actor pass per minibatch
             loss_module.analytic_kl = kl_reduction
             loss_module.analytic_kl_num_policies = getattr(kl_actor, "num_policies", None)
-        if cudagraphs and device.type != "cuda":
-            raise ValueError(f"cudagraphs=True needs the loss on a CUDA device, not {device}: pass device=cuda, or "
-                             "compile=True alone (recipe: train.cudagraphs=false).")
-        stepper.check_can_compile(device)
+        stepper.check_device(device)
         self.generator = torch.Generator(device=device)
         if seed is not None:  # under torchrun each rank its own action noise and shuffles
             seed = seed if sync is None else rank_seed(seed, sync.rank)
@@ -265,8 +262,7 @@ class OnPolicyTrainer(Trainer):
                                  "optimizer_steps_per_iteration": n_mb * self.num_epochs}
             if self.sequence_minibatches:
                 self.batch_layout["sequence_length"] = int(flat.shape[1])
-            if self.optimization_stepper.compiled:
-                # the first update runs eagerly and fills the caches traced code guards on: one compilation, not two
+            if self.optimization_stepper.compiled:  # one eager update first: one compilation, not two
                 self.optimization_stepper.compile_warmup = n_mb * self.num_epochs
         total, loss = None, self.loss_module  # our off-policy losses reduce their diagnostics once per update (eager)
         # kl_approx too, unless the step reads it (a stepper that does not say what it reads may)

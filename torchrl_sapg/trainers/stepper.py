@@ -101,6 +101,7 @@ class ClippedGradientStepper(OptimizationStepper):
         if cudagraphs:
             options.setdefault("mode", "reduce-overhead")
         self.compiled = bool(compile) or bool(cudagraphs)
+        self.cudagraphs = bool(cudagraphs)
         self._compile_options = options
         self.compile_warmup = compile_warmup
         self.max_grad_norm = max_grad_norm
@@ -137,12 +138,15 @@ class ClippedGradientStepper(OptimizationStepper):
             else self.loss_step
         )
 
-    def check_can_compile(self, device: torch.device) -> None:
-        """Raise now, not at the first compiled step one update later, if inductor has no C++ compiler for CPU.
+    def check_device(self, device: torch.device) -> None:
+        """Raise now, not one update into the run: CUDA graphs off CUDA, or inductor on a CPU without a C++ compiler.
 
         Args:
             device: where the loss runs.
         """
+        if self.cudagraphs and device.type != "cuda":
+            raise ValueError(f"cudagraphs=True needs the loss on a CUDA device, not {device}: pass device=cuda, or "
+                             "compile=True alone (recipe: train.cudagraphs=false).")
         if not self.compiled or device.type != "cpu" or self._compile_options.get("backend", "inductor") != "inductor":
             return
         try:
