@@ -143,6 +143,13 @@ class ClippedGradientStepper(OptimizationStepper):
 
         Args:
             device: where the loss runs.
+
+        Examples:
+            >>> ClippedGradientStepper(compile=False).check_device(torch.device("cpu"))  # eager: nothing to check
+            >>> ClippedGradientStepper(cudagraphs=True).check_device(torch.device("cpu"))  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: cudagraphs=True needs the loss on a CUDA device, not cpu: ...
         """
         if self.cudagraphs and device.type != "cuda":
             raise ValueError(f"cudagraphs=True needs the loss on a CUDA device, not {device}: pass device=cuda, or "
