@@ -101,6 +101,8 @@ def test_compile_warmup_must_be_a_step_count():
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="compile_warmup=.*an int >= 0"):
             stepper.compile_warmup = bad
+    with pytest.raises(ValueError, match="compile_warmup=3 does nothing without compile=True"):
+        ClippedGradientStepper(compile_warmup=3)
 
 
 def test_compile_without_a_cpp_compiler_fails_at_construction(monkeypatch):

@@ -131,6 +131,9 @@ class ClippedGradientStepper(OptimizationStepper):
     def compile_warmup(self, steps: int) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"compile_warmup={steps!r}: give the number of eager loss steps, an int >= 0.")
+        if steps and not self.compiled:
+            raise ValueError(f"compile_warmup={steps} does nothing without compile=True (or cudagraphs=True); "
+                             "turn compilation on, or leave compile_warmup at 0.")
         self._compile_warmup = steps
         # TorchRL's wrapper: the first `steps` calls run loss_step itself, then torch.compile takes over
         self._loss_step = (
