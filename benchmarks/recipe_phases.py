@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "recipes"))
 from env_throughput import _device_name  # noqa: E402
-from recipe_wall_ratio import ratio_summary  # noqa: E402
+from rl_stats import ratio_summary  # noqa: E402
 from throughput import PHASES, PhaseProfile, instrument_trainer  # noqa: E402
 
 from torchrl_sapg.runtime import keep_freed_host_memory  # noqa: E402

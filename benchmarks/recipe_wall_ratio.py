@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from env_throughput import _device_name  # noqa: E402
-from rl_stats import iqm, stratified_bootstrap_ci  # noqa: E402
+from rl_stats import ratio_summary  # noqa: E402
 
 
 def run_pair(env: str, algos: list[str], seed: int, extra: list[str], workdir: Path, sequential: bool = False) -> list[dict]:
@@ -64,16 +63,6 @@ def _finish(workdir: Path, seed: int, entry) -> list[dict]:
     summary = json.loads((run_dir / "summary.json").read_text())
     return [{"algo": algo, "seed": seed, "wall_seconds": summary["wall_seconds"], "frames": summary["frames"],
              "final_return": summary.get("final_return"), "command": " ".join(["python", "recipes/train.py", *cmd[2:]])}]
-
-
-def ratio_summary(ratios: list[float], *, seed: int = 0) -> dict:
-    """Median, IQM and the IQM's 95% bootstrap interval (resampling seeds) of the per-seed ratios.
-
-    >>> round(ratio_summary([1.0, 1.2, 1.1, 1.3, 1.4])["iqm_ratio"], 6)
-    1.2
-    """
-    low, high = stratified_bootstrap_ci(ratios, iqm, seed=seed)
-    return {"median_ratio": statistics.median(ratios), "iqm_ratio": iqm(ratios), "iqm_ratio_ci": [low, high]}
 
 
 def main(argv=None) -> dict:

@@ -17,6 +17,7 @@ Scores are ``[runs, tasks]`` arrays (one column per task; a single task is ``[ru
 """
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 
 import numpy as np
@@ -84,3 +85,14 @@ def summary(scores, baseline=None, *, reps: int = 5000, seed: int = 0) -> dict:
         out["p_improve"] = probability_of_improvement(x, baseline)
         out["p_improve_ci"] = list(probability_of_improvement_ci(x, baseline, reps=min(reps, 2000), seed=seed))
     return out
+
+
+def ratio_summary(ratios, *, seed: int = 0) -> dict:
+    """Median, IQM and the IQM's 95% bootstrap interval of paired ratios (one per seed, or per timed round).
+
+    >>> round(ratio_summary([1.0, 1.2, 1.1, 1.3, 1.4])["iqm_ratio"], 6)
+    1.2
+    """
+    ratios = [float(r) for r in ratios]
+    low, high = stratified_bootstrap_ci(ratios, iqm, seed=seed)
+    return {"median_ratio": statistics.median(ratios), "iqm_ratio": iqm(ratios), "iqm_ratio_ci": [low, high]}

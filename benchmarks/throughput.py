@@ -38,7 +38,9 @@ Measured for every (variant, N, M):
    aggregation, ``epochs`` x ``minibatches`` optimiser steps, and for our variants everything
    else ``OnPolicyTrainer.train()`` does per iteration (it is fed the stored batch). After
    the warm-up the variants are timed round-robin, ``--repeats`` rounds, so a change in the
-   machine's load hits them alike; the median is reported. Rates: ``samples_per_s`` = rows the
+   machine's load hits them alike; the median is reported. The overhead ratios are also paired
+   round by round (``*_update_time_paired``: IQM of the per-round ratios and its 95% bootstrap
+   interval over rounds), which cancels a drift between rounds. Rates: ``samples_per_s`` = rows the
    optimiser consumes per second (training-batch rows x epochs; SAPG/EPO train on N + N/M
    env-rows, the leader's off-policy rows included) and ``env_frames_per_s`` = N x T /
    ``update_s`` (collected frames the learner absorbs per second).
@@ -134,6 +136,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "recipes"))
 from env_throughput import _device_name, _sync  # noqa: E402
+from rl_stats import ratio_summary  # noqa: E402
 
 from torchrl_sapg.runtime import keep_freed_host_memory  # noqa: E402
 
@@ -880,6 +883,14 @@ def run_job(job: dict, args, argv: list[str]):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def paired_round_ratios(row: dict, reference: dict) -> dict:
+    """``row``'s update time over ``reference``'s, round by round (both timed in the same round-robin
+    round, so a change in the machine's speed between rounds cancels), with their median, IQM and the
+    IQM's 95% bootstrap interval over rounds."""
+    ratios = [a / b for a, b in zip(row["update_s_all"], reference["update_s_all"], strict=True)]
+    return {"per_round": ratios, **ratio_summary(ratios)}
+
+
 def add_ratios(rows: list[dict]) -> dict:
     """Ratios of every figure to the eager ``torchrl`` baseline of the same cell; overheads vs PPO."""
     eager = {r["variant"]: r for r in rows if not r["compile"] and r.get("status") == "ok"}
@@ -902,12 +913,14 @@ def add_ratios(rows: list[dict]) -> dict:
     over = {}
     if "ppo" in eager:
         over["ppo_over_torchrl_update_time"] = eager["ppo"]["update_s"] / base["update_s"]
+        over["ppo_over_torchrl_update_time_paired"] = paired_round_ratios(eager["ppo"], base)
         if "e2e_frames_per_s" in eager["ppo"]:
             over["ppo_over_torchrl_e2e_time"] = base["e2e_frames_per_s"] / eager["ppo"]["e2e_frames_per_s"]
         for v in eager:
             if v in (BASELINE, "ppo"):
                 continue
             over[f"{v}_over_ppo_update_time"] = eager[v]["update_s"] / eager["ppo"]["update_s"]
+            over[f"{v}_over_ppo_update_time_paired"] = paired_round_ratios(eager[v], eager["ppo"])
             # SAPG/EPO train on the leader's off-policy rows too: the row ratio is the floor of the time ratio
             over[f"{v}_over_ppo_rows"] = eager[v]["rows_per_update"] / eager["ppo"]["rows_per_update"]
             over[f"{v}_over_ppo_time_per_row"] = over[f"{v}_over_ppo_update_time"] / over[f"{v}_over_ppo_rows"]
@@ -981,6 +994,25 @@ def floor_markdown(cells: list[dict]) -> list[str]:
     return lines
 
 
+def paired_markdown(cells: list[dict]) -> list[str]:
+    """The update-time ratios round by round: IQM [95% bootstrap interval] over the timed rounds."""
+    def f(stats):
+        if stats is None:
+            return "-"
+        low, high = stats["iqm_ratio_ci"]
+        return f"{stats['iqm_ratio']:.3f} [{low:.3f}, {high:.3f}]"
+
+    rounds = max((len(r.get("update_s_all", ())) for c in cells for r in c["results"]), default=0)
+    lines = [f"Update time, paired by round ({rounds} round-robin rounds): IQM of the per-round ratios "
+             "[95% bootstrap interval]", "",
+             "| N | M | PPO / torchrl | SAPG / PPO | EPO / PPO |", "|---:|---:|---:|---:|---:|"]
+    for cell in cells:
+        o = cell["overheads"]
+        lines.append(f"| {cell['num_envs']} | {cell['num_policies']} | {f(o.get('ppo_over_torchrl_update_time_paired'))} | "
+                     f"{f(o.get('sapg_over_ppo_update_time_paired'))} | {f(o.get('epo_over_ppo_update_time_paired'))} |")
+    return lines
+
+
 def markdown(cells: list[dict]) -> str:
     """The per-variant table, the overhead table, the FLOP-floor table and each cell's profile."""
     def f(x, fmt):
@@ -1016,6 +1048,7 @@ def markdown(cells: list[dict]) -> str:
             f"{f(o.get('sapg_over_ppo_rows'), '.3f')} | {f(o.get('sapg_over_ppo_time_per_row'), '.2f')} | "
             f"{f(o.get('sapg_over_ppo_e2e_time'), '.2f')} | {f(o.get('epo_over_ppo_e2e_time'), '.2f')} |"
         )
+    lines += ["", *paired_markdown(cells)]
     floor = floor_markdown(cells)
     if len(floor) > 2:
         lines += ["", *floor]
@@ -1166,6 +1199,8 @@ def main(argv=None) -> dict:
             "*_over_ppo_rows": "training-batch rows per update / PPO's (SAPG/EPO: 1 + off_policy_ratio / M, the "
                                "floor of the update-time ratio for a row-bound update)",
             "*_over_ppo_time_per_row": "*_over_ppo_update_time / *_over_ppo_rows: the cost of one trained row vs PPO's",
+            "*_update_time_paired": "the same update-time ratio round by round (both timed in one round-robin round): "
+                                    "per_round, their median, IQM and the IQM's 95% bootstrap interval over rounds",
             "profile": "profiled end-to-end iterations (after the timed ones): median exclusive wall-clock seconds "
                        "per phase (" + ", ".join(PHASES) + "); update_s = all phases but collect; share_of_update = "
                        "phase / update_s; CUDA synchronised at every timer",

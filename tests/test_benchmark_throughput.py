@@ -79,6 +79,27 @@ def test_ratios_are_figures_over_the_baseline(quick):
         # the leader's off-policy rows: 1 + 1/M more rows than PPO trains on, the time ratio's floor
         assert o[f"{v}_over_ppo_rows"] == pytest.approx(1 + 1 / cell["num_policies"])
         assert o[f"{v}_over_ppo_time_per_row"] == pytest.approx(o[f"{v}_over_ppo_update_time"] / o[f"{v}_over_ppo_rows"])
+    # paired by round: each timed round's ratio, from the two times of that round
+    for key, a, b in (("ppo_over_torchrl", ppo, base), ("sapg_over_ppo", rows["sapg"], ppo), ("epo_over_ppo", rows["epo"], ppo)):
+        paired = o[f"{key}_update_time_paired"]
+        by_hand = [x / y for x, y in zip(a["update_s_all"], b["update_s_all"])]
+        assert paired["per_round"] == pytest.approx(by_hand) and len(by_hand) == quick["config"]["repeats"]
+        assert paired["median_ratio"] == pytest.approx(statistics.median(by_hand))
+        low, high = paired["iqm_ratio_ci"]
+        assert min(by_hand) <= low <= paired["iqm_ratio"] <= high <= max(by_hand)
+    assert "Update time, paired by round" in quick["table_markdown"]
+
+
+def test_paired_round_ratios_by_hand():
+    """Four rounds: the per-round ratios, their median and IQM (middle two of four), a bootstrap interval inside them."""
+    row, ref = {"update_s_all": [2.5, 3.75, 3.0, 8.0]}, {"update_s_all": [2.0, 3.0, 2.0, 4.0]}
+    paired = throughput.paired_round_ratios(row, ref)
+    assert paired["per_round"] == [1.25, 1.25, 1.5, 2.0]
+    assert paired["median_ratio"] == paired["iqm_ratio"] == 1.375
+    low, high = paired["iqm_ratio_ci"]
+    assert 1.25 <= low < 1.375 < high <= 2.0
+    with pytest.raises(ValueError):  # rounds must pair up
+        throughput.paired_round_ratios(row, {"update_s_all": [1.0]})
 
 
 def test_flop_floor_is_counted_for_every_variant(quick):
