@@ -12,8 +12,8 @@ the per-seed ratios with their median, their IQM and its 95% bootstrap interval 
 
 Example::
 
-    python benchmarks/recipe_wall_ratio.py --env acrobot --seeds 0 1 2 \\
-        --out benchmarks/results/acrobot_wall_ratio.json
+    python benchmarks/recipe_wall_ratio.py --env acrobot --seeds 0 1 2 3 4 --sequential \\
+        --out benchmarks/results/acrobot_sequential_wall_ratio.json
 """
 from __future__ import annotations
 

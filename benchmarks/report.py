@@ -102,9 +102,11 @@ def _row_ratios(cell: dict) -> dict:
 
 def _throughput_extras(d: dict) -> list[str]:
     """The FLOP-floor table and every cell's per-phase profile of a throughput.py JSON (if it has them)."""
-    from throughput import floor_markdown, profile_markdown
+    from throughput import floor_markdown, paired_markdown, profile_markdown
 
     out = []
+    if any("sapg_over_ppo_update_time_paired" in c["overheads"] for c in d["cells"]):
+        out += [*paired_markdown(d["cells"]), ""]
     floor = floor_markdown(d["cells"])
     if len(floor) > 2:
         out += ["FLOP floor: the update's matmul FLOPs per second against a same-run `torch.mm` of its largest "

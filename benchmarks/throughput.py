@@ -98,9 +98,9 @@ run (``*_vs_torchrl``; time ratios > 1 are slower, rate ratios < 1 are slower), 
 with the overheads ``sapg_over_ppo`` and ``epo_over_ppo`` (update time, end-to-end time per
 frame). N is rounded to the nearest multiple of M (printed).
 
-    # the committed CPU run (results/throughput_cpu.json, ~25 min on 1 thread): 2 epochs at
-    # N=16384 and torch.compile at N=4096 only, to fit the time
-    python benchmarks/throughput.py --threads 1 --epochs-for 16384:2 --compile-num-envs 4096
+    # the committed CPU run (results/throughput_cpu.json, ~50 min on 1 thread): torch.compile at N=4096 only
+    python benchmarks/throughput.py --threads 1 --num-envs 4096 16384 --num-policies 6 64 --no-memory \
+        --compile-num-envs 4096 --e2e-iters 2 --repeats 9
     python benchmarks/throughput.py --device cuda       # full grid, 5 epochs -> results/throughput_cuda.json
     python benchmarks/throughput.py --num-envs 16384 --num-policies 64 --no-compile   # one cell
     # one cell, profile and FLOP floor only (no compile, memory or extra e2e rounds)
