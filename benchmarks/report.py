@@ -121,9 +121,10 @@ def _throughput_extras(d: dict) -> list[str]:
 
 def throughput(lines: list[str]) -> None:
     """``throughput_<device>.json`` (the learner benchmark: the one SAPG / PPO figure per device), then
-    ``profile_<device>.json`` (single-cell profile runs of the same script: profile and FLOP floor only)."""
-    for path in sorted(RESULTS.glob("throughput_*.json")):
-        d = json.loads(path.read_text())
+    ``profile_<device>.json`` (single-cell profile runs of the same script: profile and FLOP floor only).
+    Whole grids come before single-cell reruns (``throughput_cell_*.json``)."""
+    runs = [(path, json.loads(path.read_text())) for path in RESULTS.glob("throughput_*.json")]
+    for path, d in sorted(runs, key=lambda run: (-len(run[1]["cells"]), run[0].name)):
         command = re.sub(r" --note ('[^']*'|\S+)", "", d["command"])
         threads = f", {d['torch_num_threads']} thread" if d["device"] == "cpu" else ""
         lines += [f"### Learner and end-to-end throughput vs TorchRL's ClipPPOLoss loop — {d['device']} "

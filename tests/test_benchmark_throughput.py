@@ -228,3 +228,23 @@ def test_learner_update_is_a_wrapper_over_throughput(monkeypatch, tmp_path):
     args = throughput.parse_args([a for a in argv if a != "--worker"])
     assert args.variants == ["torchrl", "ppo", "sapg", "sapg_td0"] and not args.compile and not args.memory
     assert args.out.endswith("learner_update_cpu.json") and args.threads == 1
+
+
+def test_report_puts_the_grid_before_a_single_cell_rerun(quick, tmp_path, monkeypatch):
+    """docs/results.md: a grid's section comes first, a one-cell rerun (``throughput_cell_*``) after it,
+    and the headline reads the grid (``throughput_cpu*``), not the rerun."""
+    import report
+
+    grid = {**quick, "cells": [quick["cells"][0], {**quick["cells"][0], "num_envs": 2 * quick["cells"][0]["num_envs"]}]}
+    rerun = {**quick, "note": "one cell, more rounds", "timestamp": "2999-01-01T00:00:00+00:00"}
+    (tmp_path / "throughput_cpu.json").write_text(json.dumps(grid))
+    (tmp_path / "throughput_cell_cpu_n8_m2.json").write_text(json.dumps(rerun))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    lines: list[str] = []
+    report.throughput(lines)
+    sources = [line for line in lines if line.startswith("`python benchmarks/throughput.py")]
+    assert len(sources) == 2
+    assert "(`throughput_cpu.json`" in sources[0] and "(`throughput_cell_cpu_n8_m2.json`" in sources[1]
+    assert "Note: one cell, more rounds" in sources[1]
+    (headline,) = [row for row in report.headlines() if row.startswith("- Update-time overhead")]
+    assert headline.count("N=") == 2  # both cells of the grid
