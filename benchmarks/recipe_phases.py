@@ -31,9 +31,9 @@ phase and iteration, and the medians over rounds of:
 * ``learner_excess``: ``excess - collect_excess`` per round, the rest: the implementation's share.
 
 Across seeds: median, IQM and its 95% bootstrap interval (``rl_stats``). One process with paired
-rounds: a change in the machine's speed hits the three alike, which the two-process protocol of
-``recipe_wall_ratio.py`` cannot promise. It times iterations, not whole runs (no start-up, no
-checkpoints), so its ratio is not that script's.
+rounds: a change in the machine's speed hits the three alike. It times iterations early in training, not
+whole runs (no checkpoints), so its ratio is not ``recipe_wall_ratio.py``'s; that script's ``--interleaved``
+mode times whole runs taking turns in the same way.
 
 Example::
 
@@ -67,18 +67,24 @@ ON_ROWS = "ppo_on_sapg_rows"
 SUMMARY_KEYS = ("ratio", "floor", "excess", "collect_excess", "learner_excess")
 
 
+def recipe_config(algo: str, env: str, seed: int, extra: list[str]):
+    """The recipe's resolved Hydra config for ``algo`` on ``env`` (``threads=1``, no progress bar) plus ``extra``."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [f"algo={algo}", f"env={env}", f"seed={seed}", "threads=1", "progress_bar=false", *extra]
+    with initialize_config_dir(config_dir=str(ROOT / "recipes" / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
 def build_recipe_trainer(algo: str, env: str, seed: int, extra: list[str], log_dir: Path):
     """``(trainer, frames per iteration, num_envs)`` as ``recipes/train.py`` builds them (its logger writes to
     ``log_dir``), without checkpoints."""
     from common import build_agent, build_collection_policy, build_env, build_trainer, headline_policy
-    from hydra import compose, initialize_config_dir
 
     from torchrl_sapg.collectors import PopulationCollector
     from torchrl_sapg.trainers.logging import make_logger
 
-    overrides = [f"algo={algo}", f"env={env}", f"seed={seed}", "threads=1", "progress_bar=false", *extra]
-    with initialize_config_dir(config_dir=str(ROOT / "recipes" / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = recipe_config(algo, env, seed, extra)
     torch.manual_seed(seed)
     built_env = build_env(cfg, seed=seed)
     agent = build_agent(cfg, built_env)

@@ -188,7 +188,8 @@ def wall_ratio(lines: list[str]) -> None:
     for path in sorted(RESULTS.glob("*_wall_ratio.json")):
         d = json.loads(path.read_text())
         lines += [f"### {d['benchmark']}", "", f"`{d['command']}` (`{path.name}`, {d.get('date', '')}, commit "
-                  f"`{d.get('commit', '?')}`, {d['machine']}): {d['protocol']}.", "", d["table_markdown"], ""]
+                  f"`{d.get('commit', '?')}`, {d['machine']}): {d['protocol']}"
+                  + (f". Note: {d['note']}" if d.get("note") else "") + ".", "", d["table_markdown"], ""]
 
 
 def recipe_phases(lines: list[str]) -> None:

@@ -3,6 +3,9 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -45,3 +48,34 @@ def test_ratio_summary_is_the_iqm_of_the_seed_ratios_with_a_bootstrap_interval()
     assert min(ratios) <= low < stats["iqm_ratio"] < high <= max(ratios)
     assert rl_stats.ratio_summary(ratios) == stats  # a seeded bootstrap: the same interval every time
     assert rl_stats.ratio_summary([1.1])["iqm_ratio_ci"] == [1.1, 1.1]
+
+
+def test_interleaved_runs_compute_what_each_recipe_computes_alone(tmp_path):
+    """Taking turns in one process, each run ends in the same state, bit for bit, as ``recipes/train.py`` alone."""
+    from torchrl_sapg.trainers.checkpoint import load_checkpoint, state_checksum
+
+    extra = ["total_frames=576", "env.num_envs=12", "train.horizon=16", "model.hidden_sizes=[8]", "logger=none",
+             "checkpoint_interval=192"]
+    (tmp_path / "alone").mkdir()
+    alone = recipe_wall_ratio.run_pair("cartpole", ["ppo", "sapg"], 3, extra, tmp_path / "alone", sequential=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the recipe's threads=1 (main() sets it): reductions split alike
+    try:
+        together = recipe_wall_ratio.interleaved_pair("cartpole", ["sapg", "ppo"], 3, extra, tmp_path / "together")
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["algo"] for r in together] == ["sapg", "ppo"]
+    for run in together:  # 576 frames of 192 per iteration: 3 timed iterations, checkpoints included
+        assert run["frames"] == 576 and len(run["iteration_seconds"]) == 3
+        assert run["wall_seconds"] == pytest.approx(sum(run["iteration_seconds"]), abs=1e-4)
+    for algo in ("ppo", "sapg"):
+        a = load_checkpoint(tmp_path / "alone" / f"{algo}_seed3" / "checkpoints" / "last.pt")
+        b = load_checkpoint(tmp_path / "together" / f"{algo}_seed3" / "checkpoints" / "last.pt")
+        assert a["frames"] == b["frames"] == 576
+        # weights, optimiser, env and collector state; the torch random streams (the recipe seeds torch only:
+        # NumPy's and Python's generators start from OS entropy in each process and nothing draws from them)
+        for part in ("trainer", "generator"):
+            assert state_checksum({part: a[part]}) == state_checksum({part: b[part]}), (algo, part)
+        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]), algo
+        ran_alone = next(r for r in alone if r["algo"] == algo)
+        assert next(r for r in together if r["algo"] == algo)["final_return"] == ran_alone["final_return"]
