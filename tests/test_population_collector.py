@@ -128,6 +128,28 @@ def test_batch_layout_keys_and_behaviour_log_prob():
     assert (batch["next", "step_count"].squeeze(-1)[done] == 5).all()
 
 
+def test_trajectory_ids_only_on_request_and_the_batch_is_otherwise_the_same():
+    """Off by default: TorchRL's traj-id tracking syncs with the host; turning it on adds only that entry."""
+    batches = {}
+    for track in (False, True):
+        env = make_env("cartpole", 6, seed=0)
+        actor = _actor(env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1], 3)
+        collector = PopulationCollector(env, actor, num_policies=3, frames_per_batch=6 * 40,
+                                        **({"track_traj_ids": True} if track else {}))
+        it = iter(collector)
+        batches[track] = torch.cat([next(it), next(it)], dim=1)
+        collector.shutdown()
+    plain, tracked = batches[False], batches[True]
+    assert ("collector", "traj_ids") not in plain.keys(True, True)
+    traj_ids = tracked["collector", "traj_ids"]
+    done = tracked["next", "done"].squeeze(-1)
+    assert done[:, :-1].any()  # cartpole episodes end within 80 steps: ids change after each end
+    assert torch.equal(traj_ids[:, 1:] != traj_ids[:, :-1], done[:, :-1])
+    assert set(plain.keys(True, True)) == set(tracked.exclude("collector").keys(True, True))
+    for key in plain.keys(True, True):
+        assert torch.equal(plain[key], tracked[key]), key
+
+
 # ----------------------------------------------------------------------------- episode statistics
 @pytest.mark.parametrize(
     "env_name, env_kwargs, horizon",

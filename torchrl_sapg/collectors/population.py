@@ -86,7 +86,8 @@ class PopulationCollector(Collector):
         frames_per_batch: must be a multiple of ``N``.
         total_frames: ``-1`` (default) runs until the caller stops.
         episode_keys: per-episode scalars read at episode end when present.
-        **kwargs: forwarded to :class:`torchrl.collectors.Collector`.
+        **kwargs: forwarded to :class:`torchrl.collectors.Collector`; ``track_traj_ids`` defaults to
+            ``False`` here (``True`` adds TorchRL's ``("collector", "traj_ids")``).
 
     Examples:
         >>> from torchrl_sapg.envs import PendulumEnv
@@ -143,6 +144,9 @@ class PopulationCollector(Collector):
             )
         # our policies need no env-side transforms (no InitTracker etc.); say so explicitly
         kwargs.setdefault("auto_register_policy_transforms", False)
+        # nothing here reads ("collector", "traj_ids"); tracking them costs two host syncs per step with an
+        # episode end (TorchRL's `_update_traj_ids`: `.any()`, then an `arange` sized by a sum)
+        kwargs.setdefault("track_traj_ids", False)
         super().__init__(env, policy, frames_per_batch=frames_per_batch, total_frames=total_frames, **kwargs)
         self.num_policies = num_policies
         self.num_envs = num_envs
