@@ -70,7 +70,7 @@ def interleaved_pair(env: str, algos: list[str], seed: int, extra: list[str], wo
     runs = {}
     for algo in algos:
         cfg = recipe_config(algo, env, seed, extra)
-        trainer, frames, _ = build_recipe_trainer(algo, env, seed, extra, workdir / f"{algo}_seed{seed}")
+        trainer, frames, _ = build_recipe_trainer(algo, env, seed, extra, workdir / f"{algo}_seed{seed}", cfg)
         runs[algo] = {"trainer": trainer, "frames": frames, "total": int(cfg.total_frames), "rng": rng_state(),
                       "interval": int(cfg.checkpoint_interval), "last_save": 0, "seconds": [],
                       "checkpoint": str(workdir / f"{algo}_seed{seed}" / "checkpoints" / "last.pt")}
