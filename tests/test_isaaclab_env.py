@@ -271,6 +271,28 @@ def test_in_step_autoreset_rollout(fake_isaaclab, kind, terminal_obs):
         assert torch.isnan(nxt[done]).all() and torch.isfinite(nxt[~done]).all()
 
 
+def test_terminal_fill_never_reads_done_on_the_host_off_cpu():
+    """Off CPU the fill runs its masked writes without ``done.any()`` (a host sync per step):
+    tensors on the ``meta`` device cannot be read on the host, so any such read raises here."""
+    from tensordict import TensorDict
+
+    from torchrl_sapg.envs.isaaclab import TerminalObservationFill
+
+    fill = TerminalObservationFill(env_obs_keys=["observation"])
+    n = 4
+    for device in ("cpu", "meta"):
+        nxt = TensorDict(
+            observation=torch.zeros(n, OBS_DIM),
+            step_count=torch.ones(n, 1),
+            done=torch.zeros(n, 1, dtype=torch.bool),
+            batch_size=[n],
+        ).to(device)
+        fill._step(None, nxt)
+        root = TensorDict({"observation": torch.ones(n, OBS_DIM), "next": nxt}, batch_size=[n]).to(device)
+        out, _ = fill._post_step_mdp_hooks(root, root.empty())
+        assert out["next", "observation"].device.type == device
+
+
 # --------------------------------------------------------------------------- collector
 @pytest.mark.parametrize("kind", ["direct", "manager"])
 def test_population_collector_episode_stats(fake_isaaclab, kind):

@@ -214,7 +214,11 @@ class TerminalObservationFill(Transform):
     def _post_step_mdp_hooks(self, tensordict: TensorDictBase, tensordict_: TensorDictBase):
         nxt = tensordict.get("next", None)
         done = None if nxt is None else nxt.get("done", None)
-        if done is None or not done.any():
+        if done is None:
+            return tensordict, tensordict_
+        # `done.any()` is a host sync on an accelerator; there the masked writes always run
+        # (they change nothing when no row is done).
+        if done.device.type == "cpu" and not done.any():
             return tensordict, tensordict_
         done = done.reshape(nxt.batch_size)
         for key in self._outer_observation_keys():
