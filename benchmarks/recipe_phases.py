@@ -79,13 +79,13 @@ def recipe_config(algo: str, env: str, seed: int, extra: list[str]):
 def build_recipe_trainer(algo: str, env: str, seed: int, extra: list[str], log_dir: Path, cfg=None):
     """``(trainer, frames per iteration, num_envs)`` as ``recipes/train.py`` builds them (its logger writes to
     ``log_dir``), without checkpoints; ``cfg`` is :func:`recipe_config`'s, composed here if not given."""
-    from common import build_agent, build_collection_policy, build_env, build_trainer, headline_policy
+    from common import build_agent, build_collection_policy, build_env, build_trainer, headline_policy, seed_everything
 
     from torchrl_sapg.collectors import PopulationCollector
     from torchrl_sapg.trainers.logging import make_logger
 
     cfg = recipe_config(algo, env, seed, extra) if cfg is None else cfg
-    torch.manual_seed(seed)
+    seed_everything(seed)
     built_env = build_env(cfg, seed=seed)
     agent = build_agent(cfg, built_env)
     frames = int(cfg.env.num_envs) * int(cfg.train.horizon)

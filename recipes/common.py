@@ -12,9 +12,11 @@ run is an in-process population (``pbt=inprocess``, :func:`pbt_mode`). A new alg
 from __future__ import annotations
 
 import inspect
+import random
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import TransformedEnv
@@ -227,6 +229,16 @@ def register_algorithm_hooks(cfg: DictConfig, trainer, loss, agent: ActorCritic,
 def headline_policy(cfg: DictConfig) -> int:
     """The policy whose return is the run's headline: the SAPG leader / EPO master, else 0."""
     return int(cfg.algo.get("leader_id", 0))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (torch's on every device) with ``seed``.
+
+    The library draws from torch only; a user's env or hook may draw from the other two.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def device_of(cfg: DictConfig) -> torch.device:

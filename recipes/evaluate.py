@@ -20,7 +20,6 @@ import os
 import sys
 from typing import Any, Mapping
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +31,7 @@ from common import (  # noqa: E402
     build_env,
     headline_policy,
     is_recurrent_config,
+    seed_everything,
 )
 
 from torchrl_sapg.modules import ActorCritic  # noqa: E402
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> dict:
     if any(i < 0 or i >= m for i in ids):
         raise SystemExit(f"policy={which} is out of range: this checkpoint has {m} policies (0..{m - 1}).")
     seed = int(args.get("seed", cfg.seed + 20_000))
-    torch.manual_seed(seed)
+    seed_everything(seed)
     env = build_env(cfg, num_envs=m * episodes, seed=seed)
     agent = build_agent(cfg, env)
     recurrent = is_recurrent_config(cfg)

@@ -41,6 +41,7 @@ from common import (  # noqa: E402
     is_recurrent_config,
     pbt_mode,
     register_algorithm_hooks,  # noqa: F401  (kept importable from train: tests wrap it)
+    seed_everything,
 )
 
 from torchrl_sapg.collectors import PopulationCollector  # noqa: E402
@@ -88,7 +89,7 @@ def main(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     # the learner's activations live in host memory only on a CPU device
     freed_memory_kept = bool(cfg.get("keep_freed_memory", True)) and torch.device(cfg.device).type == "cpu" and keep_freed_host_memory()
-    torch.manual_seed(cfg.seed)  # the same initial weights everywhere (rank 0's are broadcast anyway)
+    seed_everything(cfg.seed)  # the same initial weights everywhere (rank 0's are broadcast anyway)
 
     algo = algorithm(cfg)  # recipes/common.py's ALGORITHMS entry: networks, loss, trainer, hooks
     env = build_env(cfg, seed=rank_seed(cfg.seed, rank))  # each rank its own episodes
