@@ -193,7 +193,8 @@ def build_ours(variant: str, n: int, m: int, args, collector=None, agent_state=N
 
     from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
-    cfg = recipe_config(RECIPE_ALGO[variant], n, m, args, EXTRA_OVERRIDES.get(variant, []))
+    population = list(args.population_override) if RECIPE_ALGO[variant] != "ppo" else []
+    cfg = recipe_config(RECIPE_ALGO[variant], n, m, args, [*population, *EXTRA_OVERRIDES.get(variant, [])])
     torch.manual_seed(0)
     env = build_env(cfg) if collector is None else None
     agent = build_agent(cfg, env if env is not None else build_env(cfg, num_envs=cfg.algo.num_policies))
@@ -1109,6 +1110,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny smoke run: N=32, M=4, T=4, small net, in-process, no compile")
     p.add_argument("--out", default=None)
     p.add_argument("--note", default=None, help="free text stored in the JSON")
+    p.add_argument("--population-override", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="Hydra overrides for the SAPG / EPO recipes only, e.g. algo.off_policy_ratio=0.5")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:

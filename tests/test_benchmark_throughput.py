@@ -90,6 +90,23 @@ def test_ratios_are_figures_over_the_baseline(quick):
     assert "Update time, paired by round" in quick["table_markdown"]
 
 
+def test_population_overrides_reach_sapg_and_not_ppo(tmp_path):
+    """``--population-override algo.off_policy_ratio=0.5``: SAPG's leader trains on half a block of
+    follower rows (1 + 0.5 / M of PPO's rows); PPO and the baseline keep theirs."""
+    out = tmp_path / "half.json"
+    threads = torch.get_num_threads()
+    try:
+        throughput.main(["--quick", "--threads", "1", "--variants", "ppo", "sapg", "--no-profile", "--e2e-iters", "0",
+                         "--population-override", "algo.off_policy_ratio=0.5", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    (cell,) = json.loads(out.read_text())["cells"]
+    rows = {r["variant"]: r["rows_per_update"] for r in cell["results"]}
+    n, m, t = cell["num_envs"], cell["num_policies"], 4
+    assert rows == {"torchrl": n * t, "ppo": n * t, "sapg": (n + n // m // 2) * t}
+    assert cell["overheads"]["sapg_over_ppo_rows"] == pytest.approx(1 + 0.5 / m)
+
+
 def test_paired_round_ratios_by_hand():
     """Four rounds: the per-round ratios, their median and IQM (middle two of four), a bootstrap interval inside them."""
     row, ref = {"update_s_all": [2.5, 3.75, 3.0, 8.0]}, {"update_s_all": [2.0, 3.0, 2.0, 4.0]}
