@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -119,13 +120,22 @@ def _throughput_extras(d: dict) -> list[str]:
     return out
 
 
+def without_note(command: str) -> str:
+    """``command`` without its ``--note TEXT`` (shown separately); ``TEXT`` may hold shell-quoted quotes."""
+    words = shlex.split(command)
+    if "--note" in words:
+        i = words.index("--note")
+        del words[i:i + 2]
+    return shlex.join(words)
+
+
 def throughput(lines: list[str]) -> None:
     """``throughput_<device>.json`` (the learner benchmark: the one SAPG / PPO figure per device), then
     ``profile_<device>.json`` (single-cell profile runs of the same script: profile and FLOP floor only).
     Whole grids come before single-cell reruns (``throughput_cell_*.json``)."""
     runs = [(path, json.loads(path.read_text())) for path in RESULTS.glob("throughput_*.json")]
     for path, d in sorted(runs, key=lambda run: (-len(run[1]["cells"]), run[0].name)):
-        command = re.sub(r" --note ('[^']*'|\S+)", "", d["command"])
+        command = without_note(d["command"])
         threads = f", {d['torch_num_threads']} thread" if d["device"] == "cpu" else ""
         lines += [f"### Learner and end-to-end throughput vs TorchRL's ClipPPOLoss loop — {d['device']} "
                   f"({d['device_name']}{threads})", "",
@@ -171,7 +181,7 @@ def throughput(lines: list[str]) -> None:
                       + ".", ""]
     for path in sorted(RESULTS.glob("profile_*.json")):
         d = json.loads(path.read_text())
-        command = re.sub(r" --note ('[^']*'|\S+)", "", d["command"])
+        command = without_note(d["command"])
         threads = f", {d['torch_num_threads']} thread" if d["device"] == "cpu" else ""
         commit = d.get("git_commit")
         at = (f"commit `{commit[:7]}`" + (" plus uncommitted changes" if d.get("git_uncommitted_changes") else "")
