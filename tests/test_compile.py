@@ -45,8 +45,9 @@ def _trainer(compile_: bool):
     env = make_env("pendulum", 16, seed=0, max_episode_steps=8)
     ac = make_actor_critic(3, 1, num_policies=M, latent_dim=4, hidden_sizes=(16,))
     collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=16 * 8)
-    # no entropy term: TanhNormal's entropy is a Monte-Carlo estimate, whose draws differ under compile
-    loss = SAPGLoss(ac.actor, ac.critic, num_policies=M, generator=torch.Generator().manual_seed(0))
+    # with the entropy bonus: eager and compiled both use the Gaussian's analytic entropy (ClipPPOLoss alone
+    # would add a Monte-Carlo estimate under compile, drawing from the global generator)
+    loss = SAPGLoss(ac.actor, ac.critic, num_policies=M, entropy_sigma=0.01, generator=torch.Generator().manual_seed(0))
     from torchrl.objectives.value import GAE
 
     optim = torch.optim.Adam(loss.parameters(), lr=1e-3)

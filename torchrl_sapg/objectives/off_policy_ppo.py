@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDictBase, is_tensor_collection
-from tensordict.nn import dispatch
+from tensordict.nn import CompositeDistribution, dispatch
 from tensordict.utils import NestedKey
+from torchrl.modules.distributions.utils import has_analytic_entropy
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.ppo import PPOLoss
 
@@ -189,6 +190,18 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
         if log_is_weight is not None:
             log_is = log_is + log_is_weight
         return log_weight - centre, dist, kl_approx, log_is
+
+    def _get_entropy(self, dist, adv_shape):
+        """The analytic entropy where the distribution has one, else ``ClipPPOLoss``'s estimate.
+
+        ``ClipPPOLoss`` (torchrl 0.14) reads ``entropy.isfinite().all()`` on the host to fall back to a
+        Monte-Carlo estimate: a host sync per minibatch on an accelerator, and under ``torch.compile``
+        it samples that estimate at every call. A non-finite analytic entropy (a zero or infinite
+        scale) makes the loss non-finite, which the trainer reports.
+        """
+        if isinstance(dist, CompositeDistribution) or not has_analytic_entropy(dist):
+            return super()._get_entropy(dist, adv_shape)
+        return dist.entropy().unsqueeze(-1)
 
     def _weighted_loss_entropy(self, entropy):
         if self._call is None:

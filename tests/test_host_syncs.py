@@ -1,0 +1,106 @@
+"""Host syncs of one training iteration, counted on CPU.
+
+On an accelerator, reading a tensor on the host (``.item()``, ``bool(t)``, ``int(t)``) or an op whose
+output size depends on the data (``nonzero``, a boolean-mask index) waits for every queued kernel.
+A ``TorchDispatchMode`` sees those ops on CPU tensors too, so these tests find them without a GPU:
+the update (all mini-epochs) makes none, and each batch makes only the few its docstrings name.
+``check_policy_ids`` reads ids on the host on CPU only (``torch._assert_async`` elsewhere), so its
+reads are set apart.
+"""
+from __future__ import annotations
+
+import traceback
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torchrl.objectives.value import GAE
+
+from torchrl_sapg.collectors import PopulationCollector
+from torchrl_sapg.envs import make_env
+from torchrl_sapg.modules import make_actor_critic
+from torchrl_sapg.objectives import OffPolicyClipPPOLoss, SAPGLoss
+from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
+
+aten = torch.ops.aten
+_HOST_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.nonzero.default,
+               aten.masked_select.default, aten._unique2.default, aten.unique_dim.default,
+               aten.unique_consecutive.default, aten.repeat_interleave.Tensor}
+#: reads on CPU only: on an accelerator these checks are queued with torch._assert_async
+_CPU_ONLY = {"check_policy_ids", "_check_env_major"}
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the ops that sync with the host on an accelerator, by the function that issued them."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        bool_index = func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if func in _HOST_READS or bool_index:
+            caller = next(f for f in reversed(traceback.extract_stack()[:-1])  # skips torch and <genexpr> frames
+                          if "/torch/" not in f.filename.replace("\\", "/") and not f.name.startswith("<"))
+            self.sites[caller.name] += 1
+        return func(*args, **(kwargs or {}))
+
+    def outside(self, allowed) -> dict:
+        return {site: n for site, n in self.sites.items() if site not in allowed}
+
+
+def _trainer(algo: str):
+    m = 3 if algo == "sapg" else 1
+    env = make_env("pendulum", 12, seed=0)
+    ac = make_actor_critic(3, 1, num_policies=m, latent_dim=4 if m > 1 else 0, hidden_sizes=(16,))
+    if algo == "sapg":  # the paper's per-follower entropy bonus (Sec. 4.5)
+        loss = SAPGLoss(ac.actor, ac.critic, num_policies=m, entropy_sigma=0.005)
+    else:
+        loss = OffPolicyClipPPOLoss(ac.actor, ac.critic, entropy_coeff=0.01)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=3e-4, fused=True)
+    trainer = OnPolicyTrainer(
+        collector=PopulationCollector(env, ac.actor, num_policies=m, frames_per_batch=12 * 8),
+        loss_module=loss, optimizer=optimizer, total_frames=10 * 12 * 8, num_epochs=2, num_minibatches=2,
+        value_estimator=GAE(gamma=0.99, lmbda=0.95, value_network=ac.critic),
+        lr_schedule=LearningRateSchedule(optimizer, mode="adaptive", kl_threshold=0.016),
+        kl_actor=ac.actor, kl_reduction="max_policy" if m > 1 else "mean", max_grad_norm=1.0,
+        obs_normalizers=[ac.obs_normalizer], progress_bar=False, seed=0,
+    )
+    if algo == "sapg":
+        trainer.register_op("batch_process", loss.aggregate)
+    return trainer
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sapg"])
+def test_the_update_never_reads_the_device_and_a_batch_only_where_documented(algo):
+    trainer = _trainer(algo)
+    batches = iter(trainer.collector)
+    for _ in range(2):  # the second iteration runs with every lazy setting in place
+        batch = next(batches)
+        per_batch, update = HostReads(), HostReads()
+        with per_batch:
+            batch = trainer._screen_nonfinite(batch, batch.numel())
+            batch = trainer._process_batch_hook(trainer._estimate_values(batch))
+        with update:
+            losses = trainer.optim_steps(batch)
+        assert torch.isfinite(losses["loss_entropy"]).all()
+        # every mini-epoch step: loss forward (with the entropy bonus), backward, clip, NaN-safe fused Adam, adaptive LR
+        assert update.outside(_CPU_ONLY) == {}
+        # per batch: the NaN screen, the value budget (estimate_values), TorchRL's GAE NaN check,
+        # and SAPG's V(s') budget of the relabelled rows (values_and_next)
+        documented = {"screen_nonfinite", "shifted_budget", "_sanitize_next_obs_nan", "_steps_of"}
+        assert set(per_batch.outside(_CPU_ONLY)) <= documented, per_batch.sites
+        assert all(n == 1 for n in per_batch.outside(_CPU_ONLY).values()), per_batch.sites
+
+
+def test_the_detector_sees_host_reads():
+    """What the tests above rely on: ``.item()``, ``bool`` and a boolean mask are all seen, by caller."""
+    x = torch.arange(4.0)
+
+    def reader():
+        return x.sum().item(), bool((x > 1).any()), x[x > 1]
+
+    with HostReads() as reads:
+        reader()
+    assert reads.sites["reader"] == 3
