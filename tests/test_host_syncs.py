@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import traceback
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,11 +29,12 @@ _HOST_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.n
                aten.masked_select.default, aten._unique2.default, aten.unique_dim.default,
                aten.unique_consecutive.default, aten.repeat_interleave.Tensor}
 #: reads on CPU only: on an accelerator these checks are queued with torch._assert_async
-_CPU_ONLY = {"check_policy_ids", "_check_env_major"}
+_CPU_ONLY = {"latents.check_policy_ids", "sapg._check_env_major"}
 
 
 class HostReads(TorchDispatchMode):
-    """Counts the ops that sync with the host on an accelerator, by the function that issued them."""
+    """Counts the ops that sync with the host on an accelerator, by the function that issued them
+    (``"<file stem>.<function>"``)."""
 
     def __init__(self):
         super().__init__()
@@ -43,7 +45,7 @@ class HostReads(TorchDispatchMode):
         if func in _HOST_READS or bool_index:
             caller = next(f for f in reversed(traceback.extract_stack()[:-1])  # skips torch and <genexpr> frames
                           if "/torch/" not in f.filename.replace("\\", "/") and not f.name.startswith("<"))
-            self.sites[caller.name] += 1
+            self.sites[f"{Path(caller.filename).stem}.{caller.name}"] += 1
         return func(*args, **(kwargs or {}))
 
     def outside(self, allowed) -> dict:
@@ -89,7 +91,8 @@ def test_the_update_never_reads_the_device_and_a_batch_only_where_documented(alg
         assert update.outside(_CPU_ONLY) == {}
         # per batch: the NaN screen, the value budget (estimate_values), TorchRL's GAE NaN check,
         # and SAPG's V(s') budget of the relabelled rows (values_and_next)
-        documented = {"screen_nonfinite", "shifted_budget", "_sanitize_next_obs_nan", "_steps_of"}
+        documented = {"screening.screen_nonfinite", "value.shifted_budget", "advantages._sanitize_next_obs_nan",
+                      "value._steps_of"}
         assert set(per_batch.outside(_CPU_ONLY)) <= documented, per_batch.sites
         assert all(n == 1 for n in per_batch.outside(_CPU_ONLY).values()), per_batch.sites
 
@@ -103,4 +106,20 @@ def test_the_detector_sees_host_reads():
 
     with HostReads() as reads:
         reader()
-    assert reads.sites["reader"] == 3
+    assert reads.sites == {"test_host_syncs.reader": 3}
+
+
+@pytest.mark.parametrize("name", ["pendulum", "reach_grasp_carry"])
+def test_collection_on_an_embedded_env_reads_only_where_torchrl_resets(name):
+    """The embedded envs and ``PopulationCollector`` add no host reads to TorchRL's partial-reset loop."""
+    env = make_env(name, 12, seed=0, max_episode_steps=5)
+    ac = make_actor_critic(env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1],
+                           num_policies=3, latent_dim=4, hidden_sizes=(16,))
+    batches = iter(PopulationCollector(env, ac.actor, num_policies=3, frames_per_batch=12 * 8))
+    next(batches)
+    with HostReads() as reads:
+        batch = next(batches)
+    assert batch["next", "done"].any()
+    # step_and_maybe_reset: any_done and maybe_reset every step; the partial reset at a step with an end
+    torchrl_reset = {"common.any_done", "common.maybe_reset", "common._reset_check_done", "utils._update_during_reset"}
+    assert set(reads.outside(_CPU_ONLY)) <= torchrl_reset, reads.sites

@@ -334,6 +334,25 @@ def test_population_collector_episode_stats(fake_isaaclab, kind):
     collector.shutdown()
 
 
+@pytest.mark.parametrize("kind", ["direct", "manager"])
+def test_collection_reads_the_host_only_in_the_simulator(fake_isaaclab, kind):
+    """Isaac Lab's path is TorchRL's native auto-reset: no host sync per step outside the simulator (here the
+    stand-in's ``step``, which picks the envs to reset as Isaac Lab does) and the checks that read on CPU only."""
+    from test_host_syncs import HostReads
+
+    from torchrl_sapg import PopulationCollector, make_actor_critic
+
+    env = _wrapped(kind, num_envs=8, max_episode_length=5, term_at=[2, 3, 9, 9, 2, 9, 3, 9])
+    actor = make_actor_critic(OBS_DIM, ACT_DIM, num_policies=2, latent_dim=4, hidden_sizes=(8,)).actor
+    batches = iter(PopulationCollector(env, actor, num_policies=2, frames_per_batch=8 * 12))
+    next(batches)
+    with HostReads() as reads:
+        batch = next(batches)
+    assert batch["next", "done"].any()  # the batch has auto-resets
+    cpu_only = {"latents.check_policy_ids", "isaaclab._post_step_mdp_hooks"}  # _assert_async / no early exit off CPU
+    assert set(reads.sites) - cpu_only == {"test_isaaclab_env.step"}, reads.sites
+
+
 # --------------------------------------------------------------------------- task ids
 def _register(monkeypatch, ids, env_cls=DirectRLEnv):
     registry = dict(gym.registry)
