@@ -6,7 +6,8 @@ imports it at module load. The chain is::
     launch_isaaclab_app()            # AppLauncher first (2.x), before Isaac Lab task modules
     import isaaclab_tasks            # registers the gymnasium ids
     gym.make(task, cfg=env_cfg)      # a DirectRLEnv / ManagerBasedRLEnv, tensors on the sim device
-    IsaacLabWrapper(env, native_autoreset=True)   # TorchRL's wrapper, Isaac Lab resets in step
+    IsaacLabWrapper(env, native_autoreset=True)   # TorchRL's wrapper (without its per-step host read of done),
+                                                  # Isaac Lab resets in step
     + RenameTransform("policy" -> "observation", "critic" -> "critic_observation")
     + TerminalObservationFill        # finite ("next", obs) at auto-resets (see below)
 
@@ -298,7 +299,7 @@ def wrap_isaaclab_env(
     if device is None:
         device = getattr(env.unwrapped, "device", None)
     wrapped = _isaaclab_wrapper_class()(env, device=torch.device(device) if device is not None else None,
-                              native_autoreset=True)
+                                        native_autoreset=True)
     if not isinstance(wrapped, TransformedEnv) or not wrapped.__dict__.get("_torchrl_native_autoreset", False):
         raise RuntimeError(
             "IsaacLabWrapper did not install its native auto-reset path for "
