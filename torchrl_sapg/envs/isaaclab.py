@@ -22,7 +22,6 @@ value of the last observed state). ``terminal_obs="nan"`` keeps TorchRL's marker
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 from typing import Any, Sequence
@@ -31,6 +30,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.envs import EnvBase, RenameTransform, RewardSum, StepCounter, Transform, TransformedEnv
+from torchrl.envs.libs.isaac_lab import IsaacLabWrapper  # TorchRL's own module: it does not import Isaac Lab
 from torchrl_sapg.runtime import world_info
 
 __all__ = [
@@ -261,21 +261,16 @@ def _patch_direct_observation_space(env: Any) -> None:
     unwrapped.observation_space = gym.vector.utils.batch_space(single, unwrapped.num_envs)
 
 
-@functools.cache
-def _isaaclab_wrapper_class() -> type:
+class _OneFrameIsaacLabWrapper(IsaacLabWrapper):
     """TorchRL's ``IsaacLabWrapper`` whose step never reads ``done`` on the host.
 
     ``GymLikeEnv._step`` leaves its frame-skip loop on ``read_done``'s ``do_break``, ``done.any()`` as a
     device tensor: a host sync at every env step. With one frame per step there is no loop to leave.
     """
-    from torchrl.envs.libs.isaac_lab import IsaacLabWrapper
 
-    class IsaacLabEnv(IsaacLabWrapper):
-        def read_done(self, terminated=None, truncated=None, done=None):
-            terminated, truncated, done, do_break = super().read_done(terminated, truncated, done)
-            return terminated, truncated, done, do_break if self.wrapper_frame_skip > 1 else False
-
-    return IsaacLabEnv
+    def read_done(self, terminated=None, truncated=None, done=None):
+        terminated, truncated, done, do_break = super().read_done(terminated, truncated, done)
+        return terminated, truncated, done, do_break if self.wrapper_frame_skip > 1 else False
 
 
 def wrap_isaaclab_env(
@@ -298,8 +293,8 @@ def wrap_isaaclab_env(
     _patch_direct_observation_space(env)
     if device is None:
         device = getattr(env.unwrapped, "device", None)
-    wrapped = _isaaclab_wrapper_class()(env, device=torch.device(device) if device is not None else None,
-                                        native_autoreset=True)
+    wrapped = _OneFrameIsaacLabWrapper(env, device=torch.device(device) if device is not None else None,
+                                       native_autoreset=True)
     if not isinstance(wrapped, TransformedEnv) or not wrapped.__dict__.get("_torchrl_native_autoreset", False):
         raise RuntimeError(
             "IsaacLabWrapper did not install its native auto-reset path for "
