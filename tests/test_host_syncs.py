@@ -52,10 +52,10 @@ class HostReads(TorchDispatchMode):
         return {site: n for site, n in self.sites.items() if site not in allowed}
 
 
-def _trainer(algo: str):
+def _trainer(algo: str, device: str = "cpu"):
     m = 3 if algo == "sapg" else 1
-    env = make_env("pendulum", 12, seed=0)
-    ac = make_actor_critic(3, 1, num_policies=m, latent_dim=4 if m > 1 else 0, hidden_sizes=(16,))
+    env = make_env("pendulum", 12, device=device, seed=0)
+    ac = make_actor_critic(3, 1, num_policies=m, latent_dim=4 if m > 1 else 0, hidden_sizes=(16,), device=device)
     if algo == "sapg":  # the paper's per-follower entropy bonus (Sec. 4.5)
         loss = SAPGLoss(ac.actor, ac.critic, num_policies=m, entropy_sigma=0.005)
     else:
@@ -123,3 +123,23 @@ def test_collection_on_an_embedded_env_reads_only_where_torchrl_resets(name):
     # step_and_maybe_reset: any_done and maybe_reset every step; the partial reset at a step with an end
     torchrl_reset = {"common.any_done", "common.maybe_reset", "common._reset_check_done", "utils._update_during_reset"}
     assert set(reads.outside(_CPU_ONLY)) <= torchrl_reset, reads.sites
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("algo", ["ppo", "sapg"])
+def test_the_update_does_not_synchronise_on_cuda(algo):
+    """The device-side counterpart of the first test: CUDA's sync debug mode raises at any synchronising call."""
+    trainer = _trainer(algo, device="cuda")
+    batches = iter(trainer.collector)
+    for check in (False, True):  # the first update allocates the optimiser state (scalar copies to the device)
+        batch = next(batches)
+        batch = trainer._screen_nonfinite(batch, batch.numel())
+        batch = trainer._process_batch_hook(trainer._estimate_values(batch))
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error" if check else "default")
+        try:
+            losses = trainer.optim_steps(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isfinite(losses["loss_objective"]).all()
