@@ -1,11 +1,12 @@
-"""Host syncs of one training iteration, counted on CPU.
+"""Host syncs of training and collection, counted on CPU (and checked on CUDA where there is one).
 
 On an accelerator, reading a tensor on the host (``.item()``, ``bool(t)``, ``int(t)``) or an op whose
 output size depends on the data (``nonzero``, a boolean-mask index) waits for every queued kernel.
 A ``TorchDispatchMode`` sees those ops on CPU tensors too, so these tests find them without a GPU:
-the update (all mini-epochs) makes none, and each batch makes only the few its docstrings name.
-``check_policy_ids`` reads ids on the host on CPU only (``torch._assert_async`` elsewhere), so its
-reads are set apart.
+the update (all mini-epochs) makes none, each batch makes only the few its docstrings name, and
+collection on an embedded env adds none to TorchRL's partial-reset loop. ``check_policy_ids`` reads
+ids on the host on CPU only (``torch._assert_async`` elsewhere), so its reads are set apart. The
+``gpu``-marked test runs the update under CUDA's sync debug mode instead.
 """
 from __future__ import annotations
 
