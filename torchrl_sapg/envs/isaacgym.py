@@ -1,4 +1,4 @@
-"""Isaac Gym (Preview 4) backend: TorchRL's ``IsaacGymEnv`` with our key layout.
+"""Isaac Gym (Preview 4) backend: IsaacGymEnvs tasks through TorchRL's ``IsaacGymWrapper``, with our key layout.
 
 Isaac Gym Preview 4 is not on PyPI and there is no ``torchrl-sapg`` extra for it: download it from
 NVIDIA (https://developer.nvidia.com/isaac-gym, Linux, Python <= 3.8 officially), ``pip install -e
@@ -19,7 +19,13 @@ checks for this and raises an ImportError that says so instead of Isaac Gym's ba
 Keys. TorchRL's wrapper exposes IsaacGymEnvs' ``obs_dict``: ``"obs"`` (the actor's input) and, for
 tasks with an asymmetric critic, ``"states"``. :func:`wrap_isaacgym_env` renames them to
 ``"observation"`` and ``"critic_observation"`` (the names the Isaac Lab and Playground backends
-use). Isaac Gym resets finished envs inside ``step`` (``reset_buf``), like Isaac Lab.
+use).
+
+Episode ends. IsaacGymEnvs' ``VecTask.step`` returns ``(obs_dict, reward, reset_buf, extras)`` and
+resets the envs flagged in ``reset_buf`` itself, at the start of a later step; ``extras["time_outs"]``
+marks the flagged envs that hit the episode-length limit. TorchRL 0.14's ``IsaacGymWrapper`` reports
+every end as a truncation and cannot run past the first one (see :class:`VecTaskWrapper`), so this
+backend wraps the task in :class:`VecTaskWrapper` instead.
 """
 from __future__ import annotations
 
@@ -29,13 +35,17 @@ import sys
 from typing import Any
 
 import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Composite
 from torchrl.envs import EnvBase, RenameTransform, TransformedEnv
+from torchrl.envs.libs.isaacgym import IsaacGymWrapper
 
 __all__ = [
     "ISAACGYM_PREFIX",
     "import_isaacgym",
     "isaacgym_install_hint",
     "make_isaacgym_env",
+    "VecTaskWrapper",
     "wrap_isaacgym_env",
 ]
 
@@ -83,6 +93,84 @@ def import_isaacgym():
     return module
 
 
+class VecTaskWrapper(IsaacGymWrapper):
+    """TorchRL's ``IsaacGymWrapper`` made to run past an episode end, with the paper's episode-end semantics.
+
+    What it changes in TorchRL 0.14's wrapper, which could not collect past the first episode end:
+
+    * ``terminated`` is ``reset_buf & ~extras["time_outs"]`` and ``truncated`` is ``time_outs`` (TorchRL set
+      ``terminated`` to False everywhere, so every failure was bootstrapped). rl_games' ``value_bootstrap``
+      makes the same split: it bootstraps at time-outs only.
+    * A reset with a ``"_reset"`` mask returns the current observations: ``VecTask`` resets flagged envs
+      inside a later ``step``, so there is nothing to do (TorchRL raised "Partial resets are not handled at
+      this level"), and nothing is read on the host.
+    * The observations are read from a copy of ``VecTask``'s own ``obs_dict``, which it returns again at
+      every step and at ``reset()``; TorchRL wrote its reward and done entries into it.
+    * The batch size is ``num_envs`` and the env is not a gym vector env (``VecTask`` has no ``unwrapped``).
+    * With one frame per step, ``read_done`` no longer returns ``done.any()`` (a host sync per step).
+
+    One step lags, as in IsaacGymEnvs and rl_games: the observation at an episode end is the terminal
+    one, and the next action is taken from it while the env is being reset.
+
+    Args:
+        env: an IsaacGymEnvs ``VecTask`` (what ``isaacgymenvs.make`` returns).
+        task: the task name, for ``repr`` (default: the class name of ``env``).
+        **kwargs: forwarded to ``IsaacGymWrapper``.
+
+    Examples:
+        >>> import isaacgym, isaacgymenvs  # doctest: +SKIP
+        >>> task = isaacgymenvs.make(seed=0, task="Ant", num_envs=64, sim_device="cuda:0",
+        ...                          rl_device="cuda:0", headless=True)  # doctest: +SKIP
+        >>> env = VecTaskWrapper(task)  # doctest: +SKIP
+        >>> env.rollout(100, break_when_any_done=False)["next", "terminated"].shape  # doctest: +SKIP
+        torch.Size([64, 100])
+    """
+
+    def __init__(self, env: Any, task: str | None = None, **kwargs: Any):
+        self.task = task if task is not None else type(env).__name__
+        super().__init__(env, **kwargs)
+
+    @property
+    def _is_batched(self) -> bool:
+        return False
+
+    def _get_batch_size(self, env: Any) -> torch.Size:
+        return torch.Size([env.num_envs])
+
+    def _make_specs(self, env: Any) -> None:
+        super()._make_specs(env)
+        # TorchRL squeezes the done entries to [num_envs]; every other backend (and the collector) has [num_envs, 1]
+        self.full_done_spec = Composite(
+            {key: spec.unsqueeze(-1) for key, spec in self.full_done_spec.items(True, True)}, shape=self.batch_size
+        )
+
+    def read_obs(self, observations: Any) -> dict[str, Any]:
+        if isinstance(observations, dict):
+            observations = dict(observations)
+        return super().read_obs(observations)
+
+    def _output_transform(self, output: tuple) -> tuple:
+        obs, reward, reset_buf, extras = output
+        done = reset_buf.bool().unsqueeze(-1)
+        time_outs = extras.get("time_outs") if isinstance(extras, dict) else None
+        truncated = done & time_outs.bool().unsqueeze(-1) if time_outs is not None else torch.zeros_like(done)
+        return obs, reward, done & ~truncated, truncated, done, extras
+
+    def read_done(self, terminated=None, truncated=None, done=None):
+        terminated, truncated, done, do_break = super().read_done(terminated, truncated, done)
+        return terminated, truncated, done, do_break if self.wrapper_frame_skip > 1 else False
+
+    def read_reward(self, total_reward: torch.Tensor) -> torch.Tensor:
+        return total_reward.unsqueeze(-1)  # VecTask's rew_buf is [num_envs]; the reward spec is [num_envs, 1]
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
+        if tensordict is None or "_reset" not in tensordict.keys():
+            return super()._reset(tensordict, **kwargs)
+        # VecTask resets the flagged envs itself, in a later step: their observation is still the terminal one
+        out = TensorDict(self.read_obs(self._env.obs_dict), batch_size=self.batch_size)
+        return out.to(self.device) if self.device is not None else out
+
+
 def wrap_isaacgym_env(
     env: EnvBase,
     *,
@@ -91,7 +179,7 @@ def wrap_isaacgym_env(
 ) -> TransformedEnv:
     """Rename IsaacGymEnvs' ``"obs"`` / ``"states"`` to ``observation_key`` / ``critic_key``.
 
-    ``env`` is TorchRL's ``IsaacGymEnv`` (or any EnvBase with those keys). A ``"observation"``
+    ``env`` is a :class:`VecTaskWrapper` (or any EnvBase with those keys). A ``"observation"``
     key (TorchRL renames a dict ``"state"`` to it) is kept as is.
     """
     keys = [k for k in env.observation_spec.keys() if isinstance(k, str)]
@@ -119,15 +207,14 @@ def make_isaacgym_env(
 ) -> TransformedEnv:
     """Build IsaacGymEnvs task ``task`` (``"AllegroHand"``, ``"ShadowHand"``, ``"Ant"``, ...).
 
-    Extra keyword arguments go to ``isaacgymenvs.make`` through TorchRL's ``IsaacGymEnv``.
+    Extra keyword arguments go to ``isaacgymenvs.make``; the task is wrapped in :class:`VecTaskWrapper`.
     """
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive int, got {num_envs!r}.")
     import_isaacgym()
-    from torchrl.envs.libs.isaacgym import IsaacGymEnv
-
     device = str(device)
     if device == "cuda":
         device = "cuda:0"
-    env = IsaacGymEnv(task=task, num_envs=num_envs, device=device, seed=seed, headless=headless, **kwargs)
-    return wrap_isaacgym_env(env)
+    vec_task = IsaacGymWrapper._make_envs(task=task, num_envs=num_envs, device=device, seed=seed,
+                                          headless=headless, virtual_screen_capture=False, **kwargs)
+    return wrap_isaacgym_env(VecTaskWrapper(vec_task, task=task))
