@@ -122,6 +122,22 @@ def test_episode_ends_split_by_time_outs_and_run_past_the_first_reset():
     assert set(vec_task.obs_dict) == {"obs", "states"}  # nothing of TorchRL's written into VecTask's dict
 
 
+class _NoTimeOutsStandIn(_VecTaskStandIn):
+    """A task whose ``step`` leaves ``extras`` empty."""
+
+    def step(self, actions):
+        obs, reward, reset_buf, _ = super().step(actions)
+        return obs, reward, reset_buf, {}
+
+
+def test_a_task_without_time_outs_has_every_end_terminated():
+    from torchrl_sapg.envs.isaacgym import VecTaskWrapper
+
+    td = VecTaskWrapper(_NoTimeOutsStandIn()).rollout(10, break_when_any_done=False)
+    assert td["next", "done"][1].any()  # env 1 reaches the episode-length limit
+    assert torch.equal(td["next", "terminated"], td["next", "done"]) and not td["next", "truncated"].any()
+
+
 def test_population_collector_and_a_sapg_update():
     """The collector runs through episode ends and GAE stops at failures only (a hand computation with lambda = 0)."""
     from torchrl.objectives.value import GAE

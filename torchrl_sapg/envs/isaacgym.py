@@ -100,7 +100,8 @@ class VecTaskWrapper(IsaacGymWrapper):
 
     * ``terminated`` is ``reset_buf & ~extras["time_outs"]`` and ``truncated`` is ``time_outs`` (TorchRL set
       ``terminated`` to False everywhere, so every failure was bootstrapped). rl_games' ``value_bootstrap``
-      makes the same split: it bootstraps at time-outs only.
+      makes the same split: it bootstraps at time-outs only. A task that sets no ``time_outs`` has every
+      end terminated, as in rl_games.
     * A reset with a ``"_reset"`` mask returns the current observations: ``VecTask`` resets flagged envs
       inside a later ``step``, so there is nothing to do (TorchRL raised "Partial resets are not handled at
       this level"), and nothing is read on the host.
