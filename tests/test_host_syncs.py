@@ -110,20 +110,28 @@ def test_the_detector_sees_host_reads():
     assert reads.sites == {"test_host_syncs.reader": 3}
 
 
+# TorchRL's step_and_maybe_reset: any_done and maybe_reset every step; the partial reset at a step with an end
+TORCHRL_RESET_READS = {"common.any_done", "common.maybe_reset", "common._reset_check_done", "utils._update_during_reset"}
+
+
+def reads_of_a_collected_batch(env, actor, num_policies: int, frames_per_batch: int):
+    """The second batch of a ``PopulationCollector`` on ``env`` and the host reads made while collecting it."""
+    batches = iter(PopulationCollector(env, actor, num_policies=num_policies, frames_per_batch=frames_per_batch))
+    next(batches)
+    with HostReads() as reads:
+        batch = next(batches)
+    return batch, reads
+
+
 @pytest.mark.parametrize("name", ["pendulum", "reach_grasp_carry"])
 def test_collection_on_an_embedded_env_reads_only_where_torchrl_resets(name):
     """The embedded envs and ``PopulationCollector`` add no host reads to TorchRL's partial-reset loop."""
     env = make_env(name, 12, seed=0, max_episode_steps=5)
     ac = make_actor_critic(env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1],
                            num_policies=3, latent_dim=4, hidden_sizes=(16,))
-    batches = iter(PopulationCollector(env, ac.actor, num_policies=3, frames_per_batch=12 * 8))
-    next(batches)
-    with HostReads() as reads:
-        batch = next(batches)
+    batch, reads = reads_of_a_collected_batch(env, ac.actor, num_policies=3, frames_per_batch=12 * 8)
     assert batch["next", "done"].any()
-    # step_and_maybe_reset: any_done and maybe_reset every step; the partial reset at a step with an end
-    torchrl_reset = {"common.any_done", "common.maybe_reset", "common._reset_check_done", "utils._update_during_reset"}
-    assert set(reads.outside(_CPU_ONLY)) <= torchrl_reset, reads.sites
+    assert set(reads.outside(_CPU_ONLY)) <= TORCHRL_RESET_READS, reads.sites
 
 
 @pytest.mark.gpu

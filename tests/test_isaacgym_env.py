@@ -175,17 +175,12 @@ def test_population_collector_and_a_sapg_update():
 def test_collection_reads_the_host_only_where_torchrl_resets():
     """No host sync per step of our own: TorchRL's partial-reset loop reads ``done`` (as for the embedded envs),
     the stand-in's ``step`` reads ``reset_buf`` (as VecTask does); the wrapper's reset and done read nothing."""
-    from test_host_syncs import _CPU_ONLY, HostReads
+    from test_host_syncs import _CPU_ONLY, TORCHRL_RESET_READS, reads_of_a_collected_batch
 
-    env = _env(num_envs=4)
     ac = make_actor_critic(OBS_DIM, ACT_DIM, num_policies=2, latent_dim=4, hidden_sizes=(8,))
-    batches = iter(PopulationCollector(env, ac.actor, num_policies=2, frames_per_batch=4 * 8))
-    next(batches)
-    with HostReads() as reads:
-        batch = next(batches)
+    batch, reads = reads_of_a_collected_batch(_env(num_envs=4), ac.actor, num_policies=2, frames_per_batch=4 * 8)
     assert batch["next", "done"].any()
-    torchrl_reset = {"common.any_done", "common.maybe_reset", "common._reset_check_done", "utils._update_during_reset"}
-    assert set(reads.outside(_CPU_ONLY)) <= torchrl_reset | {"test_isaacgym_env.step"}, reads.sites
+    assert set(reads.outside(_CPU_ONLY)) <= TORCHRL_RESET_READS | {"test_isaacgym_env.step"}, reads.sites
 
 
 def test_frame_skip_still_stops_at_an_end():

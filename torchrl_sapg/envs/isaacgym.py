@@ -94,7 +94,7 @@ def import_isaacgym():
 
 
 class VecTaskWrapper(IsaacGymWrapper):
-    """TorchRL's ``IsaacGymWrapper`` made to run past an episode end, with the paper's episode-end semantics.
+    """TorchRL's ``IsaacGymWrapper`` made to run past an episode end, with rl_games' episode-end semantics.
 
     What it changes in TorchRL 0.14's wrapper, which could not collect past the first episode end:
 
