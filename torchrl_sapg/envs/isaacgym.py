@@ -94,24 +94,16 @@ def import_isaacgym():
 
 
 class VecTaskWrapper(IsaacGymWrapper):
-    """TorchRL's ``IsaacGymWrapper`` made to run past an episode end, with rl_games' episode-end semantics.
+    """An IsaacGymEnvs ``VecTask`` as a TorchRL env that runs through episode ends (TorchRL 0.14's wrapper could not).
 
-    What it changes in TorchRL 0.14's wrapper, which could not collect past the first episode end:
-
-    * ``terminated`` is ``reset_buf & ~extras["time_outs"]`` and ``truncated`` is ``time_outs`` (TorchRL set
-      ``terminated`` to False everywhere, so every failure was bootstrapped). rl_games' ``value_bootstrap``
-      makes the same split: it bootstraps at time-outs only. A task that sets no ``time_outs`` has every
-      end terminated, as in rl_games.
+    * ``terminated = reset_buf & ~extras["time_outs"]``, ``truncated = time_outs`` (all ends terminated when
+      the task sets no ``time_outs``): rl_games' ``value_bootstrap`` split.
     * A reset with a ``"_reset"`` mask returns the current observations: ``VecTask`` resets flagged envs
-      inside a later ``step``, so there is nothing to do (TorchRL raised "Partial resets are not handled at
-      this level"), and nothing is read on the host.
-    * The observations are read from a copy of ``VecTask``'s own ``obs_dict``, which it returns again at
-      every step and at ``reset()``; TorchRL wrote its reward and done entries into it.
-    * The batch size is ``num_envs`` and the env is not a gym vector env (``VecTask`` has no ``unwrapped``).
-    * With one frame per step, ``read_done`` no longer returns ``done.any()`` (a host sync per step).
+      itself, in a later ``step``. The observation at an end is the terminal one.
+    * Done and reward entries are ``[num_envs, 1]``; observations are read from a copy of ``obs_dict``.
+    * With one frame per step, no ``done`` is read on the host.
 
-    One step lags, as in IsaacGymEnvs and rl_games: the observation at an episode end is the terminal
-    one, and the next action is taken from it while the env is being reset.
+    What each change fixes in TorchRL's wrapper: docs/playground-isaacgym.md.
 
     Args:
         env: an IsaacGymEnvs ``VecTask`` (what ``isaacgymenvs.make`` returns).
@@ -124,7 +116,7 @@ class VecTaskWrapper(IsaacGymWrapper):
         ...                          rl_device="cuda:0", headless=True)  # doctest: +SKIP
         >>> env = VecTaskWrapper(task)  # doctest: +SKIP
         >>> env.rollout(100, break_when_any_done=False)["next", "terminated"].shape  # doctest: +SKIP
-        torch.Size([64, 100])
+        torch.Size([64, 100, 1])
     """
 
     def __init__(self, env: Any, task: str | None = None, **kwargs: Any):
