@@ -17,67 +17,26 @@ Its spaces are Gymnasium's, as only Gymnasium is installed here; IsaacGymEnvs us
 """
 from __future__ import annotations
 
+import csv
+import json
 import sys
 import types
 
-import gymnasium as gym
-import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 from torchrl.envs.utils import check_env_specs
 
+from vectask_stand_in import ACT_DIM, OBS_DIM, STATE_DIM, VecTaskStandIn
+
 from torchrl_sapg import OnPolicyTrainer, PopulationCollector, SAPGLoss, make_actor_critic, make_env
-
-OBS_DIM, STATE_DIM, ACT_DIM = 3, 2, 2
-
-
-class _VecTaskStandIn:
-    """Env i gets reward ``i + 1`` per step, fails after ``fail_at[i]`` steps and times out at step
-    ``max_episode_length - 1`` (IsaacGymEnvs' convention); feature 0 of ``obs`` is the step count."""
-
-    def __init__(self, num_envs=4, max_episode_length=6, fail_at=(2, 99, 3, 99), device="cpu"):
-        self.num_envs, self.num_obs, self.num_states, self.num_actions = num_envs, OBS_DIM, STATE_DIM, ACT_DIM
-        self.device = self.rl_device = device
-        self.max_episode_length = max_episode_length
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,))
-        self.state_space = gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,))
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (ACT_DIM,))
-        self.fail_at = torch.tensor(fail_at, device=device)
-        self.obs_buf = torch.zeros(num_envs, OBS_DIM, device=device)
-        self.rew_buf = torch.zeros(num_envs, device=device)
-        self.reset_buf = torch.ones(num_envs, dtype=torch.long, device=device)
-        self.progress_buf = torch.zeros(num_envs, dtype=torch.long, device=device)
-        self.extras: dict = {}
-        self.obs_dict: dict = {}
-        self.reset_calls: list[list[int]] = []
-
-    def _observations(self):
-        self.obs_dict["obs"] = self.obs_buf.clone()
-        self.obs_dict["states"] = 10 * self.obs_buf[:, :STATE_DIM]
-        return self.obs_dict
-
-    def reset(self):
-        return self._observations()
-
-    def step(self, actions):
-        env_ids = self.reset_buf.nonzero(as_tuple=False).flatten()  # pre_physics_step: reset what was flagged
-        if len(env_ids) > 0:
-            self.reset_calls.append(env_ids.tolist())
-            self.progress_buf[env_ids] = 0
-            self.obs_buf[env_ids] = 0
-        self.progress_buf += 1
-        self.obs_buf[:, 0] = self.progress_buf.float()
-        self.rew_buf = torch.arange(1.0, self.num_envs + 1, device=self.device) + 0 * actions.sum(-1)
-        failed = self.progress_buf >= self.fail_at
-        self.reset_buf = (failed | (self.progress_buf >= self.max_episode_length - 1)).long()
-        self.extras["time_outs"] = (self.progress_buf >= self.max_episode_length - 1) & (self.reset_buf != 0)
-        return self._observations(), self.rew_buf, self.reset_buf, self.extras
 
 
 def _env(**kwargs):
     from torchrl_sapg.envs.isaacgym import VecTaskWrapper, wrap_isaacgym_env
 
-    return wrap_isaacgym_env(VecTaskWrapper(_VecTaskStandIn(**kwargs), task="StandIn"))
+    return wrap_isaacgym_env(VecTaskWrapper(VecTaskStandIn(**kwargs), task="StandIn"))
 
 
 def test_specs_keys_and_shapes():
@@ -122,7 +81,7 @@ def test_episode_ends_split_by_time_outs_and_run_past_the_first_reset():
     assert set(vec_task.obs_dict) == {"obs", "states"}  # nothing of TorchRL's written into VecTask's dict
 
 
-class _NoTimeOutsStandIn(_VecTaskStandIn):
+class _NoTimeOutsStandIn(VecTaskStandIn):
     """A task whose ``step`` leaves ``extras`` empty."""
 
     def step(self, actions):
@@ -180,17 +139,17 @@ def test_collection_reads_the_host_only_where_torchrl_resets():
     ac = make_actor_critic(OBS_DIM, ACT_DIM, num_policies=2, latent_dim=4, hidden_sizes=(8,))
     batch, reads = reads_of_a_collected_batch(_env(num_envs=4), ac.actor, num_policies=2, frames_per_batch=4 * 8)
     assert batch["next", "done"].any()
-    assert set(reads.outside(_CPU_ONLY)) <= TORCHRL_RESET_READS | {"test_isaacgym_env.step"}, reads.sites
+    assert set(reads.outside(_CPU_ONLY)) <= TORCHRL_RESET_READS | {"vectask_stand_in.step"}, reads.sites
 
 
 def test_frame_skip_still_stops_at_an_end():
     """With several frames per step, TorchRL's loop must still leave at an end (``do_break`` kept)."""
     from torchrl_sapg.envs.isaacgym import VecTaskWrapper
 
-    wrapper = VecTaskWrapper(_VecTaskStandIn(), frame_skip=2)
+    wrapper = VecTaskWrapper(VecTaskStandIn(), frame_skip=2)
     done = torch.tensor([[False], [True], [False], [False]])
     assert bool(wrapper.read_done(done, done, done)[-1])
-    assert VecTaskWrapper(_VecTaskStandIn()).read_done(done, done, done)[-1] is False
+    assert VecTaskWrapper(VecTaskStandIn()).read_done(done, done, done)[-1] is False
 
 
 def test_make_env_builds_the_task_through_isaacgymenvs(monkeypatch):
@@ -199,7 +158,7 @@ def test_make_env_builds_the_task_through_isaacgymenvs(monkeypatch):
 
     def make(**kwargs):
         made.update(kwargs)
-        return _VecTaskStandIn(num_envs=kwargs["num_envs"])
+        return VecTaskStandIn(num_envs=kwargs["num_envs"])
 
     isaacgym = types.ModuleType("isaacgym")
     isaacgymenvs = types.ModuleType("isaacgymenvs")
@@ -219,3 +178,43 @@ def test_num_envs_must_be_a_positive_int(bad):
 
     with pytest.raises(ValueError, match="num_envs must be a positive int"):
         make_isaacgym_env("Ant", bad, device="cpu")
+
+
+_FAKE_ISAACGYMENVS = """
+import json
+
+from vectask_stand_in import VecTaskStandIn
+
+
+def make(seed, task, num_envs, sim_device, rl_device, headless=False, **kwargs):
+    with open("isaacgymenvs_make.json", "w") as f:
+        json.dump(dict(seed=seed, task=task, num_envs=num_envs, sim_device=sim_device, headless=headless), f)
+    return VecTaskStandIn(num_envs=num_envs, device=sim_device)
+"""
+
+
+def test_the_recipe_trains_sapg_on_an_isaacgym_task(tmp_path, monkeypatch):
+    """``recipes/train.py env.name=isaacgym:<task>`` end to end, with fake ``isaacgym`` / ``isaacgymenvs``
+    packages (the latter's ``make`` returns the stand-in) on the subprocess's path."""
+    from test_recipes import TRAIN, _ok, _run
+
+    fakes = tmp_path / "fakes"
+    for package, source in (("isaacgym", ""), ("isaacgymenvs", _FAKE_ISAACGYMENVS)):
+        (fakes / package).mkdir(parents=True)
+        (fakes / package / "__init__.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", f"{fakes}:{Path(__file__).parent}")
+    num_envs, horizon, iterations = 8, 12, 2
+    res = _ok(_run(TRAIN, [
+        "algo=sapg", "algo.num_policies=2", "algo.latent_dim=4", "env=pendulum", "env.name=isaacgym:AllegroHand",
+        f"env.num_envs={num_envs}", f"train.horizon={horizon}", f"total_frames={iterations * num_envs * horizon}",
+        "model.hidden_sizes=[16]", "progress_bar=false", "seed=5", f"hydra.run.dir={tmp_path / 'run'}",
+    ], tmp_path))
+    made = json.loads((tmp_path / "isaacgymenvs_make.json").read_text())
+    assert made == dict(seed=5, task="AllegroHand", num_envs=num_envs, sim_device="cpu", headless=True), res.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["env"] == "isaacgym:AllegroHand" and summary["frames"] == iterations * num_envs * horizon
+    # every policy finished episodes in every batch (failures after 2 or 3 steps, time-outs after 5)
+    for policy in range(2):
+        (counts,) = (tmp_path / "run").glob(f"*/scalars/policy/{policy}/count.csv")
+        rows = list(csv.reader(counts.open()))
+        assert len(rows) == iterations and all(float(value) > 0 for _, value in rows)
