@@ -40,6 +40,8 @@ from torchrl.data import Composite
 from torchrl.envs import EnvBase, RenameTransform, TransformedEnv
 from torchrl.envs.libs.isaacgym import IsaacGymWrapper
 
+from torchrl_sapg.envs.one_frame import OneFrameReadDone
+
 __all__ = [
     "ISAACGYM_PREFIX",
     "import_isaacgym",
@@ -93,7 +95,7 @@ def import_isaacgym():
     return module
 
 
-class VecTaskWrapper(IsaacGymWrapper):
+class VecTaskWrapper(OneFrameReadDone, IsaacGymWrapper):
     """An IsaacGymEnvs ``VecTask`` as a TorchRL env that runs through episode ends (TorchRL 0.14's wrapper could not).
 
     * ``terminated = reset_buf & ~extras["time_outs"]``, ``truncated = time_outs`` (all ends terminated when
@@ -148,10 +150,6 @@ class VecTaskWrapper(IsaacGymWrapper):
         time_outs = extras.get("time_outs") if isinstance(extras, dict) else None
         truncated = done & time_outs.bool().unsqueeze(-1) if time_outs is not None else torch.zeros_like(done)
         return obs, reward, done & ~truncated, truncated, done, extras
-
-    def read_done(self, terminated=None, truncated=None, done=None):
-        terminated, truncated, done, do_break = super().read_done(terminated, truncated, done)
-        return terminated, truncated, done, do_break if self.wrapper_frame_skip > 1 else False
 
     def read_reward(self, total_reward: torch.Tensor) -> torch.Tensor:
         return total_reward.unsqueeze(-1)  # VecTask's rew_buf is [num_envs]; the reward spec is [num_envs, 1]

@@ -31,6 +31,7 @@ from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.envs import EnvBase, RenameTransform, RewardSum, StepCounter, Transform, TransformedEnv
 from torchrl.envs.libs.isaac_lab import IsaacLabWrapper  # TorchRL's own module: it does not import Isaac Lab
+from torchrl_sapg.envs.one_frame import OneFrameReadDone
 from torchrl_sapg.runtime import world_info
 
 __all__ = [
@@ -261,16 +262,8 @@ def _patch_direct_observation_space(env: Any) -> None:
     unwrapped.observation_space = gym.vector.utils.batch_space(single, unwrapped.num_envs)
 
 
-class _OneFrameIsaacLabWrapper(IsaacLabWrapper):
-    """TorchRL's ``IsaacLabWrapper`` whose step never reads ``done`` on the host.
-
-    ``GymLikeEnv._step`` leaves its frame-skip loop on ``read_done``'s ``do_break``, ``done.any()`` as a
-    device tensor: a host sync at every env step. With one frame per step there is no loop to leave.
-    """
-
-    def read_done(self, terminated=None, truncated=None, done=None):
-        terminated, truncated, done, do_break = super().read_done(terminated, truncated, done)
-        return terminated, truncated, done, do_break if self.wrapper_frame_skip > 1 else False
+class _OneFrameIsaacLabWrapper(OneFrameReadDone, IsaacLabWrapper):
+    """TorchRL's ``IsaacLabWrapper`` whose one-frame step never reads ``done`` on the host."""
 
 
 def wrap_isaaclab_env(
