@@ -29,8 +29,9 @@ aten = torch.ops.aten
 _HOST_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.nonzero.default,
                aten.masked_select.default, aten._unique2.default, aten.unique_dim.default,
                aten.unique_consecutive.default, aten.repeat_interleave.Tensor}
-#: reads on CPU only: on an accelerator these checks are queued with torch._assert_async
-_CPU_ONLY = {"latents.check_policy_ids", "sapg._check_env_major"}
+#: reads on CPU only: on an accelerator these checks are queued with torch._assert_async, and the
+#: terminal fill writes without first testing for an end
+_CPU_ONLY = {"latents.check_policy_ids", "sapg._check_env_major", "terminal_fill._post_step_mdp_hooks"}
 
 
 class HostReads(TorchDispatchMode):

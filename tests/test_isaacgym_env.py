@@ -63,9 +63,11 @@ def test_episode_ends_split_by_time_outs_and_run_past_the_first_reset():
         td["action"] = torch.zeros(n, ACT_DIM)
         td, root = env.step_and_maybe_reset(td)
         rows.append((td["next", "done"], td["next", "terminated"], td["next", "truncated"],
-                     td["next", "observation"][:, 0], root["observation"][:, 0], td["next", "reward"]))
+                     td["next", "observation"][:, 0], root["observation"][:, 0], td["next", "reward"],
+                     td["next", "episode_reward"], td["next", "step_count"], root["step_count"]))
         td = root
-    done, term, trunc, nxt, nxt_root, reward = (torch.stack(x, 1).squeeze(-1) for x in zip(*rows))
+    done, term, trunc, nxt, nxt_root, reward, ret, count, root_count = (
+        torch.stack(x, 1).squeeze(-1) for x in zip(*rows))
     # by hand: envs 0 and 2 fail after 2 and 3 steps; envs 1 and 3 time out at step 5 (max_episode_length - 1)
     length = [2, 5, 3, 5]
     for i in range(n):
@@ -74,6 +76,10 @@ def test_episode_ends_split_by_time_outs_and_run_past_the_first_reset():
         assert torch.equal(term[i], ends if i in (0, 2) else torch.zeros(T, dtype=torch.bool)), i
         assert torch.equal(trunc[i], ends if i in (1, 3) else torch.zeros(T, dtype=torch.bool)), i
         assert torch.equal(nxt[i], torch.tensor([float(t % length[i] + 1) for t in range(T)])), i
+        # the episode statistics at an end are the episode's own, and the next root starts a new count
+        assert torch.equal(count[i], torch.tensor([t % length[i] + 1 for t in range(T)])), i
+        assert torch.equal(ret[i], (i + 1.0) * count[i]), i
+        assert torch.equal(root_count[i], torch.where(ends, 0, count[i])), i
     assert torch.equal(nxt_root, nxt)  # the terminal observation is the next root, as in rl_games
     assert torch.equal(reward, torch.arange(1.0, n + 1)[:, None].expand(n, T))
     flagged = [torch.nonzero(done[:, t]).flatten().tolist() for t in range(T - 1) if done[:, t].any()]
@@ -131,15 +137,16 @@ def test_population_collector_and_a_sapg_update():
     collector.shutdown()
 
 
-def test_collection_reads_the_host_only_where_torchrl_resets():
-    """No host sync per step of our own: TorchRL's partial-reset loop reads ``done`` (as for the embedded envs),
-    the stand-in's ``step`` reads ``reset_buf`` (as VecTask does); the wrapper's reset and done read nothing."""
-    from test_host_syncs import _CPU_ONLY, TORCHRL_RESET_READS, reads_of_a_collected_batch
+def test_collection_reads_the_host_only_in_the_task():
+    """No host sync per step outside the task: TorchRL's native auto-reset path skips its partial-reset loop,
+    the wrapper's done and the terminal fill read nothing off CPU; the stand-in's ``step`` reads ``reset_buf``
+    (as VecTask does)."""
+    from test_host_syncs import _CPU_ONLY, reads_of_a_collected_batch
 
     ac = make_actor_critic(OBS_DIM, ACT_DIM, num_policies=2, latent_dim=4, hidden_sizes=(8,))
     batch, reads = reads_of_a_collected_batch(_env(num_envs=4), ac.actor, num_policies=2, frames_per_batch=4 * 8)
     assert batch["next", "done"].any()
-    assert set(reads.outside(_CPU_ONLY)) <= TORCHRL_RESET_READS | {"vectask_stand_in.step"}, reads.sites
+    assert set(reads.outside(_CPU_ONLY)) == {"vectask_stand_in.step"}, reads.sites
 
 
 def test_frame_skip_still_stops_at_an_end():

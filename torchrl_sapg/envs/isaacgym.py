@@ -37,10 +37,11 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Composite
-from torchrl.envs import EnvBase, RenameTransform, TransformedEnv
+from torchrl.envs import EnvBase, RenameTransform, RewardSum, StepCounter, TransformedEnv
 from torchrl.envs.libs.isaacgym import IsaacGymWrapper
 
 from torchrl_sapg.envs.one_frame import OneFrameReadDone
+from torchrl_sapg.envs.terminal_fill import TerminalObservationFill
 
 __all__ = [
     "ISAACGYM_PREFIX",
@@ -168,10 +169,14 @@ def wrap_isaacgym_env(
     observation_key: str = "observation",
     critic_key: str = "critic_observation",
 ) -> TransformedEnv:
-    """Rename IsaacGymEnvs' ``"obs"`` / ``"states"`` to ``observation_key`` / ``critic_key``.
+    """Rename IsaacGymEnvs' ``"obs"`` / ``"states"`` to ``observation_key`` / ``critic_key``; run without TorchRL's reset loop.
 
     ``env`` is a :class:`VecTaskWrapper` (or any EnvBase with those keys). A ``"observation"``
-    key (TorchRL renames a dict ``"state"`` to it) is kept as is.
+    key (TorchRL renames a dict ``"state"`` to it) is kept as is. ``VecTask`` resets finished envs
+    itself, so the result takes TorchRL's native auto-reset path (no host read of ``done`` per step),
+    with ``RewardSum`` (``"episode_reward"``), ``StepCounter`` (``"step_count"``) and a
+    :class:`~torchrl_sapg.envs.terminal_fill.TerminalObservationFill` that puts back the terminal
+    ``("next", ...)`` values that path blanks.
     """
     keys = [k for k in env.observation_spec.keys() if isinstance(k, str)]
     src, dst = [], []
@@ -182,8 +187,14 @@ def wrap_isaacgym_env(
     if "states" in keys:
         src.append("states"), dst.append(critic_key)
     out = env if isinstance(env, TransformedEnv) else TransformedEnv(env)
+    # the observation at an end is the terminal one, and the root the policy acts on next (as in
+    # rl_games): TorchRL's native path keeps it as the root, the fill puts it back into ("next", ...)
+    out._torchrl_native_autoreset = True
     if src:
         out.append_transform(RenameTransform(in_keys=src, out_keys=dst, create_copy=False))
+    out.append_transform(RewardSum(in_keys=["reward"], out_keys=["episode_reward"]))
+    out.append_transform(StepCounter(step_count_key="step_count"))
+    out.append_transform(TerminalObservationFill(env_obs_keys=()))
     return out
 
 
