@@ -49,6 +49,20 @@ def test_specs_keys_and_shapes():
     assert td["observation"].shape == (4, OBS_DIM) and td["critic_observation"].shape == (4, STATE_DIM)
 
 
+def test_wrapping_twice_adds_the_episode_counters_once():
+    """An env that already counts its episodes (e.g. wrapped before) keeps one ``RewardSum`` and one ``StepCounter``."""
+    from torchrl.envs import RewardSum, StepCounter
+    from torchrl_sapg.envs.isaacgym import wrap_isaacgym_env
+
+    env = wrap_isaacgym_env(_env())
+    kinds = [type(t) for t in env.transform]
+    assert kinds.count(RewardSum) == 1 and kinds.count(StepCounter) == 1
+    td = env.rollout(8, break_when_any_done=False)  # env i earns i + 1 per step
+    assert td["next", "done"].any()
+    expected = torch.arange(1.0, 5.0)[:, None, None] * td["next", "step_count"]
+    torch.testing.assert_close(td["next", "episode_reward"], expected)
+
+
 def test_episode_ends_split_by_time_outs_and_run_past_the_first_reset():
     """step_and_maybe_reset (what collectors call): failures are terminated, time-outs truncated, the
     observation at an end is the terminal one and stays the next root; VecTask alone resets the flagged envs."""

@@ -192,8 +192,11 @@ def wrap_isaacgym_env(
     out._torchrl_native_autoreset = True
     if src:
         out.append_transform(RenameTransform(in_keys=src, out_keys=dst, create_copy=False))
-    out.append_transform(RewardSum(in_keys=["reward"], out_keys=["episode_reward"]))
-    out.append_transform(StepCounter(step_count_key="step_count"))
+    present = set(out.observation_spec.keys())
+    if "episode_reward" not in present:
+        out.append_transform(RewardSum(in_keys=["reward"], out_keys=["episode_reward"]))
+    if "step_count" not in present:
+        out.append_transform(StepCounter(step_count_key="step_count"))
     out.append_transform(TerminalObservationFill(env_obs_keys=()))
     return out
 
