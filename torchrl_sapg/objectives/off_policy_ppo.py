@@ -51,7 +51,9 @@ class OffPolicyClipPPOLoss(ClipPPOLoss):
     Reported beside ClipPPOLoss's outputs: ``clip_fraction_on`` / ``clip_fraction_off``,
     ``ESS_on`` / ``ESS_off`` (normalised effective sample size of ``r`` on each part), ``mu_mean``,
     ``mu_min``, ``mu_max`` (off-policy rows), ``off_policy_fraction`` and ``kl_approx`` over the
-    on-policy rows only.
+    on-policy rows only. With ``mu_truncation`` set, ClipPPOLoss's own ratio statistics (``ESS``,
+    ``max_ratio``, ``mean_ratio``) include the truncation factor of the off-policy rows;
+    ``ESS_on`` / ``ESS_off`` stay those of ``r``.
 
     Args:
         actor_network, critic_network: as for ``ClipPPOLoss``.

@@ -402,9 +402,11 @@ class SAPGLoss(OffPolicyClipPPOLoss):
 
         Inside an episode ``s'_t = s_{t+1}``, so ``V(s'_t)`` is the next step's value. A feed-forward
         critic evaluates each row's ``T`` states and only the next states at episode ends and after the
-        last step (:func:`values_and_next`, one host sync). A recurrent critic runs on ``[s; s']``, so
-        the next states' values are the ones computed with the replayed hidden state, with ``is_init``
-        carried over so it restarts where the root step did.
+        last step (:func:`values_and_next`, one host sync). A recurrent critic runs once on ``[s; s']``:
+        each of the two sequences starts from its recorded hidden state and restarts at ``is_init``
+        (carried over to ``s'`` so it restarts where the root step did). On a relabelled row the recorded
+        states are the follower's, so until the row's first episode start ``V(s)`` and ``V(s')`` start
+        from the follower's state, not from a leader replay (the leader never ran there).
         """
         in_keys = self.critic_network.in_keys
         nxt = td.get("next").select(*in_keys)
