@@ -21,6 +21,8 @@ from torchrl_sapg.modules.recurrent import (add_recurrent_transforms, collection
                                             recurrent_mode)
 from torchrl_sapg.objectives import OffPolicyClipPPOLoss, SAPGLoss
 
+from test_sapg_loss import _nstep_loop  # Eq. 5 as a literal loop
+
 OBS_DIM, ACT_DIM, M, B = 3, 2, 2, 16
 EPS = 0.2
 
@@ -215,23 +217,6 @@ def test_sapg_default_lambda_is_one_a_plain_mean_over_the_aggregated_rows():
     ref = _rows(ac, td)
     torch.testing.assert_close(out["loss_objective"], -ref["gain"].mean(), **CLOSE)
     torch.testing.assert_close(out["loss_critic"], ref["sq"].mean(), **CLOSE)
-
-
-def _nstep_loop(r, v, d, term, gamma, n):
-    """Eq. 5 literally: sum_{k<n'} gamma^k r_{t+k} + gamma^n' V(s'_{t+n'-1})(1 - term), stopping at done / row end."""
-    NN, TT = r.shape
-    out = torch.zeros(NN, TT, dtype=torch.float64)
-    for e in range(NN):
-        for t in range(TT):
-            g = 0.0
-            for k in range(n):
-                s = t + k
-                g += gamma**k * float(r[e, s])
-                if bool(d[e, s]) or k == n - 1 or s == TT - 1:
-                    g += gamma ** (k + 1) * float(v[e, s]) * (1.0 - float(term[e, s]))
-                    break
-            out[e, t] = g
-    return out
 
 
 def test_sapg_default_nstep_target_is_the_papers_three_step_return():

@@ -219,16 +219,22 @@ def test_num_epochs_is_rounded_and_must_stay_positive():
 
 
 # ----------------------------------------------------------------------------- PopulationCollector statistics
-def test_single_episode_per_policy_mean_is_that_episode():
-    """With one finished episode per policy, the mean return / length is that episode's (count 1, not clamped to 2)."""
+def _first_batch_and_stats(name, N, M, L, *, obs_dim, act_dim):
+    """The first ``[N, L]`` batch of a PopulationCollector on task ``name`` (episodes of L steps) and its stats."""
     torch.manual_seed(0)
-    M, L = 2, 5
-    env = make_env("pendulum", M, seed=0, max_episode_steps=L)
-    ac = make_actor_critic(3, 1, num_policies=M, latent_dim=2, hidden_sizes=(8,))
-    collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=M * L)
+    env = make_env(name, N, seed=0, max_episode_steps=L)
+    ac = make_actor_critic(obs_dim, act_dim, num_policies=M, latent_dim=2, hidden_sizes=(8,))
+    collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=N * L)
     batch = next(iter(collector))
     stats = collector.episode_stats()
     collector.shutdown()
+    return batch, stats
+
+
+def test_single_episode_per_policy_mean_is_that_episode():
+    """With one finished episode per policy, the mean return / length is that episode's (count 1, not clamped to 2)."""
+    M, L = 2, 5
+    batch, stats = _first_batch_and_stats("pendulum", M, M, L, obs_dim=3, act_dim=1)
     assert stats["count"].tolist() == [1.0, 1.0]
     hand = batch["next", "reward"].squeeze(-1).double().sum(-1)  # env j is policy j: one whole episode each
     assert torch.allclose(stats["return"].double(), hand, rtol=1e-5)
@@ -237,14 +243,8 @@ def test_single_episode_per_policy_mean_is_that_episode():
 
 def test_every_present_episode_key_gets_a_per_policy_statistic():
     """Each present episode key (here both "success" and "true_objective") is averaged per policy at episode ends."""
-    torch.manual_seed(0)
     M, N, L = 2, 4, 6
-    env = make_env("reach_grasp_carry", N, seed=0, max_episode_steps=L)
-    ac = make_actor_critic(10, 3, num_policies=M, latent_dim=2, hidden_sizes=(8,))
-    collector = PopulationCollector(env, ac.actor, num_policies=M, frames_per_batch=N * L)
-    batch = next(iter(collector))
-    stats = collector.episode_stats()
-    collector.shutdown()
+    batch, stats = _first_batch_and_stats("reach_grasp_carry", N, M, L, obs_dim=10, act_dim=3)
     assert {"return", "length", "success", "true_objective", "count"} <= set(stats.keys())
     done = batch["next", "done"].squeeze(-1)
     pid = batch["policy_id"]
