@@ -74,7 +74,8 @@ def run_policy(env, policy, steps: int):
 
 
 def observe(env):
-    """The current observation as a reset TensorDict, without resetting any env (an all-false mask)."""
+    """A TensorDict to step from, without resetting any env (an all-false mask). Only its action slot is
+    used: TorchRL takes the non-reset rows from the (empty) input, so its observation entries are zeros."""
     return env.reset(TensorDict({"_reset": torch.zeros(env.num_envs, 1, dtype=torch.bool)}, [env.num_envs]))
 
 
