@@ -30,6 +30,10 @@ phase and iteration, and the medians over rounds of:
   many steps of the batch hold one (the policies' behaviour, not the learner's code);
 * ``learner_excess``: ``excess - collect_excess`` per round, the rest: the implementation's share.
 
+With ``--algo pbt`` the second trainer is the recipe's in-process DexPBT population (``pbt=inprocess``):
+its members train on their own env blocks, N env-rows in all as PPO, so there is no third trainer, the
+floor is 1 and the whole excess beyond collection is the learner's.
+
 Across seeds: median, IQM and its 95% bootstrap interval (``rl_stats``). One process with paired
 rounds: a change in the machine's speed hits the three alike. It times iterations early in training, not
 whole runs (no checkpoints), so its ratio is not ``recipe_wall_ratio.py``'s; that script's ``--interleaved``
@@ -71,7 +75,8 @@ def recipe_config(algo: str, env: str, seed: int, extra: list[str]):
     """The recipe's resolved Hydra config for ``algo`` on ``env`` (``threads=1``, no progress bar) plus ``extra``."""
     from hydra import compose, initialize_config_dir
 
-    overrides = [f"algo={algo}", f"env={env}", f"seed={seed}", "threads=1", "progress_bar=false", *extra]
+    population = ["pbt=inprocess"] if algo == "pbt" else []  # algo=pbt is the member layout pbt=inprocess selects
+    overrides = [f"algo={algo}", *population, f"env={env}", f"seed={seed}", "threads=1", "progress_bar=false", *extra]
     with initialize_config_dir(config_dir=str(ROOT / "recipes" / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
@@ -128,6 +133,15 @@ def design_floor(ppo: dict[str, float], ppo_on_rows: dict[str, float]) -> float:
     return (ppo["collect"] + ppo["value"] + rest_on_rows) / ppo["iteration"]
 
 
+def batch_rows(trainer) -> tuple[int, int]:
+    """``(training rows, minibatch rows)`` of a trainer's update, all members together for a population."""
+    layout = trainer.batch_layout
+    if "rows" in layout:
+        return int(layout["rows"]), int(layout["minibatch_size"])
+    m = trainer.learner.ensemble.num_members
+    return int(layout["rows_per_member"]) * m, int(layout["minibatch_size_per_member"]) * m
+
+
 def measure_seed(env: str, other: str, seed: int, extra: list[str], warmup: int, rounds: int) -> dict:
     """The three trainers of one seed, warmed up, then ``rounds`` rounds of one timed iteration each (the order
     rotating); per-phase medians, and the medians over rounds of the ratio, the floor and the two parts of the
@@ -137,25 +151,27 @@ def measure_seed(env: str, other: str, seed: int, extra: list[str], warmup: int,
         for trainer, frames, _ in trainers.values():
             for _ in range(warmup):
                 train_once(trainer, frames)
-        # PPO on as many env-rows as SAPG trains on (N + K), in the same minibatch layout
-        trainer, frames, num_envs = trainers[other]
-        rows = trainer.batch_layout["rows"]  # steps, or env-rows when the minibatches are whole sequences
-        on_rows = rows if trainer.sequence_minibatches else rows * num_envs // frames
-        trainers[ON_ROWS] = build_recipe_trainer("ppo", env, seed, [*extra, f"env.num_envs={on_rows}"], Path(tmp) / ON_ROWS)
-        for _ in range(warmup):
-            train_once(*trainers[ON_ROWS][:2])
+        if other != "pbt":  # PPO on as many env-rows as SAPG trains on (N + K), in the same minibatch layout
+            trainer, frames, num_envs = trainers[other]
+            rows = trainer.batch_layout["rows"]  # steps, or env-rows when the minibatches are whole sequences
+            on_rows = rows if trainer.sequence_minibatches else rows * num_envs // frames
+            trainers[ON_ROWS] = build_recipe_trainer("ppo", env, seed, [*extra, f"env.num_envs={on_rows}"], Path(tmp) / ON_ROWS)
+            for _ in range(warmup):
+                train_once(*trainers[ON_ROWS][:2])
         names = list(trainers)
         times: dict[str, list[dict]] = {a: [] for a in names}
         for r in range(rounds):
-            for a in names[r % 3:] + names[: r % 3]:
+            k = r % len(names)
+            for a in names[k:] + names[:k]:
                 times[a].append(timed_iteration(*trainers[a][:2]))
-        rows = {a: int(t.batch_layout["rows"]) for a, (t, _, _) in trainers.items()}
-        layouts = {a: t.batch_layout["minibatch_size"] for a, (t, _, _) in trainers.items()}
+        rows = {a: batch_rows(t)[0] for a, (t, _, _) in trainers.items()}
+        layouts = {a: batch_rows(t)[1] for a, (t, _, _) in trainers.items()}
         for trainer, _, _ in trainers.values():
             trainer.collector.shutdown()
     med = {a: {k: statistics.median(t[k] for t in times[a]) for k in (*PHASES, "iteration")} for a in names}
-    # a round's iterations ran back to back: medians of per-round quotients are robust to the machine's drift
-    per_round = list(zip(times["ppo"], times[other], times[ON_ROWS]))
+    # a round's iterations ran back to back: medians of per-round quotients are robust to the machine's drift;
+    # a population trains on PPO's own rows, so PPO is its own "PPO on those rows" (floor 1)
+    per_round = list(zip(times["ppo"], times[other], times[ON_ROWS if ON_ROWS in times else "ppo"]))
     ratio = statistics.median(o["iteration"] / p["iteration"] for p, o, _ in per_round)
     floor = statistics.median(design_floor(p, q) for p, _, q in per_round)
     collect = [(o["collect"] - p["collect"]) / p["iteration"] for p, o, _ in per_round]
@@ -170,11 +186,15 @@ def measure_seed(env: str, other: str, seed: int, extra: list[str], warmup: int,
 def markdown(other: str, seeds: list[dict], stats: dict) -> str:
     """Per-seed ratios, then the phases of the first seed (ms per iteration) with SAPG's excess over PPO."""
     o = other.upper()
+
+    def on_rows(s: dict) -> dict:  # a population trains on PPO's own rows: PPO is its third trainer
+        return s["median_seconds"].get(ON_ROWS, s["median_seconds"]["ppo"])
+
     lines = [f"| seed | PPO iteration s | {o} iteration s | PPO on {o}'s rows s | {o} / PPO | floor | excess "
              "| of which collection | of which learner |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {s['seed']} | {s['median_seconds']['ppo']['iteration']:.4f} | {s['median_seconds'][other]['iteration']:.4f} "
-              f"| {s['median_seconds'][ON_ROWS]['iteration']:.4f} | {s['ratio']:.3f} | {s['floor']:.3f} | {s['excess']:+.3f} "
+              f"| {on_rows(s)['iteration']:.4f} | {s['ratio']:.3f} | {s['floor']:.3f} | {s['excess']:+.3f} "
               f"| {s['collect_excess']:+.3f} | {s['learner_excess']:+.3f} |" for s in seeds]
     parts = []
     for key in SUMMARY_KEYS:
@@ -185,17 +205,18 @@ def markdown(other: str, seeds: list[dict], stats: dict) -> str:
     lines += [f"Seed {seeds[0]['seed']}, median ms per iteration:", "",
               f"| phase | PPO | {o} | PPO on {o}'s rows | {o} - PPO | {o} - PPO on its rows |", "|---|---:|---:|---:|---:|---:|"]
     for k in (*PHASES, "iteration"):
-        ppo, alt, on_rows = first["ppo"][k], first[other][k], first[ON_ROWS][k]
-        if ppo or alt or on_rows:
-            lines.append(f"| {k} | {ppo * 1e3:.2f} | {alt * 1e3:.2f} | {on_rows * 1e3:.2f} | {(alt - ppo) * 1e3:+.2f} "
-                         f"| {(alt - on_rows) * 1e3:+.2f} |")
+        ppo, alt, same = first["ppo"][k], first[other][k], on_rows(seeds[0])[k]
+        if ppo or alt or same:
+            lines.append(f"| {k} | {ppo * 1e3:.2f} | {alt * 1e3:.2f} | {same * 1e3:.2f} | {(alt - ppo) * 1e3:+.2f} "
+                         f"| {(alt - same) * 1e3:+.2f} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="acrobot")
-    p.add_argument("--algo", default="sapg", help="the algorithm compared with PPO (sapg | epo)")
+    p.add_argument("--algo", default="sapg", choices=("sapg", "epo", "pbt"),
+                   help="the algorithm compared with PPO (pbt: the in-process population, pbt=inprocess)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations of each trainer first")
     p.add_argument("--rounds", type=int, default=16, help="timed iterations of each, the order rotating")
@@ -216,7 +237,8 @@ def main(argv=None) -> dict:
         "benchmark": f"recipe iteration by phase, {args.algo.upper()} vs PPO on {args.env}, one process (issue 18)",
         "command": " ".join(["python", "benchmarks/recipe_phases.py", *(argv if argv is not None else sys.argv[1:])]),
         "protocol": f"recipe defaults, 1 torch thread, keep_freed_memory={kept}, no checkpoints; per seed PPO, "
-                    f"{args.algo.upper()} and PPO on {args.algo.upper()}'s training rows in one process, {args.warmup} "
+                    f"{args.algo.upper()} and PPO on {args.algo.upper()}'s training rows (for pbt: PPO itself, the same "
+                    f"rows) in one process, {args.warmup} "
                     f"warm-up iterations each, then {args.rounds} rounds of one iteration each, the order rotating; "
                     "medians per phase, medians over rounds of the per-round ratio, floor, collection and learner excess",
         "cpu_model": _device_name(torch.device("cpu")), "commit": commit,

@@ -55,3 +55,18 @@ def test_design_floor_adds_ppo_on_sapgs_rows_beyond_collection_and_value_estimat
 def test_bad_round_counts_are_refused():
     with pytest.raises(SystemExit, match="--rounds 0"):
         recipe_phases.main(["--rounds", "0"])
+
+
+def test_the_in_process_population_is_compared_on_ppos_own_rows():
+    """``--algo pbt``: 8 members on their own env blocks train on PPO's N env-rows, so no third trainer is
+    built, the floor is 1 and the excess beyond collection is the learner's."""
+    result = recipe_phases.main(["--env", "pendulum", "--algo", "pbt", "--seeds", "0", "--warmup", "1", "--rounds", "3",
+                                 "--extra", "env.num_envs=16", "train.horizon=8", "model.hidden_sizes=[8]"])
+    (seed,) = result["seeds"]
+    assert seed["rows"] == {"ppo": 128, "pbt": 128} and seed["minibatch_size"] == {"ppo": 32, "pbt": 32}
+    assert recipe_phases.ON_ROWS not in seed["median_seconds"] and seed["floor"] == pytest.approx(1.0)
+    walls, c = seed["iteration_seconds"], seed["collect_seconds"]
+    collect = [(cb - cp) / ip for cb, cp, ip in zip(c["pbt"], c["ppo"], walls["ppo"])]
+    learner = [(ib - ip) / ip - x for ib, ip, x in zip(walls["pbt"], walls["ppo"], collect)]
+    assert seed["learner_excess"] == pytest.approx(sorted(learner)[1])
+    assert "| PBT / PPO |" in result["table_markdown"]

@@ -254,6 +254,102 @@ def test_stacked_adam_clipping_really_clips_only_large_members():
     torch.testing.assert_close(opt.state[p]["exp_avg"][1], torch.tensor([0.3, 0.4, 0.0, 0.0]))
 
 
+
+def test_stacked_adam_skips_a_parameter_without_gradient_as_torch_adam_does():
+    """A parameter with no gradient at a step keeps its weights, moments and count (torch.optim.Adam's
+    rule); once it has a gradient again its count lags the others', and each parameter's bias correction
+    follows its own count."""
+    m, lrs, max_norm = 2, [1e-2, 5e-2], 0.7
+    gen = torch.Generator().manual_seed(3)
+    init = [torch.randn(m, 3, 2, generator=gen), torch.randn(m, 4, generator=gen)]
+    has_grad = [(True, True), (True, False), (True, False), (True, True), (False, True), (True, True)]
+    grads = [[torch.randn(m, 3, 2, generator=gen) * 2, torch.randn(m, 4, generator=gen)] for _ in has_grad]
+    members = []
+    for i in range(m):
+        ps = [torch.nn.Parameter(x[i].clone()) for x in init]
+        members.append((ps, torch.optim.Adam(ps, lr=lrs[i], eps=1e-8)))
+    ps = [torch.nn.Parameter(x.clone()) for x in init]
+    opt = StackedAdam(ps, num_members=m, max_grad_norm=max_norm)
+    for g, present in zip(grads, has_grad):
+        for i, (ref, ref_opt) in enumerate(members):
+            for p, gi, on in zip(ref, g, present):
+                p.grad = gi[i].clone() if on else None
+            torch.nn.utils.clip_grad_norm_([p for p in ref if p.grad is not None], max_norm)
+            ref_opt.step()
+        for p, gi, on in zip(ps, g, present):
+            p.grad = gi.clone() if on else None
+        opt.step(lr=torch.tensor(lrs))
+    assert opt.state[ps[0]]["step"].tolist() == [5.0, 5.0] and opt.state[ps[1]]["step"].tolist() == [4.0, 4.0]
+    for i, (ref, ref_opt) in enumerate(members):
+        for p, r in zip(ps, ref):
+            torch.testing.assert_close(p.detach()[i], r.detach(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(opt.state[p]["exp_avg_sq"][i], ref_opt.state[r]["exp_avg_sq"], rtol=1e-5, atol=1e-7)
+
+
+def test_stacked_adam_resumes_exactly_from_a_saved_state_dict(tmp_path):
+    """Save after 3 steps, load into a fresh optimiser (the state then holds plain tensors), go on: every
+    weight and moment is bitwise what the uninterrupted optimiser has."""
+    m, shapes = 3, [(4, 2), (5,)]
+    gen = torch.Generator().manual_seed(4)
+    init = [torch.randn(m, *s, generator=gen) for s in shapes]
+    grads = [[torch.randn(m, *s, generator=gen) for s in shapes] for _ in range(6)]
+    lr, active = torch.tensor([1e-2, 3e-3, 1e-1]), torch.tensor([True, False, True])
+
+    def run(ps, opt, steps):
+        for g in steps:
+            for p, gi in zip(ps, g):
+                p.grad = gi.clone()
+            opt.step(lr=lr, active=active)
+
+    ps = [torch.nn.Parameter(x.clone()) for x in init]
+    opt = StackedAdam(ps, num_members=m, max_grad_norm=1.0)
+    run(ps, opt, grads[:3])
+    torch.save({"params": [p.detach() for p in ps], "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    run(ps, opt, grads[3:])
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    resumed = [torch.nn.Parameter(x.clone()) for x in saved["params"]]
+    opt2 = StackedAdam(resumed, num_members=m, max_grad_norm=1.0)
+    opt2.load_state_dict(saved["opt"])
+    run(resumed, opt2, grads[3:])
+    for p, q in zip(ps, resumed):
+        assert torch.equal(p.detach(), q.detach())
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt.state[p][key], opt2.state[q][key]), key
+    # the same optimiser rewound: a load replaces the state its buffers held
+    opt.load_state_dict(saved["opt"])
+    with torch.no_grad():
+        for p, x in zip(ps, saved["params"]):
+            p.copy_(x)
+    run(ps, opt, grads[3:])
+    for p, q in zip(ps, resumed):
+        assert torch.equal(p.detach(), q.detach())
+
+
+def test_stacked_adam_copy_members_moves_the_moments_the_next_step_uses():
+    """After ``copy_members`` member 0 holds member 1's moments and count: with member 1's weights copied too
+    (as ``exploit`` does) the same gradient and rate then leave both bitwise equal."""
+    m = 3
+    gen = torch.Generator().manual_seed(5)
+    ps = [torch.nn.Parameter(torch.randn(m, 4, 2, generator=gen)), torch.nn.Parameter(torch.randn(m, 3, generator=gen))]
+    opt = StackedAdam(ps, num_members=m, max_grad_norm=None)
+    lr = torch.full((m,), 1e-2)
+    for k in range(3):  # different histories: member 1 sat out one step
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step(lr=lr, active=torch.tensor([True, k != 1, True]))
+    opt.copy_members(torch.tensor([0]), torch.tensor([1]))
+    for p in ps:
+        assert opt.state[p]["step"].tolist() == [2.0, 2.0, 3.0]
+        assert torch.equal(opt.state[p]["exp_avg"][0], opt.state[p]["exp_avg"][1])
+    for p in ps:
+        p.data[0] = p.data[1]
+        g = torch.randn(p.shape[1:], generator=gen)
+        p.grad = torch.stack([g, g, torch.randn(p.shape[1:], generator=gen)])
+    opt.step(lr=lr)
+    for p in ps:
+        assert torch.equal(p.detach()[0], p.detach()[1])
+        assert torch.equal(opt.state[p]["exp_avg_sq"][0], opt.state[p]["exp_avg_sq"][1])
+
 # ============================================================================= 3. GAE
 def test_ensemble_gae_equals_torchrl_gae_per_member_block():
     m, per, t = 3, 4, 8

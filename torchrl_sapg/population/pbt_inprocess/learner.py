@@ -33,7 +33,19 @@ class StackedAdam(torch.optim.Optimizer):
 
     ``step(lr, active)``: ``lr`` is ``[M]``; members with ``active[i] = False`` keep their
     parameters and moment estimates unchanged (their mini-epochs are over). No Python loop
-    over members: each parameter tensor is updated in one batched op.
+    over members, and none over parameters in the arithmetic: each group's gradients are
+    concatenated into one ``[M, P]`` tensor and its moments live in one ``[M, P]`` buffer, of
+    which ``state[p]["exp_avg"]`` / ``["exp_avg_sq"]`` are views (``["step"]`` is ``p``'s ``[M]``
+    step count, a row of one ``[K, M]`` buffer), so a step costs the same number of tensor ops
+    whatever the number of parameters (docs/pbt-inprocess.md). The arithmetic is
+    ``torch.optim.Adam``'s, with ``clip_grad_norm_``'s clip per member.
+
+    Args:
+        params: the stacked parameters (leading dim ``num_members``) or param groups.
+        num_members: ``M``.
+        betas: Adam's moment decay rates.
+        eps: Adam's denominator term.
+        max_grad_norm: each member's global gradient-norm clip (``None``: no clipping).
 
     Examples:
         >>> p = torch.nn.Parameter(torch.zeros(3, 2))
@@ -51,44 +63,54 @@ class StackedAdam(torch.optim.Optimizer):
         for p in self._params():
             if p.shape[0] != num_members:
                 raise ValueError(f"every parameter must be stacked on a leading dim of {num_members}, got {tuple(p.shape)}.")
+        self._layouts: dict[int, _FlatLayout] = {}
 
     def _params(self):
         return [p for g in self.param_groups for p in g["params"]]
 
     def grad_norms(self) -> torch.Tensor:
+        """Each member's global gradient norm ``[M]`` over every parameter with a gradient."""
         sq = [p.grad.reshape(self.num_members, -1).pow(2).sum(1) for p in self._params() if p.grad is not None]
         return torch.stack(sq).sum(0).sqrt()
+
+    def _layout(self, index: int, params: list) -> "_FlatLayout":
+        """Group ``index``'s flat moment buffers for ``params``, rebuilt when the parameters with a gradient
+        change or ``state`` was replaced (``load_state_dict``): the current state is copied in."""
+        layout = self._layouts.get(index)
+        if layout is None or not layout.holds(self.state, params):
+            layout = self._layouts[index] = _FlatLayout(self.state, params, self.num_members)
+        return layout
 
     @torch.no_grad()
     def step(self, lr: torch.Tensor, active: torch.Tensor | None = None):  # noqa: D102
         m = self.num_members
-        norms = self.grad_norms()
+        groups = [(i, g, [p for p in g["params"] if p.grad is not None]) for i, g in enumerate(self.param_groups)]
+        groups = [(i, g, ps) for i, g, ps in groups if ps]
+        grads = [torch.cat([p.grad.reshape(m, -1) for p in ps], 1) for _, _, ps in groups]  # [M, P] per group
+        norms = torch.stack([g.pow(2).sum(1) for g in grads]).sum(0).sqrt()
         scale = torch.ones_like(norms)
         if self.max_grad_norm is not None:
             scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         act = torch.ones(m, dtype=torch.bool, device=norms.device) if active is None else active.to(norms.device)
         act = act & torch.isfinite(norms)  # a member whose gradient holds NaN/inf skips the step (the trainer then raises)
-        for group in self.param_groups:
+        a = act.view(m, 1)
+        for (index, group, ps), grad in zip(groups, grads):
             b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                shape = (m,) + (1,) * (p.dim() - 1)
-                g = p.grad * scale.view(shape)
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["step"] = torch.zeros(m, device=p.device)
-                a = act.view(shape)
-                state["step"].add_(act.to(state["step"].dtype))
-                state["exp_avg"].copy_(torch.where(a, b1 * state["exp_avg"] + (1 - b1) * g, state["exp_avg"]))
-                state["exp_avg_sq"].copy_(torch.where(a, b2 * state["exp_avg_sq"] + (1 - b2) * g * g, state["exp_avg_sq"]))
-                t = state["step"].clamp(min=1).view(shape)
-                m_hat = state["exp_avg"] / (1 - b1**t)
-                v_hat = state["exp_avg_sq"] / (1 - b2**t)
-                update = lr.to(p.dtype).view(shape) * m_hat / (v_hat.sqrt() + group["eps"])
-                p.sub_(torch.where(a, update, torch.zeros_like(update)))
+            layout = self._layout(index, ps)
+            exp_avg, exp_avg_sq = layout.exp_avg, layout.exp_avg_sq
+            # an inactive member's rows get a zero gradient and zero weights: its moments stay bitwise as they were
+            g = torch.where(a, grad * scale.view(m, 1), 0.0)
+            on = a.to(exp_avg.dtype)
+            exp_avg.lerp_(g, on * (1 - b1))
+            exp_avg_sq.mul_(torch.where(a, b2, 1.0)).addcmul_(g, g * (on * (1 - b2)))
+            layout.steps.add_(act.to(layout.steps.dtype))
+            # torch.optim.Adam's form: p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+            t = layout.steps.clamp(min=1)  # [K, M]: each parameter's count
+            step_size = torch.where(act, lr.to(exp_avg.dtype), 0.0) / (1 - b1**t)
+            root_bc2 = (1 - b2**t).sqrt()
+            step_size, root_bc2 = layout.columns(step_size), layout.columns(root_bc2)
+            update = exp_avg / (exp_avg_sq.sqrt() / root_bc2 + group["eps"]) * step_size
+            torch._foreach_sub_(ps, layout.split(update))
         return norms
 
     @torch.no_grad()
@@ -97,6 +119,51 @@ class StackedAdam(torch.optim.Optimizer):
         for state in self.state.values():
             for value in state.values():
                 value[dst] = value[src]
+
+
+class _FlatLayout:
+    """One param group's Adam state in ``[M, P]`` moment buffers and a ``[K, M]`` step buffer, with each
+    parameter's ``state`` entries as views of them (so ``state_dict``, ``load_state_dict`` and
+    ``copy_members`` see the usual per-parameter state)."""
+
+    def __init__(self, state, params: list, m: int):
+        p0 = params[0]
+        sizes = [p.numel() // m for p in params]
+        total = sum(sizes)
+        self.params, self.sizes, self.shapes = list(params), sizes, [p.shape for p in params]
+        self.exp_avg = torch.zeros(m, total, dtype=p0.dtype, device=p0.device)
+        self.exp_avg_sq = torch.zeros_like(self.exp_avg)
+        self.steps = torch.zeros(len(params), m, device=p0.device)
+        self.column_param = torch.repeat_interleave(torch.arange(len(params)), torch.tensor(sizes)).to(p0.device)
+        avg, avg_sq = self.split(self.exp_avg), self.split(self.exp_avg_sq)
+        for k, p in enumerate(params):
+            old = state[p]
+            if old:  # keep what was there (the first step after a load, or a new set of parameters)
+                avg[k].copy_(old["exp_avg"])
+                avg_sq[k].copy_(old["exp_avg_sq"])
+                self.steps[k].copy_(old["step"])
+            state[p] = {"exp_avg": avg[k], "exp_avg_sq": avg_sq[k], "step": self.steps[k]}
+        self.views = [(state[p]["exp_avg"], state[p]["exp_avg_sq"], state[p]["step"]) for p in params]
+        # every parameter of the layout steps together, so equal counts stay equal (one host read, here only)
+        self.uniform = bool((self.steps == self.steps[:1]).all())
+
+    def columns(self, per_parameter: torch.Tensor) -> torch.Tensor:
+        """``[K, M]`` per-parameter factors -> what multiplies the ``[M, P]`` buffers: ``[M, 1]`` when every
+        parameter's count is the same, else ``[M, P]`` (each column its parameter's)."""
+        if self.uniform:
+            return per_parameter[0].unsqueeze(1)
+        return per_parameter.t().index_select(1, self.column_param)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``[M, P]`` -> one view per parameter, in its stacked shape."""
+        return [part.view(shape) for part, shape in zip(flat.split(self.sizes, 1), self.shapes)]
+
+    def holds(self, state, params: list) -> bool:
+        """Whether ``params`` are this layout's and their ``state`` entries are still its views."""
+        return len(params) == len(self.params) and all(
+            p is q and (s := state.get(p)) is not None and s.get("exp_avg") is v[0] and s.get("exp_avg_sq") is v[1]
+            and s.get("step") is v[2]
+            for p, q, v in zip(params, self.params, self.views))
 
 
 class PopulationLearner(nn.Module):
