@@ -393,6 +393,10 @@ def instrument_trainer(trainer, prof: PhaseProfile):
         kl_module = None
     if kl_module is not None:
         patch(kl_module, "gaussian_kl", "analytic_kl")
+    learner = getattr(trainer, "learner", None)  # the in-process population's PopulationLearner (PBTTrainer)
+    if learner is not None:
+        patch(learner, "member_losses", "loss_forward")
+        patch(learner.optimizer, "step", "optimizer")  # StackedAdam: clip, moments and the weight update
     patch(trainer, "_update_normalizers", "normalizer")
     patch(trainer, "_post_steps_hook", "post_steps_hooks")
     patch(trainer, "_metrics", "logging")

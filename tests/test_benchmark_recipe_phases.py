@@ -70,3 +70,5 @@ def test_the_in_process_population_is_compared_on_ppos_own_rows():
     learner = [(ib - ip) / ip - x for ib, ip, x in zip(walls["pbt"], walls["ppo"], collect)]
     assert seed["learner_excess"] == pytest.approx(sorted(learner)[1])
     assert "| PBT / PPO |" in result["table_markdown"]
+    med = seed["median_seconds"]["pbt"]  # the population's own loss and optimiser are timed too
+    assert med["loss_forward"] > 0 and med["optimizer"] > 0 and med["backward"] > 0
