@@ -439,6 +439,21 @@ def _updated(batch, **hp):
     return learner
 
 
+
+def test_update_indexes_only_what_the_member_loss_reads():
+    """Each minibatch is cut from the observation and the loss's in_keys only (not ``"next"``, the collector's
+    entries or the episode counters), in ``[M, B]`` rows of each member's own block."""
+    learner = _learner(3, num_minibatches=2)
+    batch = _batch(3, 4)
+    learner.estimate(batch)
+    seen = []
+    member_losses = learner.member_losses
+    learner.member_losses = lambda sub: seen.append(sub) or member_losses(sub)
+    learner.update(batch)
+    assert len(seen) == 2 * int(learner.hp_num_epochs.max())
+    assert set(seen[0].keys(True, True)) == {"observation", *learner.member_loss.in_keys}
+    assert seen[0].batch_size == torch.Size([3, 16])  # 4 envs x 8 steps per member, halved
+
 def test_update_member_isolation_zero_lr_and_exact_epoch_masking():
     m, per = 3, 4
     base = _batch(m, per)

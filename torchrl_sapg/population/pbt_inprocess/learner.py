@@ -254,8 +254,8 @@ class PopulationLearner(nn.Module):
         m = self.ensemble.num_members
         if self.ensemble.is_recurrent:  # member i's env block -> [N/M, T] whole env-rows
             data = batch.reshape(m, batch.shape[0] // m, *batch.shape[1:])
-        else:  # member i's env block -> row i, flattened
-            data = batch.reshape(m, -1)
+        else:  # member i's env block -> row i, flattened; only what the loss reads is indexed per minibatch
+            data = batch.select("observation", *self.member_loss.in_keys).reshape(m, -1)
         adv = data.get("advantage")
         per_member = adv.reshape(m, -1)
         shape = (m,) + (1,) * (adv.dim() - 1)
