@@ -255,6 +255,36 @@ def test_stacked_adam_clipping_really_clips_only_large_members():
 
 
 
+
+def test_stacked_adam_step_runs_as_many_ops_for_3_as_for_12_parameters():
+    """The arithmetic is on one ``[M, P]`` tensor: the number of (non-view) ops of a step does not grow with
+    the number of parameter tensors."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    views = {"view", "_unsafe_view", "reshape", "_reshape_alias", "t", "transpose", "expand", "split",
+             "split_with_sizes", "select", "slice", "unsqueeze", "as_strided", "alias", "detach"}
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func.__name__.split(".")[0] not in views
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for k in (3, 12):
+        ps = [torch.nn.Parameter(torch.randn(4, 2 + i % 3, 3)) for i in range(k)]
+        opt = StackedAdam(ps, num_members=4, max_grad_norm=1.0)
+        for _ in range(2):  # the second step runs on the built layout
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            with Ops() as ops:
+                opt.step(lr=torch.full((4,), 1e-3), active=torch.tensor([True, False, True, True]))
+        counts.append(ops.count)
+    assert counts[0] == counts[1], counts
+
 def test_stacked_adam_skips_a_parameter_without_gradient_as_torch_adam_does():
     """A parameter with no gradient at a step keeps its weights, moments and count (torch.optim.Adam's
     rule); once it has a gradient again its count lags the others', and each parameter's bias correction
