@@ -134,6 +134,41 @@ def test_ensemble_heads_and_values_equal_plain_networks_per_member():
             assert not torch.allclose(loc[i], loc[0])
 
 
+
+@pytest.mark.parametrize("activation, normalize", [("tanh", False), ("relu", True)])
+def test_ensemble_runs_each_linear_layer_as_one_batched_gemm(activation, normalize):
+    """Without vmap: one ``baddbmm`` per linear layer (bias inside, no separate add), every other layer of the
+    member's own network as it is; still each member's plain network, for other activations and without the
+    normaliser too."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    m, b, hidden = 3, 5, (8, 6)
+    torch.manual_seed(0)
+    ens = PolicyEnsemble(OBS, ACT, num_members=m, hidden_sizes=hidden, activation=activation,
+                         normalize_observations=normalize)
+    obs = torch.randn(m, b, OBS)
+    with Ops() as ops:
+        loc, _ = ens.heads(obs)
+        values = ens.values(obs)
+    assert ops.names.count("baddbmm") == 2 * (len(hidden) + 1) and "bmm" not in ops.names and "add" not in ops.names
+    for i in range(m):
+        plain = make_actor_critic(OBS, ACT, hidden_sizes=hidden, activation=activation, normalize_observations=normalize)
+        plain.actor.head.load_state_dict(ens.actor_params[i].detach().flatten_keys(".").to_dict())
+        plain.critic.module.load_state_dict(ens.critic_params[i].detach().flatten_keys(".").to_dict())
+        td = TensorDict({"observation": obs[i], "policy_id": torch.zeros(b, dtype=torch.long)}, [b])
+        with torch.no_grad():
+            torch.testing.assert_close(loc[i], plain.actor(td.clone())["loc"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(values[i], plain.critic(td.clone())["state_value"], rtol=1e-5, atol=1e-6)
+
 def test_ensemble_actor_flat_and_stacked_rows_use_each_members_block():
     m, per = 3, 4
     ens = _ensemble(m)

@@ -1,9 +1,10 @@
 """In-process DexPBT population: M independent actor-critics with stacked parameters.
 
 Every member owns its weights, optimiser state, observation normaliser and hyperparameters,
-and plays the env block its id owns. The M networks are evaluated in one call with
-``torch.vmap`` over stacked parameters (tensordict's ``from_modules``), both during collection
-and in the update. The recurrent population is in
+and plays the env block its id owns. The M networks are evaluated in one call over stacked
+parameters (tensordict's ``from_modules``), both during collection and in the update: each linear
+layer as one batched GEMM (``baddbmm``) for the MLP population, ``torch.vmap`` over a template
+module for the recurrent one, which is in
 :mod:`torchrl_sapg.population.pbt_inprocess.recurrent_ensemble`.
 """
 from __future__ import annotations
@@ -69,14 +70,35 @@ class StackedMembers(nn.Module):
                 value.data[dst] = value.data[src]
 
 
+def _stacked_backbone(template: nn.Module, params: TensorDictBase, observation: torch.Tensor) -> torch.Tensor:
+    """Member ``i``'s network (``template``, a :class:`~torchrl_sapg.modules.LatentConditionedMLP` without
+    latents) with ``params[i]`` on ``observation[i]``, for every member at once: each ``nn.Linear`` as one
+    batched GEMM with its bias inside (``baddbmm``), the template's other layers (activations, in place where
+    they are) and its normaliser run as they are on the ``[M, R, width]`` tensor. ``torch.vmap`` over the
+    template gives the same values, but runs each linear layer as a ``bmm`` and a separate bias add, and ELU
+    out of place (docs/pbt-inprocess.md)."""
+    m = observation.shape[0]
+    h = observation.reshape(m, -1, observation.shape[-1])
+    if template.obs_normalizer is not None:  # its statistics [M, obs] broadcast over each member's rows
+        with params["obs_normalizer"].apply(lambda t: t.unsqueeze(1)).to_module(template.obs_normalizer):
+            h = template.obs_normalizer(h)
+    for index, layer in enumerate(template.mlp):
+        if isinstance(layer, nn.Linear):
+            weights = params["mlp", str(index)]
+            h = torch.baddbmm(weights["bias"].unsqueeze(1), h, weights["weight"].transpose(1, 2))
+        else:
+            h = layer(h)
+    return h.reshape(*observation.shape[:-1], h.shape[-1])
+
+
 class PolicyEnsemble(StackedMembers):
     """M independent Gaussian actor-critics whose parameters are stacked along a leading dim.
 
     Built from ``num_members`` calls to :func:`~torchrl_sapg.modules.make_actor_critic` (one
     policy each, no latent), so member ``i`` is exactly the network PPO would train, with its
     own initialisation. ``actor_params`` / ``critic_params`` are ``[M]`` ``TensorDictParams``;
-    :meth:`heads` and :meth:`values` evaluate all members at once with ``torch.vmap`` on inputs
-    shaped ``[M, B, ...]``. Each member's observation normaliser is part of its parameters.
+    :meth:`heads` and :meth:`values` evaluate all members at once on inputs shaped ``[M, B, ...]``, each
+    linear layer as one batched GEMM. Each member's observation normaliser is part of its parameters.
 
     Examples:
         >>> ens = PolicyEnsemble(3, 1, num_members=4, hidden_sizes=(16,))
@@ -125,13 +147,12 @@ class PolicyEnsemble(StackedMembers):
 
     def heads(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``loc, scale`` of every member on its own rows: ``observation`` is ``[M, B, obs_dim]``."""
-        ids = torch.zeros(observation.shape[:-1], dtype=torch.long, device=observation.device)
-        return self._call(self._templates[0], self.actor_params, observation, ids)
+        loc = _stacked_backbone(self._templates[0].backbone, self.actor_params["backbone"], observation)
+        return loc, self.actor_params["log_std"].exp().expand_as(loc)  # log_std: [M, 1, action_dim], one policy each
 
     def values(self, observation: torch.Tensor) -> torch.Tensor:
         """``V_i(s)`` of every member on its own rows: ``[M, B, obs_dim] -> [M, B, 1]``."""
-        ids = torch.zeros(observation.shape[:-1], dtype=torch.long, device=observation.device)
-        return self._call(self._templates[1], self.critic_params, observation, ids)
+        return _stacked_backbone(self._templates[1], self.critic_params, observation)
 
     def log_std(self) -> torch.Tensor:
         return self.actor_params["log_std"].squeeze(1)  # [M, action_dim]
@@ -144,7 +165,7 @@ class PolicyEnsemble(StackedMembers):
 
     def rollout_values(self, batch: TensorDictBase, observation_key: NestedKey = "observation"):
         """``V_i(s_t)`` and ``V_i(s'_t)`` of a collected ``[N, T]`` batch, each ``[M, N/M, T, 1]``, from one
-        vmapped critic call (:func:`values_and_next`: next states only at episode ends and after the last step)."""
+        batched critic call (:func:`values_and_next`: next states only at episode ends and after the last step)."""
         m, (n, t) = self.num_members, batch.shape
         obs = batch.get(observation_key)
         dim = obs.shape[-1]
