@@ -155,18 +155,26 @@ def test_ensemble_runs_each_linear_layer_as_one_batched_gemm(activation, normali
     torch.manual_seed(0)
     ens = PolicyEnsemble(OBS, ACT, num_members=m, hidden_sizes=hidden, activation=activation,
                          normalize_observations=normalize)
+    with torch.no_grad():
+        ens.actor_params["log_std"].copy_(torch.tensor([-0.5, 0.1, 0.4]).view(m, 1, 1))
     obs = torch.randn(m, b, OBS)
     with Ops() as ops:
-        loc, _ = ens.heads(obs)
+        loc, scale = ens.heads(obs)
         values = ens.values(obs)
     assert ops.names.count("baddbmm") == 2 * (len(hidden) + 1) and "bmm" not in ops.names and "add" not in ops.names
+    # more leading dims per member ([M, B, T, obs]): the same rows, the same outputs
+    loc4, scale4 = ens.heads(obs.unsqueeze(2))
+    torch.testing.assert_close(loc4.squeeze(2), loc)
+    torch.testing.assert_close(scale4.squeeze(2), scale)
     for i in range(m):
         plain = make_actor_critic(OBS, ACT, hidden_sizes=hidden, activation=activation, normalize_observations=normalize)
         plain.actor.head.load_state_dict(ens.actor_params[i].detach().flatten_keys(".").to_dict())
         plain.critic.module.load_state_dict(ens.critic_params[i].detach().flatten_keys(".").to_dict())
         td = TensorDict({"observation": obs[i], "policy_id": torch.zeros(b, dtype=torch.long)}, [b])
         with torch.no_grad():
-            torch.testing.assert_close(loc[i], plain.actor(td.clone())["loc"], rtol=1e-5, atol=1e-6)
+            out = plain.actor(td.clone())
+            torch.testing.assert_close(loc[i], out["loc"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(scale[i], out["scale"])
             torch.testing.assert_close(values[i], plain.critic(td.clone())["state_value"], rtol=1e-5, atol=1e-6)
 
 def test_ensemble_actor_flat_and_stacked_rows_use_each_members_block():

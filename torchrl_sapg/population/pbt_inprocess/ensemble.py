@@ -148,7 +148,8 @@ class PolicyEnsemble(StackedMembers):
     def heads(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``loc, scale`` of every member on its own rows: ``observation`` is ``[M, B, obs_dim]``."""
         loc = _stacked_backbone(self._templates[0].backbone, self.actor_params["backbone"], observation)
-        return loc, self.actor_params["log_std"].exp().expand_as(loc)  # log_std: [M, 1, action_dim], one policy each
+        log_std = self.actor_params["log_std"]  # [M, 1, action_dim]: one policy each
+        return loc, log_std.exp().view(loc.shape[0], *[1] * (loc.dim() - 2), -1).expand_as(loc)
 
     def values(self, observation: torch.Tensor) -> torch.Tensor:
         """``V_i(s)`` of every member on its own rows: ``[M, B, obs_dim] -> [M, B, 1]``."""
