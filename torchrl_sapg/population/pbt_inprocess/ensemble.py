@@ -73,10 +73,9 @@ class StackedMembers(nn.Module):
 def _stacked_backbone(template: nn.Module, params: TensorDictBase, observation: torch.Tensor) -> torch.Tensor:
     """Member ``i``'s network (``template``, a :class:`~torchrl_sapg.modules.LatentConditionedMLP` without
     latents) with ``params[i]`` on ``observation[i]``, for every member at once: each ``nn.Linear`` as one
-    batched GEMM with its bias inside (``baddbmm``), the template's other layers (activations, in place where
-    they are) and its normaliser run as they are on the ``[M, R, width]`` tensor. ``torch.vmap`` over the
-    template gives the same values, but runs each linear layer as a ``bmm`` and a separate bias add, and ELU
-    out of place (docs/pbt-inprocess.md)."""
+    batched GEMM with its bias inside (``baddbmm``), the template's other layers and its normaliser as they
+    are, on the ``[M, R, width]`` tensor. The same values as ``torch.vmap`` over the template, faster
+    (docs/pbt-inprocess.md, "Speed")."""
     m = observation.shape[0]
     h = observation.reshape(m, -1, observation.shape[-1])
     if template.obs_normalizer is not None:  # its statistics [M, obs] broadcast over each member's rows
