@@ -445,6 +445,13 @@ def headlines() -> list[str]:
             f"N={n} M={m}: SAPG {v['sapg_over_ppo_update_time']:.2f}×, EPO {v['epo_over_ppo_update_time']:.2f}×"
             for (n, m), v in o.items()) + "); our PPO vs TorchRL's plain loop: " + ", ".join(
             f"{v['ppo_over_torchrl_update_time']:.2f}×" for v in o.values()) + " ([throughput.md](throughput.md))."]
+    for path in sorted(RESULTS.glob("*_phases.json")):  # benchmarks/recipe_phases.py: the recipe's iteration
+        d = json.loads(path.read_text())
+        other = next(k for k in d["seeds"][0]["median_seconds"] if k not in ("ppo", "ppo_on_sapg_rows"))
+        r = d["summary"]["ratio"]
+        rows += [f"- Recipe iteration, {other.upper()} / PPO on {path.name.split('_')[0]}: IQM {r['iqm_ratio']:.3f} "
+                 f"[{r['iqm_ratio_ci'][0]:.3f}, {r['iqm_ratio_ci'][1]:.3f}] over {len(d['seeds'])} seeds "
+                 f"({d.get('cpu_model', 'CPU')}, 1 thread, `{path.name}`)."]
     dist = _load("distributed_fps_cpu.json")
     if dist:
         ranks = dist["rows"][-1]

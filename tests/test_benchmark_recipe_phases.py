@@ -72,3 +72,18 @@ def test_the_in_process_population_is_compared_on_ppos_own_rows():
     assert "| PBT / PPO |" in result["table_markdown"]
     med = seed["median_seconds"]["pbt"]  # the population's own loss and optimiser are timed too
     assert med["loss_forward"] > 0 and med["optimizer"] > 0 and med["backward"] > 0
+
+
+def test_report_headlines_each_phases_file(tmp_path, monkeypatch):
+    """docs/results.md's headlines carry one line per ``<env>_*phases.json``: which method against PPO, the IQM
+    and its interval."""
+    import report
+
+    out = tmp_path / "pendulum_pbt_phases.json"
+    result = recipe_phases.main(["--env", "pendulum", "--algo", "pbt", "--seeds", "0", "--warmup", "0", "--rounds", "1",
+                                 "--extra", "env.num_envs=16", "train.horizon=8", "model.hidden_sizes=[8]", "--out", str(out)])
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    (line,) = [row for row in report.headlines() if row.startswith("- Recipe iteration")]
+    r = result["summary"]["ratio"]
+    assert line.startswith(f"- Recipe iteration, PBT / PPO on pendulum: IQM {r['iqm_ratio']:.3f} [")
+    assert "over 1 seeds" in line and "`pendulum_pbt_phases.json`" in line
