@@ -1,4 +1,4 @@
-"""In-process PBT (M members in one process, torch.vmap) vs M separate processes of one member.
+"""In-process PBT (M members in one process, evaluated together) vs M separate processes of one member.
 
 Both sides run the same learner (``PopulationLearner``) on the embedded Pendulum with the same
 per-member size (``--envs-per-member`` envs, horizon T, network): the in-process side is one
