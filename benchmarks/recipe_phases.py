@@ -84,7 +84,8 @@ def recipe_config(algo: str, env: str, seed: int, extra: list[str]):
 def build_recipe_trainer(algo: str, env: str, seed: int, extra: list[str], log_dir: Path, cfg=None):
     """``(trainer, frames per iteration, num_envs)`` as ``recipes/train.py`` builds them (its logger writes to
     ``log_dir``), without checkpoints; ``cfg`` is :func:`recipe_config`'s, composed here if not given."""
-    from common import build_agent, build_collection_policy, build_env, build_trainer, headline_policy, seed_everything
+    from common import (add_recurrent_env_transforms, build_agent, build_collection_policy, build_env, build_trainer,
+                        headline_policy, is_recurrent_config, seed_everything)
 
     from torchrl_sapg.collectors import PopulationCollector
     from torchrl_sapg.trainers.logging import make_logger
@@ -93,6 +94,8 @@ def build_recipe_trainer(algo: str, env: str, seed: int, extra: list[str], log_d
     seed_everything(seed)
     built_env = build_env(cfg, seed=seed)
     agent = build_agent(cfg, built_env)
+    if is_recurrent_config(cfg):  # InitTracker and the LSTM hidden-state primers, as recipes/train.py adds them
+        built_env = add_recurrent_env_transforms(cfg, built_env, agent)
     frames = int(cfg.env.num_envs) * int(cfg.train.horizon)
     collector = PopulationCollector(built_env, build_collection_policy(cfg, agent), num_policies=cfg.algo.num_policies,
                                     frames_per_batch=frames)

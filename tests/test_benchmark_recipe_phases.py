@@ -87,3 +87,14 @@ def test_report_headlines_each_phases_file(tmp_path, monkeypatch):
     r = result["summary"]["ratio"]
     assert line.startswith(f"- Recipe iteration, PBT / PPO on pendulum: IQM {r['iqm_ratio']:.3f} [")
     assert "over 1 seeds" in line and "`pendulum_pbt_phases.json`" in line
+
+
+def test_a_recurrent_recipe_gets_the_recipes_recurrent_env():
+    """``model.lstm_hidden > 0``: the env gets ``InitTracker`` and the hidden-state primers as in ``recipes/train.py``
+    (without them the LSTM actor finds no ``is_init``); the minibatches are whole env-rows."""
+    result = recipe_phases.main(["--env", "pendulum", "--algo", "pbt", "--seeds", "0", "--warmup", "0", "--rounds", "1",
+                                 "--extra", "env.num_envs=64", "train.horizon=4", "model.hidden_sizes=[8]",
+                                 "model.lstm_hidden=8"])
+    (seed,) = result["seeds"]
+    assert seed["rows"] == {"ppo": 64, "pbt": 64}  # env-rows: 8 members x 8, and PPO's 64
+    assert seed["median_seconds"]["pbt"]["loss_forward"] > 0
