@@ -68,10 +68,22 @@ class StackedAdam(torch.optim.Optimizer):
     def _params(self):
         return [p for g in self.param_groups for p in g["params"]]
 
+    def _group_grads(self) -> list[tuple[int, dict, list, torch.Tensor]]:
+        """``(index, group, params with a gradient, their gradients as one [M, P] tensor)`` per non-empty group."""
+        m, out = self.num_members, []
+        for index, group in enumerate(self.param_groups):
+            ps = [p for p in group["params"] if p.grad is not None]
+            if ps:
+                out.append((index, group, ps, torch.cat([p.grad.reshape(m, -1) for p in ps], 1)))
+        return out
+
+    @staticmethod
+    def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([g.pow(2).sum(1) for g in grads]).sum(0).sqrt()
+
     def grad_norms(self) -> torch.Tensor:
         """Each member's global gradient norm ``[M]`` over every parameter with a gradient."""
-        sq = [p.grad.reshape(self.num_members, -1).pow(2).sum(1) for p in self._params() if p.grad is not None]
-        return torch.stack(sq).sum(0).sqrt()
+        return self._norms([g for *_, g in self._group_grads()])
 
     def _layout(self, index: int, params: list) -> "_FlatLayout":
         """Group ``index``'s flat moment buffers for ``params``, rebuilt when the parameters with a gradient
@@ -84,17 +96,15 @@ class StackedAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, lr: torch.Tensor, active: torch.Tensor | None = None):  # noqa: D102
         m = self.num_members
-        groups = [(i, g, [p for p in g["params"] if p.grad is not None]) for i, g in enumerate(self.param_groups)]
-        groups = [(i, g, ps) for i, g, ps in groups if ps]
-        grads = [torch.cat([p.grad.reshape(m, -1) for p in ps], 1) for _, _, ps in groups]  # [M, P] per group
-        norms = torch.stack([g.pow(2).sum(1) for g in grads]).sum(0).sqrt()
+        groups = self._group_grads()
+        norms = self._norms([g for *_, g in groups])
         scale = torch.ones_like(norms)
         if self.max_grad_norm is not None:
             scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         act = torch.ones(m, dtype=torch.bool, device=norms.device) if active is None else active.to(norms.device)
         act = act & torch.isfinite(norms)  # a member whose gradient holds NaN/inf skips the step (the trainer then raises)
         a = act.view(m, 1)
-        for (index, group, ps), grad in zip(groups, grads):
+        for index, group, ps, grad in groups:
             b1, b2 = group["betas"]
             layout = self._layout(index, ps)
             exp_avg, exp_avg_sq = layout.exp_avg, layout.exp_avg_sq
