@@ -300,6 +300,26 @@ def test_update_gives_each_member_the_gradient_of_its_own_loss_on_its_own_rows()
     assert any((ens.state_dict()[k] != v).any() for k, v in before.items())  # and the step moved the members
 
 
+def test_update_cuts_minibatches_from_what_the_replay_and_the_loss_read():
+    """Whole env-rows of each member's block, with only the observation, ``"is_init"``, the recorded
+    states and the loss's in_keys (not ``"next"`` or the collector's entries)."""
+    m, per = 3, 4
+    ens, batch = _collect(m, per)
+    learner = PopulationLearner(ens, HP, num_minibatches=2, generator=torch.Generator().manual_seed(0))
+    learner.estimate(batch)
+    seen = []
+    member_losses = learner.member_losses
+    learner.member_losses = lambda sub: seen.append(sub) or member_losses(sub)
+    learner.update(batch)
+    states = {k for part in ("actor", "critic") for k in STATE_KEYS[part]}
+    assert set(seen[0].keys(True, True)) == {"observation", "is_init", *states, *learner.member_loss.in_keys}
+    assert seen[0].batch_size == torch.Size([m, per // 2, batch.shape[1]])
+    ids = seen[0]["observation"]  # each member's rows come from its own env block
+    blocks = batch["observation"].reshape(m, per, *batch.shape[1:], -1)
+    for i in range(m):
+        assert all(any(torch.equal(row, b) for b in blocks[i]) for row in ids[i])
+
+
 def test_update_rejects_env_rows_that_do_not_split():
     ens, batch = _collect()
     learner = PopulationLearner(ens, HP, num_minibatches=3)

@@ -1,5 +1,11 @@
 """In-process DexPBT: M members with stacked parameters in one process (ensemble, learner, hook)."""
-from torchrl_sapg.population.pbt_inprocess.ensemble import EnsembleActor, PolicyEnsemble, StackedMembers, ensemble_gae
+from torchrl_sapg.population.pbt_inprocess.ensemble import (
+    EnsembleActor,
+    PolicyEnsemble,
+    StackedMembers,
+    ensemble_gae,
+    stacked_linear,
+)
 from torchrl_sapg.population.pbt_inprocess.hook import InProcessPBT
 from torchrl_sapg.population.pbt_inprocess.learner import HYPERPARAMETERS, PBTTrainer, PopulationLearner, StackedAdam
 from torchrl_sapg.population.pbt_inprocess.recurrent_ensemble import (
@@ -8,6 +14,7 @@ from torchrl_sapg.population.pbt_inprocess.recurrent_ensemble import (
     RecurrentPolicyEnsemble,
     ensemble_collection_policy,
 )
+from torchrl_sapg.population.pbt_inprocess.stacked_lstm import stacked_lstm
 
 __all__ = [
     "HYPERPARAMETERS",
@@ -23,4 +30,6 @@ __all__ = [
     "StackedMembers",
     "ensemble_collection_policy",
     "ensemble_gae",
+    "stacked_linear",
+    "stacked_lstm",
 ]

@@ -2,9 +2,8 @@
 
 Every member owns its weights, optimiser state, observation normaliser and hyperparameters,
 and plays the env block its id owns. The M networks are evaluated in one call over stacked
-parameters (tensordict's ``from_modules``), both during collection and in the update: each linear
-layer as one batched GEMM (``baddbmm``) for the MLP population, ``torch.vmap`` over a template
-module for the recurrent one, which is in
+parameters (tensordict's ``from_modules``), both during collection and in the update, each linear
+layer as one batched GEMM (``baddbmm``). The recurrent population is in
 :mod:`torchrl_sapg.population.pbt_inprocess.recurrent_ensemble`.
 """
 from __future__ import annotations
@@ -24,25 +23,53 @@ from torchrl_sapg.modules.factory import make_actor_critic
 from torchrl_sapg.modules.normalization import batch_moments, merge_moments_
 from torchrl_sapg.objectives.value import values_and_next
 
-__all__ = ["EnsembleActor", "PolicyEnsemble", "StackedMembers", "ensemble_gae"]
+__all__ = ["EnsembleActor", "PolicyEnsemble", "StackedMembers", "ensemble_gae", "stacked_linear"]
+
+
+def stacked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x[i] @ weight[i].T + bias[i]`` for every member ``i`` as one batched GEMM: ``x`` is
+    ``[M, ..., in]``, ``weight`` ``[M, out, in]``, ``bias`` ``[M, out]``.
+
+    Examples:
+        >>> x, w, b = torch.randn(2, 3, 5, 4), torch.randn(2, 6, 4), torch.randn(2, 6)
+        >>> torch.allclose(stacked_linear(x, w, b)[1], torch.nn.functional.linear(x[1], w[1], b[1]), atol=1e-6)
+        True
+    """
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    return torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)).reshape(*x.shape[:-1], weight.shape[1])
 
 
 class StackedMembers(nn.Module):
     """What the MLP and the recurrent ensembles share: ``[M]``-stacked ``actor_params`` and
-    ``critic_params``, vmapped template calls, normaliser updates and member copies."""
+    ``critic_params``, the batched-GEMM evaluation of a member MLP, normaliser updates and member copies."""
 
     is_recurrent = False
     num_members: int
     has_normalizer: bool
 
-    def _call(self, template: nn.Module, params: TensorDictBase, *args):
-        """Run ``template`` with member ``i``'s parameters on ``args[k][i]``, for every member at once."""
+    @staticmethod
+    def _stacked_mlp(template: nn.Module, params: TensorDictBase, observation: torch.Tensor) -> torch.Tensor:
+        """Member ``i``'s network (``template``, a :class:`~torchrl_sapg.modules.LatentConditionedMLP` without
+        latents) with ``params[i]`` on ``observation[i]``, for every member at once: each ``nn.Linear`` as one
+        batched GEMM with its bias inside (``baddbmm``), the template's other layers and its normaliser as they
+        are, on the ``[M, R, width]`` tensor. The same values as ``torch.vmap`` over the template, faster
+        (docs/pbt-inprocess.md, "Speed")."""
+        m = observation.shape[0]
+        h = observation.reshape(m, -1, observation.shape[-1])
+        if template.obs_normalizer is not None:  # its statistics [M, obs] broadcast over each member's rows
+            with params["obs_normalizer"].apply(lambda t: t.unsqueeze(1)).to_module(template.obs_normalizer):
+                h = template.obs_normalizer(h)
+        for index, layer in enumerate(template.mlp):
+            if isinstance(layer, nn.Linear):
+                weights = params["mlp", str(index)]
+                h = stacked_linear(h, weights["weight"], weights["bias"])
+            else:
+                h = layer(h)
+        return h.reshape(*observation.shape[:-1], h.shape[-1])
 
-        def fn(p, *xs):
-            with p.to_module(template):
-                return template(*xs)
-
-        return torch.vmap(fn, randomness="different")(params, *args)
+    def input_keys(self, observation_key: NestedKey = "observation") -> list[NestedKey]:
+        """The entries :meth:`policy_and_value` reads."""
+        return [observation_key]
 
     def _normalizer_stats(self) -> list[TensorDictBase]:
         raise NotImplementedError
@@ -68,26 +95,6 @@ class StackedMembers(nn.Module):
         for params in (self.actor_params, self.critic_params):
             for value in params.values(True, True):
                 value.data[dst] = value.data[src]
-
-
-def _stacked_backbone(template: nn.Module, params: TensorDictBase, observation: torch.Tensor) -> torch.Tensor:
-    """Member ``i``'s network (``template``, a :class:`~torchrl_sapg.modules.LatentConditionedMLP` without
-    latents) with ``params[i]`` on ``observation[i]``, for every member at once: each ``nn.Linear`` as one
-    batched GEMM with its bias inside (``baddbmm``), the template's other layers and its normaliser as they
-    are, on the ``[M, R, width]`` tensor. The same values as ``torch.vmap`` over the template, faster
-    (docs/pbt-inprocess.md, "Speed")."""
-    m = observation.shape[0]
-    h = observation.reshape(m, -1, observation.shape[-1])
-    if template.obs_normalizer is not None:  # its statistics [M, obs] broadcast over each member's rows
-        with params["obs_normalizer"].apply(lambda t: t.unsqueeze(1)).to_module(template.obs_normalizer):
-            h = template.obs_normalizer(h)
-    for index, layer in enumerate(template.mlp):
-        if isinstance(layer, nn.Linear):
-            weights = params["mlp", str(index)]
-            h = torch.baddbmm(weights["bias"].unsqueeze(1), h, weights["weight"].transpose(1, 2))
-        else:
-            h = layer(h)
-    return h.reshape(*observation.shape[:-1], h.shape[-1])
 
 
 class PolicyEnsemble(StackedMembers):
@@ -146,13 +153,13 @@ class PolicyEnsemble(StackedMembers):
 
     def heads(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``loc, scale`` of every member on its own rows: ``observation`` is ``[M, B, obs_dim]``."""
-        loc = _stacked_backbone(self._templates[0].backbone, self.actor_params["backbone"], observation)
+        loc = self._stacked_mlp(self._templates[0].backbone, self.actor_params["backbone"], observation)
         log_std = self.actor_params["log_std"]  # [M, 1, action_dim]: one policy each
         return loc, log_std.exp().view(loc.shape[0], *[1] * (loc.dim() - 2), -1).expand_as(loc)
 
     def values(self, observation: torch.Tensor) -> torch.Tensor:
         """``V_i(s)`` of every member on its own rows: ``[M, B, obs_dim] -> [M, B, 1]``."""
-        return _stacked_backbone(self._templates[1], self.critic_params, observation)
+        return self._stacked_mlp(self._templates[1], self.critic_params, observation)
 
     def log_std(self) -> torch.Tensor:
         return self.actor_params["log_std"].squeeze(1)  # [M, action_dim]

@@ -262,10 +262,11 @@ class PopulationLearner(nn.Module):
     def update(self, batch: TensorDictBase) -> TensorDict:
         """Mini-epochs of every member on its own rows of a ``[N, T]`` batch (after :meth:`estimate`)."""
         m = self.ensemble.num_members
+        data = batch.select(*self.ensemble.input_keys(), *self.member_loss.in_keys)  # all a minibatch reads
         if self.ensemble.is_recurrent:  # member i's env block -> [N/M, T] whole env-rows
-            data = batch.reshape(m, batch.shape[0] // m, *batch.shape[1:])
-        else:  # member i's env block -> row i, flattened; only what the loss reads is indexed per minibatch
-            data = batch.select("observation", *self.member_loss.in_keys).reshape(m, -1)
+            data = data.reshape(m, batch.shape[0] // m, *batch.shape[1:])
+        else:  # member i's env block -> row i, flattened
+            data = data.reshape(m, -1)
         adv = data.get("advantage")
         per_member = adv.reshape(m, -1)
         shape = (m,) + (1,) * (adv.dim() - 1)

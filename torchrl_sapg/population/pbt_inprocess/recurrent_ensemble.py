@@ -2,9 +2,9 @@
 
 Same population as :class:`~torchrl_sapg.population.pbt_inprocess.ensemble.PolicyEnsemble`
 with the network of :func:`~torchrl_sapg.modules.recurrent.make_recurrent_actor_critic`: the MLPs
-and heads are vmapped, the LSTM is written out with ``[M]``-batched matmuls (a Python loop over
-the time steps of a sequence only), and the hidden states travel in the env's tensordict, one
-per env row, so member ``i``'s states live in its own env block.
+and heads run as batched GEMMs, the LSTM as :func:`~torchrl_sapg.population.pbt_inprocess.stacked_lstm.stacked_lstm`
+(a loop over the time steps of a sequence, with its own backward), and the hidden states travel in
+the env's tensordict, one per env row, so member ``i``'s states live in its own env block.
 """
 from __future__ import annotations
 
@@ -22,42 +22,18 @@ from torchrl.modules import IndependentNormal, ProbabilisticActor
 
 from torchrl_sapg.modules.factory import ActorCritic
 from torchrl_sapg.modules.recurrent import hidden_state_keys, make_recurrent_actor_critic
-from torchrl_sapg.population.pbt_inprocess.ensemble import StackedMembers
+from torchrl_sapg.population.pbt_inprocess.ensemble import StackedMembers, stacked_linear
+from torchrl_sapg.population.pbt_inprocess.stacked_lstm import stacked_lstm
 
 __all__ = ["RecurrentEnsembleActor", "RecurrentEnsembleValue", "RecurrentPolicyEnsemble", "ensemble_collection_policy"]
-
-
-def _stacked_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x @ weight[i].T`` for every member ``i``: ``x`` is ``[M, ..., in]``, ``weight`` ``[M, out, in]``."""
-    out = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), weight.transpose(1, 2))
-    return out.reshape(*x.shape[:-1], weight.shape[1])
-
-
-def _input_gates(lstm: TensorDictBase, x: torch.Tensor) -> torch.Tensor:
-    """``W_ih x + b_ih + b_hh`` of stacked ``nn.LSTM`` weights for ``x`` ``[M, ..., in]`` (all steps at once)."""
-    bias = lstm["bias_ih_l0"] + lstm["bias_hh_l0"]
-    return _stacked_linear(x, lstm["weight_ih_l0"]) + bias.view(bias.shape[0], *([1] * (x.dim() - 2)), -1)
-
-
-def _lstm_cell(lstm: TensorDictBase, input_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-    """One ``nn.LSTM`` step (gate order i, f, g, o) of every member from ``h, c`` ``[M, ..., H]``."""
-    i, f, g, o = (input_gates + _stacked_linear(h, lstm["weight_hh_l0"])).chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def _lstm_sequence(lstm: TensorDictBase, x: torch.Tensor, is_init: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
     """Run every member's LSTM over its ``[M, B, T, in]`` sequences from ``h, c`` ``[M, B, H]``,
     zeroing the state entering step ``t`` where ``is_init[:, :, t]``; returns the state after
     every step (``h`` is the LSTM output), ``[M, B, T, H]`` each."""
-    gates = _input_gates(lstm, x)
-    hs, cs = [], []
-    for t in range(x.shape[2]):
-        reset = is_init[:, :, t, None]
-        h, c = _lstm_cell(lstm, gates[:, :, t], h.masked_fill(reset, 0.0), c.masked_fill(reset, 0.0))
-        hs.append(h)
-        cs.append(c)
-    return torch.stack(hs, 2), torch.stack(cs, 2)
+    gates = stacked_linear(x, lstm["weight_ih_l0"], lstm["bias_ih_l0"] + lstm["bias_hh_l0"])
+    return stacked_lstm(gates, lstm["weight_hh_l0"], is_init, h, c)
 
 
 class RecurrentPolicyEnsemble(StackedMembers):
@@ -69,10 +45,10 @@ class RecurrentPolicyEnsemble(StackedMembers):
     initialisation. ``actor_params`` / ``critic_params`` are ``[M]`` ``TensorDictParams`` with
     entries ``"embed"`` (observation normaliser and MLP), ``"lstm"`` (the ``nn.LSTM``'s
     ``weight_ih_l0`` ``[M, 4H, in]``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``) and
-    ``"head"``. The MLPs and heads run with ``torch.vmap`` over the stacked parameters like
-    :class:`PolicyEnsemble`'s; the LSTM is written out with ``[M]``-batched matmuls
-    (``torch.vmap`` has no batching rule for ``aten::lstm``), so the only Python loop is over
-    the ``T`` steps of a sequence, as in TorchRL's python LSTM.
+    ``"head"``. The MLPs and heads run as one batched GEMM per linear layer, like
+    :class:`PolicyEnsemble`'s; the LSTM runs as :func:`~torchrl_sapg.population.pbt_inprocess.stacked_lstm.stacked_lstm`
+    (``torch.vmap`` has no batching rule for ``aten::lstm``), whose only Python loop is over
+    the ``T`` steps of a sequence.
 
     :meth:`actor_sequence` and :meth:`critic_sequence` run every member over its own
     ``[M, B, T]`` sequences from initial states ``[M, B, H]``; the state entering step ``t``
@@ -145,24 +121,30 @@ class RecurrentPolicyEnsemble(StackedMembers):
     def _params(self, part: str) -> TensorDictBase:
         return self.actor_params if part == "actor" else self.critic_params
 
+    def _embed(self, part: str, observation: torch.Tensor) -> torch.Tensor:
+        """The LSTM input ``act(mlp(normalise(obs)))`` of every member, ``[M, ..., obs_dim]``."""
+        template = self._templates[part]["embed"]
+        return template.act(self._stacked_mlp(template.mlp, self._params(part)["embed", "mlp"], observation))
+
     def _features(self, part: str, observation, is_init, h, c):
         """Embed ``[M, B, T, obs_dim]`` and run the LSTM: the states after every step."""
-        params = self._params(part)
-        ids = torch.zeros(observation.shape[:-1], dtype=torch.long, device=observation.device)
-        x = self._call(self._templates[part]["embed"], params["embed"], observation, ids)
-        return _lstm_sequence(params["lstm"], x, is_init, h, c)
+        return _lstm_sequence(self._params(part)["lstm"], self._embed(part, observation), is_init, h, c)
 
     def actor_sequence(self, observation, is_init, h, c):
         """``loc, scale, h, c`` of every member over its own ``[M, B, T]`` sequences from ``h, c`` ``[M, B, H]``."""
         h, c = self._features("actor", observation, is_init, h, c)
-        ids = torch.zeros(h.shape[:-1], dtype=torch.long, device=h.device)
-        loc, scale = self._call(self._templates["actor"]["head"], self.actor_params["head"], h, ids)
-        return loc, scale, h, c
+        head = self.actor_params["head"]
+        loc = stacked_linear(h, head["loc", "weight"], head["loc", "bias"])
+        log_std = head["log_std"]  # [M, 1, action_dim]: one policy each
+        return loc, log_std.exp().view(loc.shape[0], *[1] * (loc.dim() - 2), -1).expand_as(loc), h, c
+
+    def _value(self, h: torch.Tensor) -> torch.Tensor:
+        return stacked_linear(h, self.critic_params["head", "weight"], self.critic_params["head", "bias"])
 
     def critic_sequence(self, observation, is_init, h, c):
         """``value, h, c`` of every member over its own ``[M, B, T]`` sequences from ``h, c`` ``[M, B, H]``."""
         h, c = self._features("critic", observation, is_init, h, c)
-        return self._call(self._templates["critic"]["head"], self.critic_params["head"], h), h, c
+        return self._value(h), h, c
 
     def log_std(self) -> torch.Tensor:
         return self.actor_params["head", "log_std"].squeeze(1)  # [M, action_dim]
@@ -176,6 +158,10 @@ class RecurrentPolicyEnsemble(StackedMembers):
         """The recorded ``(h, c)`` entering the first step of each ``[..., T]`` row of ``td``:
         ``[..., T, 1, H]`` -> ``[..., H]``."""
         return tuple(td.get(key)[..., 0, 0, :] for key in hidden_state_keys(part))
+
+    def input_keys(self, observation_key: NestedKey = "observation") -> list[NestedKey]:
+        """The entries :meth:`policy_and_value` reads: the observation, ``"is_init"`` and the recorded states."""
+        return [observation_key, "is_init", *hidden_state_keys("actor"), *hidden_state_keys("critic")]
 
     def policy_and_value(self, sub: TensorDictBase, observation_key: NestedKey = "observation"):
         """``loc, scale, value`` of every member on its own ``[M, B, T]`` env-rows of ``sub``,
@@ -197,11 +183,13 @@ class RecurrentPolicyEnsemble(StackedMembers):
         is_init = self._blocks(batch.get("is_init")).reshape(obs.shape[:-1])
         h0, c0 = (self._blocks(s) for s in self.initial_state(batch, "critic"))
         value, h, c = self.critic_sequence(obs, is_init, h0, c0)
-        params = self.critic_params
-        ids = torch.zeros(nobs.shape[:-1], dtype=torch.long, device=nobs.device)
-        x = self._call(self._templates["critic"]["embed"], params["embed"], nobs, ids)
-        next_h, _ = _lstm_cell(params["lstm"], _input_gates(params["lstm"], x), h, c)
-        return value, self._call(self._templates["critic"]["head"], params["head"], next_h)
+        # one more step from every step's state: [M, B, T] sequences of length 1
+        m, b, t, hidden = h.shape
+        x = self._embed("critic", nobs).reshape(m, b * t, 1, -1)
+        no_reset = torch.zeros(m, b * t, 1, dtype=torch.bool, device=x.device)
+        next_h, _ = _lstm_sequence(self.critic_params["lstm"], x, no_reset, h.reshape(m, b * t, hidden),
+                                   c.reshape(m, b * t, hidden))
+        return value, self._value(next_h.reshape(m, b, t, hidden))
 
     def _normalizer_stats(self) -> list[TensorDictBase]:
         return [p["embed", "mlp", "obs_normalizer", "stats"] for p in (self.actor_params, self.critic_params)]

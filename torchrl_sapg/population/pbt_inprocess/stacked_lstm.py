@@ -1,0 +1,103 @@
+"""M independent single-layer LSTMs over ``[M, B, T]`` sequences, with a hand-written backward.
+
+``torch.vmap`` has no batching rule for ``aten::lstm``, and written out with autograd the
+recurrence records about a dozen small ops per time step, each replayed by the autograd engine.
+:func:`stacked_lstm` runs the same recurrence as ``nn.LSTM`` (gate order i, f, g, o) with the
+per-step work cut to a batched GEMM and a few elementwise ops, and back-propagates through time
+in its own loop: the per-step gate derivatives are computed once for all steps, and the
+recurrent weight gradient is one batched GEMM at the end.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["stacked_lstm"]
+
+
+def _forward_steps(gates_in, w_hh_t, keep, h, c, save: bool):
+    """The recurrence over time-major ``gates_in`` ``[T, M, B, 4H]``; returns the per-step
+    ``h, c`` and, when ``save``, what the backward needs."""
+    hidden = h.shape[-1]
+    hs, cs, saved = [], [], ([], [], [], [], [])
+    for t in range(gates_in.shape[0]):
+        h_in, c_in = h * keep[t], c * keep[t]  # the state entering step t, zeroed at an episode start
+        z = torch.baddbmm(gates_in[t], h_in, w_hh_t)
+        s = torch.sigmoid(z)  # i, f, o are read from it; its g slot is unused
+        g = torch.tanh(z[..., 2 * hidden:3 * hidden])
+        c = torch.addcmul(s[..., hidden:2 * hidden] * c_in, s[..., :hidden], g)
+        tanh_c = torch.tanh(c)
+        h = s[..., 3 * hidden:] * tanh_c
+        hs.append(h)
+        cs.append(c)
+        if save:
+            for store, value in zip(saved, (s, g, h_in, c_in, tanh_c)):
+                store.append(value)
+    return hs, cs, saved
+
+
+class _StackedLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gates_in, w_hh, keep, h0, c0):
+        hs, cs, saved = _forward_steps(gates_in, w_hh.transpose(1, 2), keep, h0, c0, save=True)
+        ctx.save_for_backward(w_hh, keep, *(torch.stack(x) for x in saved))
+        return torch.stack(hs), torch.stack(cs)
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_c):
+        w_hh, keep, sig, tanh_g, h_prev, c_prev, tanh_c = ctx.saved_tensors
+        hidden = h_prev.shape[-1]
+        i, f, o = sig[..., :hidden], sig[..., hidden:2 * hidden], sig[..., 3 * hidden:]
+        # for all steps at once: d c_t gets d h_t * dc_from_dh_t, and d z_t = [dc, dc, dc, dh] * dz_factor_t
+        dc_from_dh = o * (1 - tanh_c * tanh_c)
+        dz_factor = torch.cat([
+            tanh_g * i * (1 - i),
+            c_prev * f * (1 - f),
+            i * (1 - tanh_g * tanh_g),
+            tanh_c * o * (1 - o),
+        ], dim=-1)
+        dh_carry = torch.zeros_like(h_prev[0])
+        dc_carry = torch.zeros_like(c_prev[0])
+        dz = [None] * sig.shape[0]
+        for t in reversed(range(sig.shape[0])):
+            dh = grad_h[t] + dh_carry
+            dc = torch.addcmul(grad_c[t] + dc_carry, dh, dc_from_dh[t])
+            dz[t] = torch.cat([dc, dc, dc, dh], dim=-1) * dz_factor[t]
+            dh_carry = torch.bmm(dz[t], w_hh) * keep[t]
+            dc_carry = dc * f[t] * keep[t]
+        dz = torch.stack(dz)  # [T, M, B, 4H]
+        m = w_hh.shape[0]
+        flat_dz = dz.transpose(0, 1).reshape(m, -1, dz.shape[-1])
+        flat_h = h_prev.transpose(0, 1).reshape(m, -1, hidden)
+        grad_w_hh = torch.bmm(flat_dz.transpose(1, 2), flat_h)
+        return dz, grad_w_hh, None, dh_carry, dc_carry
+
+
+def stacked_lstm(gates_in: torch.Tensor, w_hh: torch.Tensor, is_init: torch.Tensor, h0: torch.Tensor,
+                 c0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every member's LSTM over its own sequences, the state after every step.
+
+    Args:
+        gates_in: ``W_ih x_t + b_ih + b_hh`` of every step, ``[M, B, T, 4H]``.
+        w_hh: the stacked recurrent weights (``nn.LSTM``'s ``weight_hh_l0`` per member), ``[M, 4H, H]``.
+        is_init: ``[M, B, T]`` booleans; the state entering step ``t`` is zeroed where set.
+        h0, c0: the states entering step 0, ``[M, B, H]``.
+
+    Returns:
+        ``h, c`` after every step, ``[M, B, T, H]`` each (``h`` is the LSTM output).
+
+    Examples:
+        >>> lstm = torch.nn.LSTM(3, 4, batch_first=True)
+        >>> x, h0, c0 = torch.randn(5, 7, 3), torch.randn(1, 5, 4), torch.randn(1, 5, 4)
+        >>> gates = x @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + lstm.bias_hh_l0
+        >>> h, c = stacked_lstm(gates[None], lstm.weight_hh_l0[None], torch.zeros(1, 5, 7, dtype=torch.bool), h0, c0)
+        >>> torch.allclose(h[0], lstm(x, (h0, c0))[0], atol=1e-6)
+        True
+    """
+    keep = (~is_init).to(gates_in.dtype).permute(2, 0, 1)[..., None]  # [T, M, B, 1]
+    gates_in = gates_in.permute(2, 0, 1, 3).contiguous()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (gates_in, w_hh, h0, c0)):
+        h, c = _StackedLSTM.apply(gates_in, w_hh, keep, h0, c0)
+    else:  # collection and value estimation: nothing to keep for a backward
+        hs, cs, _ = _forward_steps(gates_in, w_hh.transpose(1, 2), keep, h0, c0, save=False)
+        h, c = torch.stack(hs), torch.stack(cs)
+    return h.permute(1, 2, 0, 3), c.permute(1, 2, 0, 3)
