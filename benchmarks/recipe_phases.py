@@ -239,7 +239,9 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": f"recipe iteration by phase, {args.algo.upper()} vs PPO on {args.env}, one process (issue 18)",
         "command": " ".join(["python", "benchmarks/recipe_phases.py", *(argv if argv is not None else sys.argv[1:])]),
-        "protocol": f"recipe defaults, 1 torch thread, keep_freed_memory={kept}, no checkpoints; per seed PPO, "
+        "overrides": args.extra,
+        "protocol": f"recipe defaults{' with ' + ' '.join(args.extra) if args.extra else ''}, 1 torch thread, "
+                    f"keep_freed_memory={kept}, no checkpoints; per seed PPO, "
                     f"{args.algo.upper()} and PPO on {args.algo.upper()}'s training rows (for pbt: PPO itself, the same "
                     f"rows) in one process, {args.warmup} "
                     f"warm-up iterations each, then {args.rounds} rounds of one iteration each, the order rotating; "

@@ -449,7 +449,8 @@ def headlines() -> list[str]:
         d = json.loads(path.read_text())
         other = next(k for k in d["seeds"][0]["median_seconds"] if k not in ("ppo", "ppo_on_sapg_rows"))
         r = d["summary"]["ratio"]
-        rows += [f"- Recipe iteration, {other.upper()} / PPO on {path.name.split('_')[0]}: IQM {r['iqm_ratio']:.3f} "
+        extra = f" ({' '.join(d['overrides'])})" if d.get("overrides") else ""
+        rows += [f"- Recipe iteration, {other.upper()} / PPO on {path.name.split('_')[0]}{extra}: IQM {r['iqm_ratio']:.3f} "
                  f"[{r['iqm_ratio_ci'][0]:.3f}, {r['iqm_ratio_ci'][1]:.3f}] over {len(d['seeds'])} seeds "
                  f"({d.get('cpu_model', 'CPU')}, 1 thread, `{path.name}`)."]
     dist = _load("distributed_fps_cpu.json")

@@ -85,7 +85,9 @@ def test_report_headlines_each_phases_file(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     (line,) = [row for row in report.headlines() if row.startswith("- Recipe iteration")]
     r = result["summary"]["ratio"]
-    assert line.startswith(f"- Recipe iteration, PBT / PPO on pendulum: IQM {r['iqm_ratio']:.3f} [")
+    overrides = "(env.num_envs=16 train.horizon=8 model.hidden_sizes=[8])"  # the run's --extra, named
+    assert line.startswith(f"- Recipe iteration, PBT / PPO on pendulum {overrides}: IQM {r['iqm_ratio']:.3f} [")
+    assert result["protocol"].startswith("recipe defaults with env.num_envs=16 train.horizon=8 model.hidden_sizes=[8], ")
     assert "over 1 seeds" in line and "`pendulum_pbt_phases.json`" in line
 
 
