@@ -206,7 +206,8 @@ def recipe_phases(lines: list[str]) -> None:
     """``<env>_phases.json`` (benchmarks/recipe_phases.py): the recipe's iteration by phase, SAPG vs PPO and the floor."""
     for path in sorted(RESULTS.glob("*_phases.json")):
         d = json.loads(path.read_text())
-        lines += [f"### {d['benchmark']}", "", f"`{d['command']}` (`{path.name}`, {d.get('date', '')}, commit "
+        extra = f" ({' '.join(d['overrides'])})" if d.get("overrides") else ""
+        lines += [f"### {d['benchmark']}{extra}", "", f"`{d['command']}` (`{path.name}`, {d.get('date', '')}, commit "
                   f"`{d.get('commit', '?')}`, {d.get('cpu_model', '?')}): {d['protocol']}.", "", d["table_markdown"], ""]
 
 
