@@ -117,3 +117,18 @@ def test_backward_is_one_graph_node_whatever_the_length():
         h, _ = stacked_lstm(gates[:, :, :t], w_hh, torch.zeros(2, 3, t, dtype=torch.bool), h0, h0)
         nodes.append(_graph_nodes(h.grad_fn))
     assert nodes[0] == nodes[1] <= 8
+
+
+@pytest.mark.parametrize("name, bad, match", [
+    ("gates_in", lambda g, w, i, h, c: (g[..., :-1], w, i, h, c), r"gates_in must be \[M, B, T, 4H\]"),
+    ("w_hh", lambda g, w, i, h, c: (g, w.transpose(1, 2), i, h, c), r"w_hh must be \[3, 24, 6\]"),
+    ("is_init", lambda g, w, i, h, c: (g, w, i[:, :, :-1], h, c), r"is_init must be \[3, 4, 7\]"),
+    ("is_init dtype", lambda g, w, i, h, c: (g, w, i.float(), h, c), r"is_init must be a bool tensor"),
+    ("h0", lambda g, w, i, h, c: (g, w, i, h[:, :-1], c), r"h0 must be \[3, 4, 6\]"),
+    ("c0", lambda g, w, i, h, c: (g, w, i, h, c[..., :-1]), r"c0 must be \[3, 4, 6\]"),
+])
+def test_wrong_shapes_name_the_argument(name, bad, match):
+    _, is_init, h0, c0 = _inputs()
+    args = (torch.randn(M, B, T, 4 * H, dtype=DT), torch.randn(M, 4 * H, H, dtype=DT), is_init, h0, c0)
+    with pytest.raises(ValueError, match=match):
+        stacked_lstm(*bad(*args))

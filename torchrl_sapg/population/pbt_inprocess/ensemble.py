@@ -68,7 +68,12 @@ class StackedMembers(nn.Module):
         return h.reshape(*observation.shape[:-1], h.shape[-1])
 
     def input_keys(self, observation_key: NestedKey = "observation") -> list[NestedKey]:
-        """The entries :meth:`policy_and_value` reads."""
+        """The entries :meth:`policy_and_value` reads.
+
+        Examples:
+            >>> PolicyEnsemble(3, 1, num_members=2, hidden_sizes=(8,)).input_keys()
+            ['observation']
+        """
         return [observation_key]
 
     def _normalizer_stats(self) -> list[TensorDictBase]:

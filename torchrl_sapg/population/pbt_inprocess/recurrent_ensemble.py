@@ -160,7 +160,12 @@ class RecurrentPolicyEnsemble(StackedMembers):
         return tuple(td.get(key)[..., 0, 0, :] for key in hidden_state_keys(part))
 
     def input_keys(self, observation_key: NestedKey = "observation") -> list[NestedKey]:
-        """The entries :meth:`policy_and_value` reads: the observation, ``"is_init"`` and the recorded states."""
+        """The entries :meth:`policy_and_value` reads: the observation, ``"is_init"`` and the recorded states.
+
+        Examples:
+            >>> RecurrentPolicyEnsemble(3, 1, num_members=2, hidden_sizes=(8,), lstm_hidden=4).input_keys()[:3]
+            ['observation', 'is_init', 'recurrent_state_h_actor']
+        """
         return [observation_key, "is_init", *hidden_state_keys("actor"), *hidden_state_keys("critic")]
 
     def policy_and_value(self, sub: TensorDictBase, observation_key: NestedKey = "observation"):

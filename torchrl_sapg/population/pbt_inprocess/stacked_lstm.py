@@ -55,6 +55,7 @@ class _StackedLSTM(torch.autograd.Function):
             i * (1 - tanh_g * tanh_g),
             tanh_c * o * (1 - o),
         ], dim=-1)
+        f_kept = f * keep  # d c_{t-1} = d c_t * f_t, and nothing crosses an episode start
         dh_carry = torch.zeros_like(h_prev[0])
         dc_carry = torch.zeros_like(c_prev[0])
         dz = [None] * sig.shape[0]
@@ -63,13 +64,27 @@ class _StackedLSTM(torch.autograd.Function):
             dc = torch.addcmul(grad_c[t] + dc_carry, dh, dc_from_dh[t])
             dz[t] = torch.cat([dc, dc, dc, dh], dim=-1) * dz_factor[t]
             dh_carry = torch.bmm(dz[t], w_hh) * keep[t]
-            dc_carry = dc * f[t] * keep[t]
+            dc_carry = dc * f_kept[t]
         dz = torch.stack(dz)  # [T, M, B, 4H]
         m = w_hh.shape[0]
         flat_dz = dz.transpose(0, 1).reshape(m, -1, dz.shape[-1])
         flat_h = h_prev.transpose(0, 1).reshape(m, -1, hidden)
         grad_w_hh = torch.bmm(flat_dz.transpose(1, 2), flat_h)
         return dz, grad_w_hh, None, dh_carry, dc_carry
+
+
+def _check_shapes(gates_in, w_hh, is_init, h0, c0) -> None:
+    if gates_in.dim() != 4 or gates_in.shape[-1] % 4:
+        raise ValueError(f"gates_in must be [M, B, T, 4H], got {tuple(gates_in.shape)}.")
+    m, b, t, four_h = gates_in.shape
+    expected = {"w_hh": (w_hh, (m, four_h, four_h // 4)), "is_init": (is_init, (m, b, t)),
+                "h0": (h0, (m, b, four_h // 4)), "c0": (c0, (m, b, four_h // 4))}
+    for name, (value, shape) in expected.items():
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} must be {list(shape)} for gates_in {list(gates_in.shape)} ([M, B, T, 4H]), "
+                             f"got {list(value.shape)}.")
+    if is_init.dtype != torch.bool:
+        raise ValueError(f"is_init must be a bool tensor, got {is_init.dtype}.")
 
 
 def stacked_lstm(gates_in: torch.Tensor, w_hh: torch.Tensor, is_init: torch.Tensor, h0: torch.Tensor,
@@ -93,6 +108,7 @@ def stacked_lstm(gates_in: torch.Tensor, w_hh: torch.Tensor, is_init: torch.Tens
         >>> torch.allclose(h[0], lstm(x, (h0, c0))[0], atol=1e-6)
         True
     """
+    _check_shapes(gates_in, w_hh, is_init, h0, c0)
     keep = (~is_init).to(gates_in.dtype).permute(2, 0, 1)[..., None]  # [T, M, B, 1]
     gates_in = gates_in.permute(2, 0, 1, 3).contiguous()
     if torch.is_grad_enabled() and any(t.requires_grad for t in (gates_in, w_hh, h0, c0)):
