@@ -99,6 +99,35 @@ def test_the_update_never_reads_the_device_and_a_batch_only_where_documented(alg
         assert all(n == 1 for n in per_batch.outside(_CPU_ONLY).values()), per_batch.sites
 
 
+@pytest.mark.parametrize("recurrent", [False, True], ids=["mlp", "lstm"])
+def test_the_in_process_pbt_update_reads_the_host_once_per_batch(recurrent):
+    """``PopulationLearner.update`` (all mini-epochs of every member) reads one number on the host: how many
+    epochs the members run (their hyperparameters, on the device); its optimiser steps read nothing."""
+    from torchrl.envs import Compose, TransformedEnv
+
+    from torchrl_sapg.population.pbt_inprocess import (EnsembleActor, PolicyEnsemble, PopulationLearner,
+                                                       RecurrentEnsembleActor, RecurrentEnsembleValue,
+                                                       RecurrentPolicyEnsemble, ensemble_collection_policy)
+
+    m, env = 3, make_env("pendulum", 12, seed=0, max_episode_steps=5)
+    if recurrent:
+        ens = RecurrentPolicyEnsemble(3, 1, num_members=m, hidden_sizes=(16,), lstm_hidden=8)
+        env = TransformedEnv(env, Compose(*ens.env_transforms()))
+        policy = ensemble_collection_policy(RecurrentEnsembleActor(ens), RecurrentEnsembleValue(ens))
+    else:
+        ens = PolicyEnsemble(3, 1, num_members=m, hidden_sizes=(16,))
+        policy = EnsembleActor(ens)
+    hyper = {"lr": 1e-3, "clip_epsilon": 0.2, "entropy_coeff": 0.01, "critic_coeff": 1.0, "gamma": 0.99,
+             "lmbda": 0.95, "num_epochs": [2, 1, 2]}
+    learner = PopulationLearner(ens, hyper, num_minibatches=2, max_grad_norm=1.0)
+    batches = iter(PopulationCollector(env, policy, num_policies=m, frames_per_batch=12 * 8))
+    for _ in range(2):  # the second update runs with the optimiser's layout in place
+        batch = learner.estimate(next(batches))
+        with HostReads() as update:
+            learner.update(batch)
+    assert update.sites == {"learner.update": 1}
+
+
 def test_the_detector_sees_host_reads():
     """What the tests above rely on: ``.item()``, ``bool`` and a boolean mask are all seen, by caller."""
     x = torch.arange(4.0)
