@@ -132,3 +132,21 @@ def test_wrong_shapes_name_the_argument(name, bad, match):
     args = (torch.randn(M, B, T, 4 * H, dtype=DT), torch.randn(M, 4 * H, H, dtype=DT), is_init, h0, c0)
     with pytest.raises(ValueError, match=match):
         stacked_lstm(*bad(*args))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_values_and_gradients_equal_cpu():
+    _, is_init, h0, c0 = _inputs(seed=4)
+    gates = torch.randn(M, B, T, 4 * H)
+    w_hh = 0.5 * torch.randn(M, 4 * H, H)
+    weight = torch.randn(M, B, T, H)
+
+    def run(device):
+        args = [t.float().to(device).requires_grad_() for t in (gates, w_hh, h0, c0)]
+        h, c = stacked_lstm(args[0], args[1], is_init.to(device), args[2], args[3])
+        grads = torch.autograd.grad((h * weight.to(device)).sum() + c.sum(), args)
+        return [t.cpu() for t in (h, c, *grads)]
+
+    for on_gpu, on_cpu in zip(run("cuda"), run("cpu")):
+        torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
