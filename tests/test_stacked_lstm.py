@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchrl_sapg.population.pbt_inprocess.stacked_lstm import stacked_lstm
+from torchrl_sapg.population.pbt_inprocess.stacked_ops import stacked_lstm
 
 M, B, T, IN, H = 3, 4, 7, 5, 6
 DT = torch.float64

@@ -1,11 +1,5 @@
 """In-process DexPBT: M members with stacked parameters in one process (ensemble, learner, hook)."""
-from torchrl_sapg.population.pbt_inprocess.ensemble import (
-    EnsembleActor,
-    PolicyEnsemble,
-    StackedMembers,
-    ensemble_gae,
-    stacked_linear,
-)
+from torchrl_sapg.population.pbt_inprocess.ensemble import EnsembleActor, PolicyEnsemble, StackedMembers, ensemble_gae
 from torchrl_sapg.population.pbt_inprocess.hook import InProcessPBT
 from torchrl_sapg.population.pbt_inprocess.learner import HYPERPARAMETERS, PBTTrainer, PopulationLearner, StackedAdam
 from torchrl_sapg.population.pbt_inprocess.recurrent_ensemble import (
@@ -14,7 +8,7 @@ from torchrl_sapg.population.pbt_inprocess.recurrent_ensemble import (
     RecurrentPolicyEnsemble,
     ensemble_collection_policy,
 )
-from torchrl_sapg.population.pbt_inprocess.stacked_lstm import stacked_lstm
+from torchrl_sapg.population.pbt_inprocess.stacked_ops import stacked_linear, stacked_lstm
 
 __all__ = [
     "HYPERPARAMETERS",

@@ -22,21 +22,9 @@ from torchrl.objectives.value.functional import generalized_advantage_estimate
 from torchrl_sapg.modules.factory import make_actor_critic
 from torchrl_sapg.modules.normalization import batch_moments, merge_moments_
 from torchrl_sapg.objectives.value import values_and_next
+from torchrl_sapg.population.pbt_inprocess.stacked_ops import stacked_linear
 
-__all__ = ["EnsembleActor", "PolicyEnsemble", "StackedMembers", "ensemble_gae", "stacked_linear"]
-
-
-def stacked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``x[i] @ weight[i].T + bias[i]`` for every member ``i`` as one batched GEMM: ``x`` is
-    ``[M, ..., in]``, ``weight`` ``[M, out, in]``, ``bias`` ``[M, out]``.
-
-    Examples:
-        >>> x, w, b = torch.randn(2, 3, 5, 4), torch.randn(2, 6, 4), torch.randn(2, 6)
-        >>> torch.allclose(stacked_linear(x, w, b)[1], torch.nn.functional.linear(x[1], w[1], b[1]), atol=1e-6)
-        True
-    """
-    flat = x.reshape(x.shape[0], -1, x.shape[-1])
-    return torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)).reshape(*x.shape[:-1], weight.shape[1])
+__all__ = ["EnsembleActor", "PolicyEnsemble", "StackedMembers", "ensemble_gae"]
 
 
 class StackedMembers(nn.Module):

@@ -2,7 +2,7 @@
 
 Same population as :class:`~torchrl_sapg.population.pbt_inprocess.ensemble.PolicyEnsemble`
 with the network of :func:`~torchrl_sapg.modules.recurrent.make_recurrent_actor_critic`: the MLPs
-and heads run as batched GEMMs, the LSTM as :func:`~torchrl_sapg.population.pbt_inprocess.stacked_lstm.stacked_lstm`
+and heads run as batched GEMMs, the LSTM as :func:`~torchrl_sapg.population.pbt_inprocess.stacked_ops.stacked_lstm`
 (a loop over the time steps of a sequence, with its own backward), and the hidden states travel in
 the env's tensordict, one per env row, so member ``i``'s states live in its own env block.
 """
@@ -22,8 +22,8 @@ from torchrl.modules import IndependentNormal, ProbabilisticActor
 
 from torchrl_sapg.modules.factory import ActorCritic
 from torchrl_sapg.modules.recurrent import hidden_state_keys, make_recurrent_actor_critic
-from torchrl_sapg.population.pbt_inprocess.ensemble import StackedMembers, stacked_linear
-from torchrl_sapg.population.pbt_inprocess.stacked_lstm import stacked_lstm
+from torchrl_sapg.population.pbt_inprocess.ensemble import StackedMembers
+from torchrl_sapg.population.pbt_inprocess.stacked_ops import stacked_linear, stacked_lstm
 
 __all__ = ["RecurrentEnsembleActor", "RecurrentEnsembleValue", "RecurrentPolicyEnsemble", "ensemble_collection_policy"]
 
@@ -46,7 +46,7 @@ class RecurrentPolicyEnsemble(StackedMembers):
     entries ``"embed"`` (observation normaliser and MLP), ``"lstm"`` (the ``nn.LSTM``'s
     ``weight_ih_l0`` ``[M, 4H, in]``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``) and
     ``"head"``. The MLPs and heads run as one batched GEMM per linear layer, like
-    :class:`PolicyEnsemble`'s; the LSTM runs as :func:`~torchrl_sapg.population.pbt_inprocess.stacked_lstm.stacked_lstm`
+    :class:`PolicyEnsemble`'s; the LSTM runs as :func:`~torchrl_sapg.population.pbt_inprocess.stacked_ops.stacked_lstm`
     (``torch.vmap`` has no batching rule for ``aten::lstm``), whose only Python loop is over
     the ``T`` steps of a sequence.
 

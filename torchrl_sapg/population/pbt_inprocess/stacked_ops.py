@@ -1,4 +1,7 @@
-"""M independent single-layer LSTMs over ``[M, B, T]`` sequences, with a hand-written backward.
+"""Per-member batched ops of a stacked population: ``M`` members' weights stacked on a leading dim.
+
+:func:`stacked_linear` is every member's linear layer as one batched GEMM. :func:`stacked_lstm` is
+``M`` independent single-layer LSTMs over ``[M, B, T]`` sequences, with a hand-written backward.
 
 ``torch.vmap`` has no batching rule for ``aten::lstm``, and written out with autograd the
 recurrence records about a dozen small ops per time step, each replayed by the autograd engine.
@@ -11,7 +14,20 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["stacked_lstm"]
+__all__ = ["stacked_linear", "stacked_lstm"]
+
+
+def stacked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x[i] @ weight[i].T + bias[i]`` for every member ``i`` as one batched GEMM: ``x`` is
+    ``[M, ..., in]``, ``weight`` ``[M, out, in]``, ``bias`` ``[M, out]``.
+
+    Examples:
+        >>> x, w, b = torch.randn(2, 3, 5, 4), torch.randn(2, 6, 4), torch.randn(2, 6)
+        >>> torch.allclose(stacked_linear(x, w, b)[1], torch.nn.functional.linear(x[1], w[1], b[1]), atol=1e-6)
+        True
+    """
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    return torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)).reshape(*x.shape[:-1], weight.shape[1])
 
 
 def _forward_steps(gates_in, w_hh_t, keep, h, c, save: bool):
