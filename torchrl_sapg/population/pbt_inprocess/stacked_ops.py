@@ -31,23 +31,24 @@ def stacked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
 
 
 def _forward_steps(gates_in, w_hh_t, keep, h, c, save: bool):
-    """The recurrence over time-major ``gates_in`` ``[T, M, B, 4H]``; returns the per-step
-    ``h, c`` and, when ``save``, what the backward needs."""
-    hidden = h.shape[-1]
-    hs, cs, saved = [], [], ([], [], [], [], [])
-    for t in range(gates_in.shape[0]):
-        h_in, c_in = h * keep[t], c * keep[t]  # the state entering step t, zeroed at an episode start
+    """The recurrence over time-major ``gates_in`` ``[T, M, B, 4H]``, written into preallocated
+    ``[T, ...]`` buffers: ``h, c`` after every step and, when ``save``, what the backward needs
+    (the sigmoids, ``tanh(g)``, the ``h, c`` entering each step, ``tanh(c)``)."""
+    steps, m, b, four_h = gates_in.shape
+    hidden = four_h // 4
+    hs, cs = (gates_in.new_empty(steps, m, b, hidden) for _ in range(2))
+    saved = tuple(gates_in.new_empty(steps, m, b, width) for width in (four_h, hidden, hidden, hidden, hidden)) \
+        if save else None
+    for t in range(steps):
+        sig, tanh_g, h_in, c_in, tanh_c = (x[t] for x in saved) if save else (None,) * 5
+        h_in = torch.mul(h, keep[t], out=h_in)  # the state entering step t, zeroed at an episode start
+        c_in = torch.mul(c, keep[t], out=c_in)
         z = torch.baddbmm(gates_in[t], h_in, w_hh_t)
-        s = torch.sigmoid(z)  # i, f, o are read from it; its g slot is unused
-        g = torch.tanh(z[..., 2 * hidden:3 * hidden])
-        c = torch.addcmul(s[..., hidden:2 * hidden] * c_in, s[..., :hidden], g)
-        tanh_c = torch.tanh(c)
-        h = s[..., 3 * hidden:] * tanh_c
-        hs.append(h)
-        cs.append(c)
-        if save:
-            for store, value in zip(saved, (s, g, h_in, c_in, tanh_c)):
-                store.append(value)
+        sig = torch.sigmoid(z, out=sig)  # i, f, o are read from it; its g slot is unused
+        tanh_g = torch.tanh(z[..., 2 * hidden:3 * hidden], out=tanh_g)
+        c = torch.addcmul(sig[..., hidden:2 * hidden] * c_in, sig[..., :hidden], tanh_g, out=cs[t])
+        tanh_c = torch.tanh(c, out=tanh_c)
+        h = torch.mul(sig[..., 3 * hidden:], tanh_c, out=hs[t])
     return hs, cs, saved
 
 
@@ -55,8 +56,8 @@ class _StackedLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_in, w_hh, keep, h0, c0):
         hs, cs, saved = _forward_steps(gates_in, w_hh.transpose(1, 2), keep, h0, c0, save=True)
-        ctx.save_for_backward(w_hh, keep, *(torch.stack(x) for x in saved))
-        return torch.stack(hs), torch.stack(cs)
+        ctx.save_for_backward(w_hh, keep, *saved)
+        return hs, cs
 
     @staticmethod
     def backward(ctx, grad_h, grad_c):
@@ -74,14 +75,13 @@ class _StackedLSTM(torch.autograd.Function):
         f_kept = f * keep  # d c_{t-1} = d c_t * f_t, and nothing crosses an episode start
         dh_carry = torch.zeros_like(h_prev[0])
         dc_carry = torch.zeros_like(c_prev[0])
-        dz = [None] * sig.shape[0]
+        dz = torch.empty_like(dz_factor)  # [T, M, B, 4H]
         for t in reversed(range(sig.shape[0])):
             dh = grad_h[t] + dh_carry
             dc = torch.addcmul(grad_c[t] + dc_carry, dh, dc_from_dh[t])
-            dz[t] = torch.cat([dc, dc, dc, dh], dim=-1) * dz_factor[t]
+            torch.mul(torch.cat([dc, dc, dc, dh], dim=-1), dz_factor[t], out=dz[t])
             dh_carry = torch.bmm(dz[t], w_hh) * keep[t]
             dc_carry = dc * f_kept[t]
-        dz = torch.stack(dz)  # [T, M, B, 4H]
         m = w_hh.shape[0]
         flat_dz = dz.transpose(0, 1).reshape(m, -1, dz.shape[-1])
         flat_h = h_prev.transpose(0, 1).reshape(m, -1, hidden)
@@ -130,6 +130,5 @@ def stacked_lstm(gates_in: torch.Tensor, w_hh: torch.Tensor, is_init: torch.Tens
     if torch.is_grad_enabled() and any(t.requires_grad for t in (gates_in, w_hh, h0, c0)):
         h, c = _StackedLSTM.apply(gates_in, w_hh, keep, h0, c0)
     else:  # collection and value estimation: nothing to keep for a backward
-        hs, cs, _ = _forward_steps(gates_in, w_hh.transpose(1, 2), keep, h0, c0, save=False)
-        h, c = torch.stack(hs), torch.stack(cs)
+        h, c, _ = _forward_steps(gates_in, w_hh.transpose(1, 2), keep, h0, c0, save=False)
     return h.permute(1, 2, 0, 3), c.permute(1, 2, 0, 3)
