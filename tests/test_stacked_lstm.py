@@ -1,4 +1,4 @@
-"""``stacked_lstm``: M independent LSTMs with a hand-written backward through time.
+"""``stacked_lstm``: M independent LSTMs with a hand-written backward through time (and ``stacked_linear``).
 
 Checked in float64 against ``torch.nn.LSTM`` run member by member and segment by segment (the
 state zeroed where ``is_init`` is set), values and gradients of every input, and against
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchrl_sapg.population.pbt_inprocess.stacked_ops import stacked_lstm
+from torchrl_sapg.population.pbt_inprocess.stacked_ops import stacked_linear, stacked_lstm
 
 M, B, T, IN, H = 3, 4, 7, 5, 6
 DT = torch.float64
@@ -150,3 +150,13 @@ def test_cuda_values_and_gradients_equal_cpu():
 
     for on_gpu, on_cpu in zip(run("cuda"), run("cpu")):
         torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_linear_is_each_members_linear_layer_and_checks_shapes():
+    x, w, b = torch.randn(M, B, T, IN, dtype=DT), torch.randn(M, H, IN, dtype=DT), torch.randn(M, H, dtype=DT)
+    out = stacked_linear(x, w, b)
+    for i in range(M):
+        torch.testing.assert_close(out[i], x[i] @ w[i].T + b[i], rtol=0, atol=1e-12)
+    for bad in ((x, w[:-1], b[:-1]), (x, w.transpose(1, 2), b), (x, w, b[:, :-1]), (x, w[0], b)):
+        with pytest.raises(ValueError, match=r"expected x \[M, \.\.\., in\], weight \[M, out, in\] and bias \[M, out\]"):
+            stacked_linear(*bad)

@@ -26,6 +26,9 @@ def stacked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
         >>> torch.allclose(stacked_linear(x, w, b)[1], torch.nn.functional.linear(x[1], w[1], b[1]), atol=1e-6)
         True
     """
+    if weight.dim() != 3 or tuple(weight.shape[::2]) != (x.shape[0], x.shape[-1]) or bias.shape != weight.shape[:2]:
+        raise ValueError(f"expected x [M, ..., in], weight [M, out, in] and bias [M, out]; got x {list(x.shape)}, "
+                         f"weight {list(weight.shape)}, bias {list(bias.shape)}.")
     flat = x.reshape(x.shape[0], -1, x.shape[-1])
     return torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)).reshape(*x.shape[:-1], weight.shape[1])
 
