@@ -105,9 +105,9 @@ class RecurrentPolicyEnsemble(StackedMembers):
         parts = [self._parts(m) for m in members]
         self.actor_params = TensorDict.from_modules(*[a for a, _ in parts], as_module=True)
         self.critic_params = TensorDict.from_modules(*[c for _, c in parts], as_module=True)
-        # stateless templates of the embeddings and heads (kept out of the module tree)
-        actor, critic = (copy.deepcopy(p).to("meta") for p in parts[0])
-        self._templates = {"actor": actor, "critic": critic}
+        # stateless templates of the embeddings (kept out of the module tree); the stacked weights run through them
+        self._embed_templates = {part: copy.deepcopy(p["embed"]).to("meta")
+                                 for part, p in zip(("actor", "critic"), parts[0])}
 
     @staticmethod
     def _parts(member: ActorCritic) -> tuple[nn.ModuleDict, nn.ModuleDict]:
@@ -123,7 +123,7 @@ class RecurrentPolicyEnsemble(StackedMembers):
 
     def _embed(self, part: str, observation: torch.Tensor) -> torch.Tensor:
         """The LSTM input ``act(mlp(normalise(obs)))`` of every member, ``[M, ..., obs_dim]``."""
-        template = self._templates[part]["embed"]
+        template = self._embed_templates[part]
         return template.act(self._stacked_mlp(template.mlp, self._params(part)["embed", "mlp"], observation))
 
     def _features(self, part: str, observation, is_init, h, c):
