@@ -1,14 +1,10 @@
 """Per-member batched ops of a stacked population: ``M`` members' weights stacked on a leading dim.
 
 :func:`stacked_linear` is every member's linear layer as one batched GEMM. :func:`stacked_lstm` is
-``M`` independent single-layer LSTMs over ``[M, B, T]`` sequences, with a hand-written backward.
-
-``torch.vmap`` has no batching rule for ``aten::lstm``, and written out with autograd the
-recurrence records about a dozen small ops per time step, each replayed by the autograd engine.
-:func:`stacked_lstm` runs the same recurrence as ``nn.LSTM`` (gate order i, f, g, o) with the
-per-step work cut to a batched GEMM and a few elementwise ops, and back-propagates through time
-in its own loop: the per-step gate derivatives are computed once for all steps, and the
-recurrent weight gradient is one batched GEMM at the end.
+``M`` independent single-layer LSTMs (``nn.LSTM``'s recurrence, gate order i, f, g, o) over
+``[M, B, T]`` sequences: a loop over time steps of one batched GEMM and a few elementwise ops, and a
+hand-written backward through time (``torch.vmap`` has no batching rule for ``aten::lstm``).
+Measurements: docs/pbt-inprocess.md, "Speed".
 """
 from __future__ import annotations
 
