@@ -525,7 +525,11 @@ def leader_table() -> list[str]:
 
 
 def ablation_table(task: str) -> list[str]:
-    """The SAPG ablations of ``task`` (``ablation_<task>.json``, written by scaling.py): IQM [CI], P(> PPO), returns."""
+    """The SAPG ablations in ``ablation_<task>.json`` (written by scaling.py): IQM [CI], P(> PPO), returns.
+
+    ``task`` is the file stem after ``ablation_``: a task name, or one with a study suffix
+    (``point_maze_u_sapg_defaults``); its tables land between ``<!-- ablation-<task>:start/end -->``.
+    """
     path = RESULTS / f"ablation_{task}.json"
     out = []
     if path.is_file():
@@ -544,13 +548,16 @@ def ablation_table(task: str) -> list[str]:
     return out
 
 
-def _splice(doc: Path, name: str, lines: list[str]) -> None:
+def _splice(doc: Path, name: str, lines: list[str]) -> bool:
+    """Replace what lies between ``doc``'s ``<!-- name:start/end -->`` markers; False where they are missing."""
     text = doc.read_text()
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        doc.write_text(f"{head}{start}\n" + "\n".join(lines) + f"\n{end}{tail}")
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{start}\n" + "\n".join(lines) + f"\n{end}{tail}")
+    return True
 
 
 def update_scaling_doc() -> None:
@@ -561,7 +568,9 @@ def update_scaling_doc() -> None:
     _splice(doc, "diagnostics", diagnostics_table())
     for path in sorted(RESULTS.glob("ablation_*.json")):  # one marker block per task: <!-- ablation-<task>:start -->
         task = path.stem.removeprefix("ablation_")
-        _splice(doc, f"ablation-{task}", ablation_table(task))
+        if not _splice(doc, f"ablation-{task}", ablation_table(task)):
+            print(f"report.py: {path.name} is not shown: {doc.name} has no <!-- ablation-{task}:start --> "
+                  f"... <!-- ablation-{task}:end --> block; add one where its table belongs")
 
 
 def update_readme() -> None:

@@ -196,12 +196,13 @@ def test_diagnostics_table_leaves_off_policy_columns_empty_without_off_policy_ro
     assert ppo.endswith("| – | – |") and sapg.endswith("| 0.90 | 0.20 / 4.0 |")
 
 
-def test_each_task_ablation_lands_in_its_own_block_of_the_scaling_doc(tmp_path, monkeypatch):
+def test_each_task_ablation_lands_in_its_own_block_of_the_scaling_doc(tmp_path, monkeypatch, capsys):
     import json
 
     import report
 
-    for task, value in (("point_maze_u", 0.25), ("mountain_car", 0.75)):
+    for task, value in (("point_maze_u", 0.25), ("mountain_car", 0.75), ("point_maze_u_sapg_defaults", 0.5),
+                        ("sparse_mountain_car_unplaced", 0.125)):
         runs = [{"algo": a, "algo_name": "sapg", "num_envs": 48, "seed": s, "protocols": ["updates"], "iterations": 2,
                  "frames": 2 * 48 * 16, "eval_return": 1.0, "final_train_return": 0.5, "wall_seconds": 1.0,
                  "eval_success": value} for a in ("sapg", "sapg-td0") for s in range(3)]
@@ -211,11 +212,18 @@ def test_each_task_ablation_lands_in_its_own_block_of_the_scaling_doc(tmp_path, 
     doc = tmp_path / "docs" / "scaling.md"
     doc.parent.mkdir()
     doc.write_text("maze\n<!-- ablation-point_maze_u:start -->\nold\n<!-- ablation-point_maze_u:end -->\n"
-                   "car\n<!-- ablation-mountain_car:start -->\n<!-- ablation-mountain_car:end -->\n")
+                   "car\n<!-- ablation-mountain_car:start -->\n<!-- ablation-mountain_car:end -->\n"
+                   "defaults\n<!-- ablation-point_maze_u_sapg_defaults:start -->\n"
+                   "<!-- ablation-point_maze_u_sapg_defaults:end -->\n")
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     monkeypatch.setattr(report, "ROOT", tmp_path)
     report.update_scaling_doc()
-    maze, car = doc.read_text().split("car\n", 1)
+    maze, rest = doc.read_text().split("car\n", 1)
+    car, defaults = rest.split("defaults\n", 1)
     assert "ablation_point_maze_u.json" in maze and "0.25 [0.25, 0.25]" in maze and "old" not in maze
     assert "ablation_mountain_car.json" in car and "0.75 [0.75, 0.75]" in car and "point_maze_u" not in car
-    assert "--out" not in doc.read_text()
+    assert "ablation_point_maze_u_sapg_defaults.json" in defaults and "0.50 [0.50, 0.50]" in defaults
+    assert "0.50" not in maze + car and "--out" not in doc.read_text()
+    # a file without a block in the doc is named, not dropped in silence
+    assert "ablation_sparse_mountain_car_unplaced.json is not shown" in capsys.readouterr().out
+    assert "0.12" not in doc.read_text()
