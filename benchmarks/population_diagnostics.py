@@ -97,7 +97,10 @@ def diagnose(run_dir: Path, episodes: int) -> dict:
     cfg = OmegaConf.create(state["extra"]["config"])
     m = int(cfg.algo.num_policies)
     scalars = next(run_dir.glob(f"{cfg.algo.name}-*/scalars"), None)
-    out = {"run_dir": str(run_dir), "algo": cfg.algo.name, "env": cfg.env.name, "seed": int(cfg.seed),
+    # scaling.py names a run's folder <label>-<env>-s<seed>: the label tells variants of one algorithm apart
+    suffix = f"-{cfg.env.name}-s{int(cfg.seed)}"
+    label = run_dir.name.removesuffix(suffix) if run_dir.name.endswith(suffix) else cfg.algo.name
+    out = {"run_dir": str(run_dir), "algo": cfg.algo.name, "label": label, "env": cfg.env.name, "seed": int(cfg.seed),
            "num_envs": int(cfg.env.num_envs), "num_policies": m, "frames": summary["frames"],
            "eval_success": summary.get("eval_success"), "eval_true_objective": summary.get("eval_true_objective"),
            "eval_return": summary.get("eval_return")}
@@ -131,7 +134,7 @@ def markdown(rows: list[dict]) -> str:
         for i in range(r["num_policies"] if r["num_policies"] <= 8 else 0):
             maze = r.get("maze") or {}
             get = lambda key: (r.get(key) or [None] * r["num_policies"])[i]  # noqa: E731
-            lines.append(f"| {r['algo']} s{r['seed']} | {r['num_envs']} | {i} | {fmt(get('train_success'))} | "
+            lines.append(f"| {r.get('label', r['algo'])} s{r['seed']} | {r['num_envs']} | {i} | {fmt(get('train_success'))} | "
                          f"{fmt(get('eval_success'))} | {fmt((maze.get('coverage') or [None] * 99)[i])} / "
                          f"{fmt(((r.get('maze_deterministic') or {}).get('coverage') or [None] * 99)[i])} | "
                          f"{fmt((maze.get('goal_cell_visit_share') or [None] * 99)[i])} |")
@@ -141,7 +144,7 @@ def markdown(rows: list[dict]) -> str:
         o, maze = r.get("off_policy") or {}, r.get("maze") or {}
         mu = (f"{o['mu_mean']:.2f} [{o['mu_min_overall']:.2g}, {o['mu_max_overall']:.3g}]" if "mu_mean" in o and
               "mu_min_overall" in o else "–")
-        lines.append(f"| {r['algo']} s{r['seed']} | {r['num_envs']} | {fmt(maze.get('union_coverage'))} | "
+        lines.append(f"| {r.get('label', r['algo'])} s{r['seed']} | {r['num_envs']} | {fmt(maze.get('union_coverage'))} | "
                      f"{fmt(maze.get('mean_pairwise_tv'))} | {mu} | {fmt(o.get('ESS_off'))} | "
                      f"{fmt(o.get('clip_fraction_off'))} |")
     return "\n".join(lines)

@@ -485,7 +485,7 @@ def readme_table() -> str:
 
 
 def diagnostics_table() -> list[str]:
-    """Per (task, algo, N) of each diagnostics JSON: end-of-training state coverage and diversity, means over seeds."""
+    """Per (task, algo or variant label, N) of each diagnostics JSON: end-of-training coverage and diversity, seed means."""
     import statistics
 
     rows = ["| task | algo | N | seeds | coverage per policy (sampled) | union coverage | mean pairwise TV | "
@@ -493,8 +493,9 @@ def diagnostics_table() -> list[str]:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for path in sorted(RESULTS.glob("diagnostics_*.json")):
         runs = json.loads(path.read_text())["runs"]
-        for key in dict.fromkeys((r["env"], r["algo"], r["num_envs"]) for r in runs):
-            rs = [r for r in runs if (r["env"], r["algo"], r["num_envs"]) == key and r.get("maze")]
+        key_of = lambda r: (r["env"], r.get("label", r["algo"]), r["num_envs"])  # noqa: E731  (variants apart)
+        for key in dict.fromkeys(key_of(r) for r in runs):
+            rs = [r for r in runs if key_of(r) == key and r.get("maze")]
             if not rs:
                 continue
             mean = lambda f: statistics.fmean(f(r) for r in rs)  # noqa: E731

@@ -184,16 +184,19 @@ def test_diagnostics_table_leaves_off_policy_columns_empty_without_off_policy_ro
 
     import report
 
-    def run(algo, off_policy):
-        return {"env": "point_maze_u", "algo": algo, "num_envs": 12, "seed": 0, "off_policy": off_policy,
+    def run(algo, off_policy, **label):
+        return {"env": "point_maze_u", "algo": algo, "num_envs": 12, "seed": 0, "off_policy": off_policy, **label,
                 "maze": {"coverage": [0.5], "union_coverage": 0.5, "mean_pairwise_tv": 0.0, "goal_cell_visit_share": [0.0]}}
 
     runs = [run("ppo", {"ESS_off": 0.0, "mu_min_overall": 1.0, "mu_max_overall": 1.0, "off_policy_fraction": 0.0}),
-            run("sapg", {"ESS_off": 0.9, "mu_min_overall": 0.2, "mu_max_overall": 4.0, "off_policy_fraction": 0.14})]
+            run("sapg", {"ESS_off": 0.9, "mu_min_overall": 0.2, "mu_max_overall": 4.0, "off_policy_fraction": 0.14}),
+            run("sapg", {"ESS_off": 0.5, "mu_min_overall": 0.1, "mu_max_overall": 8.0, "off_policy_fraction": 0.14},
+                label="sapg-wide")]  # a variant (its own row), where older files have no label
     (tmp_path / "diagnostics_point_maze_u.json").write_text(json.dumps({"runs": runs}))
     monkeypatch.setattr(report, "RESULTS", tmp_path)
-    ppo, sapg = report.diagnostics_table()[2:]
+    ppo, sapg, wide = report.diagnostics_table()[2:]
     assert ppo.endswith("| – | – |") and sapg.endswith("| 0.90 | 0.20 / 4.0 |")
+    assert "| sapg-wide | 12 | 1 |" in wide and wide.endswith("| 0.50 | 0.10 / 8.0 |")
 
 
 def test_each_task_ablation_lands_in_its_own_block_of_the_scaling_doc(tmp_path, monkeypatch, capsys):

@@ -44,3 +44,10 @@ def test_recipe_logs_and_evaluates_success(tmp_path, env, keys):
         assert sum(map(sum, maze["visits"])) == 2 * 2 * 8  # policies x episodes x steps
         assert 0 <= maze["mean_pairwise_tv"] <= 1
         assert set(row["off_policy"]) >= {"mu_mean", "ESS_off"}
+        assert row["label"] == "sapg"  # a folder not named by scaling.py: the algorithm's name
+        # scaling.py's folder name <label>-<env>-s<seed> gives a variant its own label
+        import shutil
+
+        variant_dir = shutil.copytree(run_dir, tmp_path / "sapg-wide-point_maze_u-s0")
+        (variant,) = population_diagnostics.main([str(variant_dir), "--episodes", "1"])
+        assert (variant["label"], variant["algo"]) == ("sapg-wide", "sapg")
