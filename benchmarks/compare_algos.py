@@ -55,9 +55,20 @@ def parse_variant(entry: str) -> tuple[str, str, list[str]]:
     return label, algo, [o for o in overrides.split(",") if o]
 
 
+def run_folder_name(label: str, env: str, seed: int) -> str:
+    """A run's folder name, ``<label>-<env>-s<seed>``; ``label_of_run_folder`` reads the label back."""
+    return f"{label}-{env}-s{seed}"
+
+
+def label_of_run_folder(name: str, env: str, seed: int) -> str | None:
+    """The variant label in a folder named by ``run_folder_name``; None for any other name."""
+    suffix = run_folder_name("", env, seed)
+    return name.removesuffix(suffix) if name.endswith(suffix) and len(name) > len(suffix) else None
+
+
 def run_one(label: str, algo: str, env: str, seed: int, frames: int | None, eval_episodes: int, extra: list[str],
             out_root: Path, threads: int | None) -> dict:
-    run_dir = out_root / f"{label}-{env}-s{seed}"
+    run_dir = out_root / run_folder_name(label, env, seed)
     switch = "pbt=inprocess" if algo == "pbt" else f"algo={algo}"  # in-process PBT is a pbt mode
     cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), switch, f"env={env}", f"seed={seed}",
            "progress_bar=false", f"eval_episodes={eval_episodes}", "logger=csv", f"hydra.run.dir={run_dir}", *extra]

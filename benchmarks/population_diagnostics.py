@@ -34,6 +34,7 @@ from torchrl.envs import ExplorationType, set_exploration_type
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 from common import build_agent, build_env  # noqa: E402
+from compare_algos import label_of_run_folder  # noqa: E402
 from evaluate import load_policy_weights  # noqa: E402
 
 from torchrl_sapg.collectors.population import prepare_population_env  # noqa: E402
@@ -97,9 +98,8 @@ def diagnose(run_dir: Path, episodes: int) -> dict:
     cfg = OmegaConf.create(state["extra"]["config"])
     m = int(cfg.algo.num_policies)
     scalars = next(run_dir.glob(f"{cfg.algo.name}-*/scalars"), None)
-    # scaling.py names a run's folder <label>-<env>-s<seed>: the label tells variants of one algorithm apart
-    suffix = f"-{cfg.env.name}-s{int(cfg.seed)}"
-    label = run_dir.name.removesuffix(suffix) if run_dir.name.endswith(suffix) else cfg.algo.name
+    # scaling.py's folder name carries the variant label, which tells variants of one algorithm apart
+    label = label_of_run_folder(run_dir.name, cfg.env.name, int(cfg.seed)) or cfg.algo.name
     out = {"run_dir": str(run_dir), "algo": cfg.algo.name, "label": label, "env": cfg.env.name, "seed": int(cfg.seed),
            "num_envs": int(cfg.env.num_envs), "num_policies": m, "frames": summary["frames"],
            "eval_success": summary.get("eval_success"), "eval_true_objective": summary.get("eval_true_objective"),

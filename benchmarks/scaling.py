@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rl_stats  # noqa: E402
-from compare_algos import ROOT, parse_variant, run_one  # noqa: E402
+from compare_algos import ROOT, parse_variant, run_folder_name, run_one  # noqa: E402
 
 CONF_DIR = ROOT / "recipes" / "conf"
 PROTOCOLS = ("frames", "updates")
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         extra = [f"env.num_envs={job['num_envs']}", f"threads={args.threads}", *job["overrides"]]
         r = run_one(job["label"], job["algo"], args.env, job["seed"], job["total_frames"], args.eval_episodes, extra,
                     runs_dir / f"n{job['num_envs']}-f{job['total_frames']}", args.threads)
-        run_dir = runs_dir / f"n{job['num_envs']}-f{job['total_frames']}" / f"{job['label']}-{args.env}-s{job['seed']}"
+        run_dir = runs_dir / f"n{job['num_envs']}-f{job['total_frames']}" / run_folder_name(job["label"], args.env, job["seed"])
         success = sorted(run_dir.glob(f"{job['algo']}-*/scalars/episode/success.csv"))
         tail = [v for _, v in r["curve"][-args.last:]]
         rec = {**job, "algo": job["label"], "algo_name": job["algo"], "eval_episodes": args.eval_episodes,

@@ -230,3 +230,13 @@ def test_each_task_ablation_lands_in_its_own_block_of_the_scaling_doc(tmp_path, 
     # a file without a block in the doc is named, not dropped in silence
     assert "ablation_sparse_mountain_car_unplaced.json is not shown" in capsys.readouterr().out
     assert "0.12" not in doc.read_text()
+
+
+def test_a_run_folder_name_gives_its_variant_label_back():
+    from compare_algos import label_of_run_folder, run_folder_name
+
+    assert run_folder_name("sapg-td0", "point_maze_u", 3) == "sapg-td0-point_maze_u-s3"
+    assert label_of_run_folder(run_folder_name("sapg-td0", "point_maze_u", 3), "point_maze_u", 3) == "sapg-td0"
+    # another seed or task, an empty label, or a folder named otherwise: no label
+    for name in ("sapg-point_maze_u-s13", "sapg-mountain_car-s3", "-point_maze_u-s3", "point_maze_u"):
+        assert label_of_run_folder(name, "point_maze_u", 3) is None
