@@ -339,7 +339,7 @@ def hard_scaling_table(min_n: int = 4096) -> list[str]:
                  "there (docs/scaling.md)."]
     if flagged:
         rows += ["", "Caution: on " + ", ".join(flagged) + " most seeds score the same at every N for every method: the "
-                 "outcome is set by the seed's initial network, not by training (docs/scaling.md)."]
+                 "outcome is set by the seed (its initial weights and first updates), not by N (docs/scaling.md)."]
     return rows
 
 

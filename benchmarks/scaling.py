@@ -350,8 +350,8 @@ def analysis(runs: list[dict], labels: list[str], solved_at: float | None, metri
 def seed_determined(runs: list[dict], metric: str) -> dict[str, float]:
     """Per algo (fixed-updates runs): the fraction of seeds whose ``metric`` is identical at every N.
 
-    Near 1 means the outcome was fixed by the seed (the initial network) rather than by training on more
-    envs: e.g. a deterministic evaluation that an untrained policy already passes or fails."""
+    Near 1 means the outcome was fixed by the seed (its initial weights and first updates) rather than by
+    training on more envs: e.g. a skill that a seed's first updates find or miss at any N."""
     out = {}
     for algo in dict.fromkeys(r["algo"] for r in runs):
         by_seed: dict[int, set] = {}

@@ -170,7 +170,7 @@ def test_report_tells_a_floor_apart_from_a_seed_determined_task(tmp_path, monkey
         "On point_maze_u nearly every run scores 0.00 (at least 80% of each method's seeds, at every N): this protocol "
         "does not tell the methods apart there (docs/scaling.md).",
         "Caution: on sparse_mountain_car most seeds score the same at every N for every method: the outcome is set by "
-        "the seed's initial network, not by training (docs/scaling.md).",
+        "the seed (its initial weights and first updates), not by N (docs/scaling.md).",
     ]
     assert "recipe defaults (runs at commit 0123456)" in report.readme_table()
     # a task where N changes most seeds' scores gets neither note
