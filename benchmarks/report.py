@@ -469,7 +469,7 @@ def readme_table() -> str:
     studies = _hard_scaling()
     if studies:
         n_seeds = sorted({len(t["seeds"]) for d in studies for t in d["table"]})
-        codes = [d.get("code") or {} for d in studies]
+        codes = [r.get("code") or d.get("code") or {} for d in studies for r in d["runs"]]  # per run: resumed studies
         commits = sorted({c.get("commit", "?")[:7] + ("+dirty" if c.get("dirty") else "") for c in codes})
         rows = [f"Hard-exploration tasks (docs/embedded-tasks.md), recipe defaults (runs at commit {', '.join(commits)}), "
                 "fixed number of updates per run: "

@@ -347,6 +347,14 @@ def analysis(runs: list[dict], labels: list[str], solved_at: float | None, metri
             "seed_determined": seed_determined(runs, metric)}
 
 
+def stamp_code(study: dict) -> dict:
+    """``study`` with the study-level ``code`` copied into each run that has none (runs written before runs
+    recorded their own): the commit of the call that last wrote the file, the best record there is."""
+    for r in study.get("runs", []):
+        r.setdefault("code", study.get("code"))
+    return study
+
+
 def seed_determined(runs: list[dict], metric: str) -> dict[str, float]:
     """Per algo (fixed-updates runs): the fraction of seeds whose ``metric`` is identical at every N.
 
@@ -422,7 +430,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     jobs = plan(args, variants)
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    done = {r["key"]: r for r in previous.get("runs", [])}
+    done = {r["key"]: r for r in stamp_code(previous).get("runs", [])}
+    code = git_state()  # each run records the code it ran, so a study resumed at a later commit names both
     # a protocol not asked for this time keeps the parameters it had, so its runs stay in the table
     protocols = dict(previous.get("protocols", {}))
     for protocol, value in (("frames", args.frames), ("updates", args.updates)):
@@ -479,7 +488,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                "frames": r["frames"], "iterations": r["frames"] // (job["num_envs"] * job["horizon"]),
                "wall_seconds": r["wall_seconds"], "eval_return": r["eval_return"],
                "final_train_return": statistics.fmean(tail) if tail else None,
-               "curve": thin(r["curve"]), "command": r["command"]}
+               "curve": thin(r["curve"]), "command": r["command"], "code": code}
         if success and job["algo"] != "pbt":
             vals = [float(line.split(",")[1]) for line in success[0].read_text().split()[-args.last:]]
             rec["final_train_success"] = statistics.fmean(vals) if vals else None

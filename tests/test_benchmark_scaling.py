@@ -62,6 +62,7 @@ def test_scaling_tiny_end_to_end(tmp_path):
     assert rows["updates", NS[0]]["frames"] == UPDATES * NS[0] * HORIZON
     assert rows["frames", NS[0]]["iterations"] == FRAMES // (NS[0] * HORIZON)
     assert "| ppo | 8 |" in scaling.markdown(d)
+    assert all(r["code"] == d["code"] and r["code"]["commit"] for r in d["runs"])  # each run names its commit
 
     # resumable: a second call finds every run in the JSON and runs nothing
     before = {r["key"]: r["wall_seconds"] for r in d["runs"]}
@@ -72,6 +73,11 @@ def test_scaling_tiny_end_to_end(tmp_path):
     pytest.importorskip("matplotlib")
     pngs = scaling.plot(out)
     assert all(p.is_file() and p.stat().st_size > 0 for p in pngs)
+
+
+def test_runs_written_before_per_run_commits_take_the_study_commit():
+    old = {"code": {"commit": "abc", "dirty": False}, "runs": [{"key": "a"}, {"key": "b", "code": {"commit": "def"}}]}
+    assert [r["code"]["commit"] for r in scaling.stamp_code(old)["runs"]] == ["abc", "def"]
 
 
 def _args(**kw) -> argparse.Namespace:

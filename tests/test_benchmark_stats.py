@@ -1,6 +1,7 @@
 """benchmarks/rl_stats.py (IQM, stratified bootstrap, probability of improvement) and the scaling study's analysis."""
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 
@@ -173,6 +174,12 @@ def test_report_tells_a_floor_apart_from_a_seed_determined_task(tmp_path, monkey
         "the seed (its initial weights and first updates), not by N (docs/scaling.md).",
     ]
     assert "recipe defaults (runs at commit 0123456)" in report.readme_table()
+    # a study resumed at a later commit: the header names every commit its runs ran at
+    path = tmp_path / "scaling_sparse_mountain_car.json"
+    d = json.loads(path.read_text())
+    d["runs"][0]["code"] = {"commit": "fedcba9876543210", "dirty": False}
+    path.write_text(json.dumps(d))
+    assert "recipe defaults (runs at commit 0123456, fedcba9)" in report.readme_table()
     # a task where N changes most seeds' scores gets neither note
     _hard_task_json(tmp_path, "sparse_mountain_car", lambda a, n, s: n / 4096 * (s + 1) / 5)
     _hard_task_json(tmp_path, "point_maze_u", lambda a, n, s: n / 4096 * (s + 1) / 5)
