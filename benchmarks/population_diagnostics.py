@@ -7,6 +7,8 @@ For every run directory (``recipes/train.py`` output with ``checkpoints/last.pt`
 * **state coverage** (maze tasks) — each policy's cell-visitation distribution over ``--episodes`` stochastic
   episodes rolled out from the checkpoint: the fraction of free cells it visits, whether it reaches the goal cell,
   and the population's diversity as the mean pairwise total-variation distance between the policies' distributions;
+* **the controller** (MountainCar tasks) — per policy, the fraction of a state grid where the deterministic action
+  pushes along the velocity: 1 pumps energy in (the swing that reaches the flag), 0 brakes, 0.5 neither;
 * **the leader's off-policy data** (SAPG / EPO) — the training-log means of ``mu`` (leader / behaviour probability
   ratio on follower rows), its range, ``ESS_off`` (normalised effective sample size of the importance weights) and
   the off-policy clip fraction.
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from tensordict import TensorDict
 from torchrl.envs import ExplorationType, set_exploration_type
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +41,7 @@ from compare_algos import label_of_run_folder  # noqa: E402
 from evaluate import load_policy_weights  # noqa: E402
 
 from torchrl_sapg.collectors.population import prepare_population_env  # noqa: E402
+from torchrl_sapg.envs.classic_control import MountainCarContinuousEnv  # noqa: E402
 from torchrl_sapg.envs.exploration import PointMazeEnv  # noqa: E402
 from torchrl_sapg.trainers import load_checkpoint  # noqa: E402
 
@@ -92,6 +96,22 @@ def maze_visitation(cfg, agent, episodes: int, seed: int, deterministic: bool = 
     }
 
 
+@torch.no_grad()
+def velocity_sign_agreement(agent, num_policies: int, grid: int = 64) -> list[float]:
+    """Per policy: the fraction of a ``grid x grid`` MountainCar state grid (position x velocity, no zero velocity)
+    where the deterministic action has the velocity's sign. 1: a pump (energy in); 0: a brake; 0.5: neither."""
+    car = MountainCarContinuousEnv
+    pos = torch.linspace(car.min_position, car.max_position, grid)
+    vel = torch.linspace(-car.max_speed, car.max_speed, 2 * (grid // 2))  # an even count: 0 is not on it
+    obs = torch.cartesian_prod(pos, vel)
+    ids = torch.arange(num_policies).repeat_interleave(obs.shape[0])
+    td = TensorDict({"observation": obs.repeat(num_policies, 1), "policy_id": ids}, [ids.numel()])
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        action = agent.actor(td)["action"][:, 0]
+    agree = (action.sign() == td["observation"][:, 1].sign()).float()
+    return agree.reshape(num_policies, -1).mean(1).tolist()
+
+
 def diagnose(run_dir: Path, episodes: int) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -114,11 +134,14 @@ def diagnose(run_dir: Path, episodes: int) -> dict:
         if off.get("mu_min"):
             out["off_policy"]["mu_min_overall"] = min(off["mu_min"])
             out["off_policy"]["mu_max_overall"] = max(off["mu_max"])
-    if cfg.env.name.startswith("point_maze"):
+    if cfg.env.name.startswith("point_maze") or cfg.env.name.endswith("mountain_car"):
         torch.manual_seed(int(cfg.seed))
         env = build_env(cfg, num_envs=m, seed=0)
         agent = build_agent(cfg, env)
         load_policy_weights(cfg, agent, state["trainer"])
+    if cfg.env.name.endswith("mountain_car"):
+        out["velocity_sign_agreement"] = velocity_sign_agreement(agent, m)
+    if cfg.env.name.startswith("point_maze"):
         out["maze"] = maze_visitation(cfg, agent, episodes, seed=int(cfg.seed) + 30_000)
         det = maze_visitation(cfg, agent, episodes, seed=int(cfg.seed) + 30_000, deterministic=True)
         out["maze_deterministic"] = {k: det[k] for k in ("coverage", "goal_cell_visit_share", "union_coverage",
@@ -129,7 +152,7 @@ def diagnose(run_dir: Path, episodes: int) -> dict:
 def markdown(rows: list[dict]) -> str:
     fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     lines = ["| run | N | policy | train success | eval success | coverage (sampled / mean action) | "
-             "goal-cell share (sampled) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "goal-cell share (sampled) | velocity-sign agreement |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         for i in range(r["num_policies"] if r["num_policies"] <= 8 else 0):
             maze = r.get("maze") or {}
@@ -137,7 +160,8 @@ def markdown(rows: list[dict]) -> str:
             lines.append(f"| {r.get('label', r['algo'])} s{r['seed']} | {r['num_envs']} | {i} | {fmt(get('train_success'))} | "
                          f"{fmt(get('eval_success'))} | {fmt((maze.get('coverage') or [None] * 99)[i])} / "
                          f"{fmt(((r.get('maze_deterministic') or {}).get('coverage') or [None] * 99)[i])} | "
-                         f"{fmt((maze.get('goal_cell_visit_share') or [None] * 99)[i])} |")
+                         f"{fmt((maze.get('goal_cell_visit_share') or [None] * 99)[i])} | "
+                         f"{fmt(get('velocity_sign_agreement'))} |")
     lines += ["", "| run | N | union coverage | mean pairwise TV | mu mean [min, max] | ESS_off | off clip fraction |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -512,6 +512,28 @@ def diagnostics_table() -> list[str]:
     return rows
 
 
+def controller_table() -> list[str]:
+    """Per (task, variant, N) of each diagnostics JSON with MountainCar runs: what the final deterministic policies
+    do with the velocity (population_diagnostics.velocity_sign_agreement), the leader's and the rest's."""
+    import statistics
+
+    rows = ["| task | variant | N | seeds | leader's eval success | leader's velocity-sign agreement | leader pumps "
+            "(> 0.6) / brakes (< 0.4) | other policies' agreement, mean [min, max] |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for path in sorted(RESULTS.glob("diagnostics_*.json")):
+        runs = [r for r in json.loads(path.read_text())["runs"] if r.get("velocity_sign_agreement")]
+        key_of = lambda r: (r["env"], r.get("label", r["algo"]), r["num_envs"])  # noqa: E731
+        for key in dict.fromkeys(key_of(r) for r in runs):
+            rs = [r for r in runs if key_of(r) == key]
+            lead = [r["velocity_sign_agreement"][0] for r in rs]
+            rest = [v for r in rs for v in r["velocity_sign_agreement"][1:]]
+            others = f"{statistics.fmean(rest):.2f} [{min(rest):.2f}, {max(rest):.2f}]" if rest else "–"
+            success = statistics.fmean(r["eval_success"] or 0.0 for r in rs)
+            rows.append(f"| {key[0]} | {key[1]} | {key[2]:,} | {len(rs)} | {success:.2f} | {statistics.fmean(lead):.2f} | "
+                        f"{sum(v > 0.6 for v in lead)} / {sum(v < 0.4 for v in lead)} | {others} |")
+    return rows
+
+
 def leader_table() -> list[str]:
     """Policy 0 (leader / master) against the best other policy, from each hard task's scaling JSON."""
     import population_diagnostics
@@ -567,6 +589,7 @@ def update_scaling_doc() -> None:
     _splice(doc, "saturation", saturation_table())
     _splice(doc, "leader", leader_table())
     _splice(doc, "diagnostics", diagnostics_table())
+    _splice(doc, "controllers", controller_table())
     for path in sorted(RESULTS.glob("ablation_*.json")):  # one marker block per task: <!-- ablation-<task>:start -->
         task = path.stem.removeprefix("ablation_")
         if not _splice(doc, f"ablation-{task}", ablation_table(task)):

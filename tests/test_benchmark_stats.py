@@ -206,6 +206,38 @@ def test_diagnostics_table_leaves_off_policy_columns_empty_without_off_policy_ro
     assert "| sapg-wide | 12 | 1 |" in wide and wide.endswith("| 0.50 | 0.10 / 8.0 |")
 
 
+def test_velocity_sign_agreement_tells_a_pump_from_a_brake():
+    import types
+
+    import population_diagnostics
+    import torch
+    from tensordict.nn import TensorDictModule
+
+    # policy 0 pushes along the velocity, 1 against it, 2 always right: a pump, a brake, neither
+    def act(obs, ids):
+        vel = obs[:, 1:]
+        return torch.where(ids[:, None] == 0, vel, torch.where(ids[:, None] == 1, -vel, torch.ones_like(vel)))
+
+    actor = TensorDictModule(act, in_keys=["observation", "policy_id"], out_keys=["action"])
+    agree = population_diagnostics.velocity_sign_agreement(types.SimpleNamespace(actor=actor), 3, grid=8)
+    assert agree == [1.0, 0.0, 0.5]
+
+
+def test_controller_table_counts_pumping_and_braking_leaders(tmp_path, monkeypatch):
+    import report
+
+    def run(seed, agreement, success):
+        return {"env": "sparse_mountain_car", "algo": "sapg", "label": "sapg", "num_envs": 12, "seed": seed,
+                "eval_success": success, "velocity_sign_agreement": agreement}
+
+    runs = [run(0, [0.9, 0.8, 0.2], 1.0), run(1, [0.1, 0.3, 0.4], 0.0), run(2, [0.5, 0.6, 0.6], None),
+            {"env": "point_maze_u", "algo": "ppo", "num_envs": 12, "seed": 0, "maze": {}}]  # no controller: no row
+    (tmp_path / "diagnostics_sparse_mountain_car.json").write_text(json.dumps({"runs": runs}))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    (row,) = report.controller_table()[2:]
+    assert row == "| sparse_mountain_car | sapg | 12 | 3 | 0.33 | 0.50 | 1 / 1 | 0.48 [0.20, 0.80] |"
+
+
 def test_each_task_ablation_lands_in_its_own_block_of_the_scaling_doc(tmp_path, monkeypatch, capsys):
     import json
 
