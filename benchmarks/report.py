@@ -526,9 +526,10 @@ def controller_table() -> list[str]:
     do with the velocity (population_diagnostics.velocity_sign_agreement), the leader's and the rest's."""
     import statistics
 
+    side = lambda v: (v > 0.6) - (v < 0.4)  # noqa: E731  (1 pumps, -1 brakes, 0 neither)
     rows = ["| task | variant | N | seeds | leader's eval success | leader's velocity-sign agreement | leader pumps "
-            "(> 0.6) / brakes (< 0.4) | other policies' agreement, mean [min, max] |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+            "(> 0.6) / brakes (< 0.4) | other policies' agreement, mean [min, max] | runs with every policy on the "
+            "leader's side |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for path in sorted(RESULTS.glob("diagnostics_*.json")):
         runs = [r for r in json.loads(path.read_text())["runs"] if r.get("velocity_sign_agreement")]
         key_of = lambda r: (r["env"], r.get("label", r["algo"]), r["num_envs"])  # noqa: E731
@@ -537,9 +538,11 @@ def controller_table() -> list[str]:
             lead = [r["velocity_sign_agreement"][0] for r in rs]
             rest = [v for r in rs for v in r["velocity_sign_agreement"][1:]]
             others = f"{statistics.fmean(rest):.2f} [{min(rest):.2f}, {max(rest):.2f}]" if rest else "–"
+            one_side = (f"{sum(len({side(v) for v in r['velocity_sign_agreement']}) == 1 for r in rs)} of {len(rs)}"
+                        if rest else "–")
             success = statistics.fmean((r.get("eval_success") or [0.0])[0] for r in rs)  # per policy: the leader's
             rows.append(f"| {key[0]} | {key[1]} | {key[2]:,} | {len(rs)} | {success:.2f} | {statistics.fmean(lead):.2f} | "
-                        f"{sum(v > 0.6 for v in lead)} / {sum(v < 0.4 for v in lead)} | {others} |")
+                        f"{sum(v > 0.6 for v in lead)} / {sum(v < 0.4 for v in lead)} | {others} | {one_side} |")
     return rows
 
 

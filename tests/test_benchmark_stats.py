@@ -241,13 +241,15 @@ def test_controller_table_counts_pumping_and_braking_leaders(tmp_path, monkeypat
         return {"env": "sparse_mountain_car", "algo": "sapg", "label": "sapg", "num_envs": 12, "seed": seed,
                 "eval_success": success, "velocity_sign_agreement": agreement}
 
-    runs = [run(0, [0.9, 0.8, 0.2], [1.0, 0.0, 0.0]), run(1, [0.1, 0.3, 0.4], [0.0, 1.0, 1.0]),
-            run(2, [0.5, 0.6, 0.6], None),
+    runs = [run(0, [0.9, 0.8, 0.2], [1.0, 0.0, 0.0]), run(1, [0.1, 0.3, 0.35], [0.0, 1.0, 1.0]),
+            run(2, [0.5, 0.6, 0.7], None),
             {"env": "point_maze_u", "algo": "ppo", "num_envs": 12, "seed": 0, "maze": {}}]  # no controller: no row
     (tmp_path / "diagnostics_sparse_mountain_car.json").write_text(json.dumps({"runs": runs}))
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     (row,) = report.controller_table()[2:]
-    assert row == "| sparse_mountain_car | sapg | 12 | 3 | 0.33 | 0.50 | 1 / 1 | 0.48 [0.20, 0.80] |"
+    # every policy on the leader's side: run 1 (all brake); not run 0 (one brakes) nor run 2 (one pumps, the
+    # leader neither)
+    assert row == "| sparse_mountain_car | sapg | 12 | 3 | 0.33 | 0.50 | 1 / 1 | 0.49 [0.20, 0.80] | 1 of 3 |"
 
 
 def test_each_task_ablation_lands_in_its_own_block_of_the_scaling_doc(tmp_path, monkeypatch, capsys):
