@@ -493,6 +493,15 @@ def readme_table() -> str:
     return "\n".join(rows)
 
 
+def _diagnostics_groups(field: str):
+    """``((task, algo or variant label, N), runs)`` per group of each diagnostics JSON's runs that have ``field``."""
+    for path in sorted(RESULTS.glob("diagnostics_*.json")):
+        runs = [r for r in json.loads(path.read_text())["runs"] if r.get(field)]
+        key_of = lambda r: (r["env"], r.get("label", r["algo"]), r["num_envs"])  # noqa: E731  (variants apart)
+        for key in dict.fromkeys(key_of(r) for r in runs):
+            yield key, [r for r in runs if key_of(r) == key]
+
+
 def diagnostics_table() -> list[str]:
     """Per (task, algo or variant label, N) of each diagnostics JSON: end-of-training coverage and diversity, seed means."""
     import statistics
@@ -500,24 +509,18 @@ def diagnostics_table() -> list[str]:
     rows = ["| task | algo | N | seeds | coverage per policy (sampled) | union coverage | mean pairwise TV | "
             "best goal-cell share | leader's ESS_off | mu range (mean of per-run min / max) |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for path in sorted(RESULTS.glob("diagnostics_*.json")):
-        runs = json.loads(path.read_text())["runs"]
-        key_of = lambda r: (r["env"], r.get("label", r["algo"]), r["num_envs"])  # noqa: E731  (variants apart)
-        for key in dict.fromkeys(key_of(r) for r in runs):
-            rs = [r for r in runs if key_of(r) == key and r.get("maze")]
-            if not rs:
-                continue
-            mean = lambda f: statistics.fmean(f(r) for r in rs)  # noqa: E731
-            # runs with off-policy rows only: PPO's loss logs ESS_off = 0 and mu = 1 for its none
-            off = [r["off_policy"] for r in rs if r.get("off_policy", {}).get("ESS_off") is not None
-                   and r["off_policy"].get("off_policy_fraction", 1.0) > 0]
-            ess = f"{statistics.fmean(o['ESS_off'] for o in off):.2f}" if off else "–"
-            mu = (f"{statistics.fmean(o['mu_min_overall'] for o in off):.2f} / "
-                  f"{statistics.fmean(o['mu_max_overall'] for o in off):.1f}" if off else "–")
-            rows.append(f"| {key[0]} | {key[1]} | {key[2]:,} | {len(rs)} | "
-                        f"{mean(lambda r: statistics.fmean(r['maze']['coverage'])):.2f} | "
-                        f"{mean(lambda r: r['maze']['union_coverage']):.2f} | {mean(lambda r: r['maze']['mean_pairwise_tv']):.2f} | "
-                        f"{mean(lambda r: max(r['maze']['goal_cell_visit_share'])):.3f} | {ess} | {mu} |")
+    for key, rs in _diagnostics_groups("maze"):
+        mean = lambda f: statistics.fmean(f(r) for r in rs)  # noqa: E731
+        # runs with off-policy rows only: PPO's loss logs ESS_off = 0 and mu = 1 for its none
+        off = [r["off_policy"] for r in rs if r.get("off_policy", {}).get("ESS_off") is not None
+               and r["off_policy"].get("off_policy_fraction", 1.0) > 0]
+        ess = f"{statistics.fmean(o['ESS_off'] for o in off):.2f}" if off else "–"
+        mu = (f"{statistics.fmean(o['mu_min_overall'] for o in off):.2f} / "
+              f"{statistics.fmean(o['mu_max_overall'] for o in off):.1f}" if off else "–")
+        rows.append(f"| {key[0]} | {key[1]} | {key[2]:,} | {len(rs)} | "
+                    f"{mean(lambda r: statistics.fmean(r['maze']['coverage'])):.2f} | "
+                    f"{mean(lambda r: r['maze']['union_coverage']):.2f} | {mean(lambda r: r['maze']['mean_pairwise_tv']):.2f} | "
+                    f"{mean(lambda r: max(r['maze']['goal_cell_visit_share'])):.3f} | {ess} | {mu} |")
     return rows
 
 
@@ -530,19 +533,15 @@ def controller_table() -> list[str]:
     rows = ["| task | variant | N | seeds | leader's eval success | leader's velocity-sign agreement | leader pumps "
             "(> 0.6) / brakes (< 0.4) | other policies' agreement, mean [min, max] | runs with every policy on the "
             "leader's side |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for path in sorted(RESULTS.glob("diagnostics_*.json")):
-        runs = [r for r in json.loads(path.read_text())["runs"] if r.get("velocity_sign_agreement")]
-        key_of = lambda r: (r["env"], r.get("label", r["algo"]), r["num_envs"])  # noqa: E731
-        for key in dict.fromkeys(key_of(r) for r in runs):
-            rs = [r for r in runs if key_of(r) == key]
-            lead = [r["velocity_sign_agreement"][0] for r in rs]
-            rest = [v for r in rs for v in r["velocity_sign_agreement"][1:]]
-            others = f"{statistics.fmean(rest):.2f} [{min(rest):.2f}, {max(rest):.2f}]" if rest else "–"
-            one_side = (f"{sum(len({side(v) for v in r['velocity_sign_agreement']}) == 1 for r in rs)} of {len(rs)}"
-                        if rest else "–")
-            success = statistics.fmean((r.get("eval_success") or [0.0])[0] for r in rs)  # per policy: the leader's
-            rows.append(f"| {key[0]} | {key[1]} | {key[2]:,} | {len(rs)} | {success:.2f} | {statistics.fmean(lead):.2f} | "
-                        f"{sum(v > 0.6 for v in lead)} / {sum(v < 0.4 for v in lead)} | {others} | {one_side} |")
+    for key, rs in _diagnostics_groups("velocity_sign_agreement"):
+        lead = [r["velocity_sign_agreement"][0] for r in rs]
+        rest = [v for r in rs for v in r["velocity_sign_agreement"][1:]]
+        others = f"{statistics.fmean(rest):.2f} [{min(rest):.2f}, {max(rest):.2f}]" if rest else "–"
+        one_side = (f"{sum(len({side(v) for v in r['velocity_sign_agreement']}) == 1 for r in rs)} of {len(rs)}"
+                    if rest else "–")
+        success = statistics.fmean((r.get("eval_success") or [0.0])[0] for r in rs)  # per policy: the leader's
+        rows.append(f"| {key[0]} | {key[1]} | {key[2]:,} | {len(rs)} | {success:.2f} | {statistics.fmean(lead):.2f} | "
+                    f"{sum(v > 0.6 for v in lead)} / {sum(v < 0.4 for v in lead)} | {others} | {one_side} |")
     return rows
 
 
