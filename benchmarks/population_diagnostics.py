@@ -17,6 +17,9 @@ For every run directory (``recipes/train.py`` output with ``checkpoints/last.pt`
         benchmarks/results/diagnostics_point_maze_u.json
     python benchmarks/population_diagnostics.py --scaling benchmarks/results/scaling_point_maze_u.json
 
+``--append`` keeps the runs already in ``--out`` that the call does not diagnose, so a study's later seeds join its
+earlier ones (a run diagnosed again replaces its old row).
+
 ``--scaling`` needs no run directory: from a scaling JSON it compares policy 0 (the SAPG leader, the EPO master)
 with the best other policy, in the deterministic evaluation and in training.
 """
@@ -221,6 +224,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="a scaling JSON: print policy 0 vs the best other policy per (algo, N) and stop")
     p.add_argument("--episodes", type=int, default=32, help="stochastic episodes per policy for the coverage grid")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--append", action="store_true",
+                   help="keep the runs already in --out that this call does not diagnose (more seeds, other N)")
     args = p.parse_args(argv)
     if args.scaling:
         rows = leader_vs_followers(args.scaling)
@@ -231,10 +236,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit("no run directory with checkpoints/last.pt among the arguments")
     print(markdown(rows))
     if args.out:
-        args.out.write_text(json.dumps({"benchmark": "population diagnostics (benchmarks/population_diagnostics.py)",
-                                        "command": "python benchmarks/population_diagnostics.py " + " ".join(
-                                            sys.argv[1:] if argv is None else argv), "runs": rows}, indent=1))
-        print(f"wrote {args.out}")
+        command = "python benchmarks/population_diagnostics.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        commands, kept = [command], []
+        if args.append and args.out.is_file():
+            previous = json.loads(args.out.read_text())
+            commands = [*previous.get("commands", [previous.get("command")]), command]
+            diagnosed = {r["run_dir"] for r in rows}
+            kept = [r for r in previous["runs"] if r["run_dir"] not in diagnosed]
+        tmp = args.out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"benchmark": "population diagnostics (benchmarks/population_diagnostics.py)",
+                                   "commands": commands, "runs": kept + rows}, indent=1))
+        tmp.replace(args.out)
+        print(f"wrote {args.out} ({len(kept)} runs kept, {len(rows)} diagnosed)")
     return rows
 
 

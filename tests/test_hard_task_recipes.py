@@ -51,3 +51,13 @@ def test_recipe_logs_and_evaluates_success(tmp_path, env, keys):
         variant_dir = shutil.copytree(run_dir, tmp_path / "sapg-wide-point_maze_u-s0")
         (variant,) = population_diagnostics.main([str(variant_dir), "--episodes", "1"])
         assert (variant["label"], variant["algo"]) == ("sapg-wide", "sapg")
+        # --append: a later call's runs join the file's, a run diagnosed again replaces its row, and without
+        # --append the file holds this call's runs only
+        out = tmp_path / "diagnostics.json"
+        stored = lambda: [r["run_dir"] for r in json.loads(out.read_text())["runs"]]  # noqa: E731
+        population_diagnostics.main([str(run_dir), "--episodes", "1", "--out", str(out)])
+        population_diagnostics.main([str(variant_dir), str(run_dir), "--episodes", "1", "--out", str(out), "--append"])
+        assert sorted(stored()) == sorted([str(run_dir), str(variant_dir)])
+        assert len(json.loads(out.read_text())["commands"]) == 2
+        population_diagnostics.main([str(variant_dir), "--episodes", "1", "--out", str(out)])
+        assert stored() == [str(variant_dir)]
