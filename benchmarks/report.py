@@ -235,10 +235,9 @@ def scaling(lines: list[str]) -> None:
                 return _iqm(t, 2 if metric != "eval_return" else 1) + tail
             return f"{t['eval_mean']:.1f} ± {t['eval_std']:.1f}{tail}"
 
-        command = re.sub(r" --(out|runs-dir) \S+", "", d["commands"][-1])  # machine-local paths
         what = (f"{METRIC_NAMES.get(metric, metric)}, IQM [95% CI]" if any(t.get("iqm") is not None for t in d["table"])
                 else "eval return, mean ± std")
-        lines += [f"### Scaling with num_envs — {d['env']}", "", f"`{command}` (`{path.name}`). Headline "
+        lines += [f"### Scaling with num_envs — {d['env']}", "", f"`{path.name}`. Headline "
                   f"policy's deterministic evaluation: {what} over seeds"
                   + (f" (seeds with eval return ≥ {solved})" if solved is not None else "") + "; details in "
                   "[scaling.md](scaling.md).", ""]
@@ -246,7 +245,10 @@ def scaling(lines: list[str]) -> None:
             if protocol in d["protocols"]:
                 size = d["protocols"][protocol][protocol]
                 title = f"fixed {size} updates" if protocol == "updates" else f"fixed {size:,} frames"
-                lines += [f"**{title}**", "", *_scaling_grid(d, protocol, cell), ""]
+                # the last call that ran this protocol (a study may be extended with one protocol only)
+                ran = [c for c in d["commands"] if f"--{protocol} " in c] or d["commands"][-1:]
+                command = re.sub(r" --(out|runs-dir) \S+", "", ran[-1])  # machine-local paths
+                lines += [f"**{title}**: `{command}`", "", *_scaling_grid(d, protocol, cell), ""]
         png = path.with_suffix(".png")
         if png.is_file():
             lines += [f"![{d['env']} scaling](../benchmarks/results/{png.name})", ""]
@@ -483,7 +485,7 @@ def readme_table() -> str:
         rows = [f"Hard-exploration tasks (docs/embedded-tasks.md), recipe defaults (runs at commit {', '.join(commits)}), "
                 "fixed number of updates per run: "
                 "the headline policy's final deterministic evaluation (PPO: its policy; SAPG: the leader; EPO: the "
-                "master; PBT: the best of 8 members), interquartile mean [95% stratified-bootstrap CI] over "
+                "master; PBT: of its 8 members, the one with the best return in this same evaluation), interquartile mean [95% stratified-bootstrap CI] over "
                 f"{'/'.join(map(str, n_seeds))} seeds, CPU.", "", *rows]
     if (RESULTS / "scaling_hard_tasks.png").is_file():
         rows += ["", "![final score vs num_envs on the hard tasks](benchmarks/results/scaling_hard_tasks.png)"]
@@ -545,6 +547,32 @@ def controller_table() -> list[str]:
     return rows
 
 
+def selection_table(k: int = 8) -> list[str]:
+    """Per hard task and N: PBT's headline (its best member by eval return) against what picking the best of ``k``
+    independent PPO runs by the same criterion gives (rl_stats.expected_best_of_k), with the per-member means."""
+    import statistics
+
+    import rl_stats
+
+    rows = [f"| task (metric) | N | seeds | PPO run | PBT member, all | PBT member 0 | PBT headline (best of its {k} "
+            f"by eval return) | best of {k} PPO runs by eval return (expected) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for d in _hard_scaling():
+        metric = d["metric"]
+        runs = [r for r in d["runs"] if "updates" in r.get("protocols", []) and r.get(metric) is not None]
+        for n in sorted({r["num_envs"] for r in runs}):
+            ppo = [r for r in runs if r["algo"] == "ppo" and r["num_envs"] == n]
+            pbt = [r for r in runs if r["algo"] == "pbt" and r["num_envs"] == n and metric in (r.get("eval_per_policy") or {})]
+            if not ppo or not pbt:
+                continue
+            members = [r["eval_per_policy"][metric] for r in pbt]
+            rows.append(f"| {d['env']} ({METRIC_NAMES.get(metric, metric)}) | {n:,} | {len(pbt)} | "
+                        f"{statistics.fmean(r[metric] for r in ppo):.3f} | "
+                        f"{statistics.fmean(v for m in members for v in m):.3f} | {statistics.fmean(m[0] for m in members):.3f} | "
+                        f"{statistics.fmean(r[metric] for r in pbt):.3f} | "
+                        f"{rl_stats.expected_best_of_k([r['eval_return'] for r in ppo], [r[metric] for r in ppo], k):.3f} |")
+    return rows
+
+
 def leader_table() -> list[str]:
     """Policy 0 (leader / master) against the best other policy, from each hard task's scaling JSON."""
     import population_diagnostics
@@ -601,6 +629,7 @@ def update_scaling_doc() -> None:
     _splice(doc, "leader", leader_table())
     _splice(doc, "diagnostics", diagnostics_table())
     _splice(doc, "controllers", controller_table())
+    _splice(doc, "selection", selection_table())
     for path in sorted(RESULTS.glob("ablation_*.json")):  # one marker block per task: <!-- ablation-<task>:start -->
         task = path.stem.removeprefix("ablation_")
         if not _splice(doc, f"ablation-{task}", ablation_table(task)):

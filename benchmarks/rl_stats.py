@@ -5,6 +5,8 @@
   task (stratum) with replacement, independently per task.
 * :func:`probability_of_improvement`: ``P(X > Y)``, the Mann-Whitney U statistic over all run pairs (ties count
   one half), averaged over tasks, with its own stratified-bootstrap interval.
+* :func:`expected_best_of_k`: the expected score of the run picked, by a selection criterion, out of ``k`` runs drawn
+  with replacement: what "the best of k" is worth when the k runs are independent.
 
 Scores are ``[runs, tasks]`` arrays (one column per task; a single task is ``[runs, 1]``). The bootstrap draws from
 ``numpy.random.default_rng(seed)``, so a table is reproducible.
@@ -96,3 +98,33 @@ def ratio_summary(ratios, *, seed: int = 0) -> dict:
     ratios = [float(r) for r in ratios]
     low, high = stratified_bootstrap_ci(ratios, iqm, seed=seed)
     return {"median_ratio": statistics.median(ratios), "iqm_ratio": iqm(ratios), "iqm_ratio_ci": [low, high]}
+
+
+def expected_best_of_k(select_by, score, k: int) -> float:
+    """Expected ``score`` of the run with the largest ``select_by`` among ``k`` runs drawn with replacement.
+
+    Exact, not sampled: with the runs sorted by ``select_by``, the i-th of n (1-based) is the pick with probability
+    ``(i / n)**k - ((i - 1) / n)**k``. Tied ``select_by`` values share their probability equally.
+
+    Args:
+        select_by: per run, the value the pick maximises (e.g. the eval return).
+        score: per run, the value reported for the pick (e.g. the eval success rate).
+        k: how many runs each pick looks at.
+
+    >>> expected_best_of_k([1.0, 2.0], [0.0, 1.0], 2)  # the better run is among 2 draws with probability 3/4
+    0.75
+    """
+    sel, val = np.asarray(select_by, dtype=np.float64), np.asarray(score, dtype=np.float64)
+    if sel.shape != val.shape or sel.ndim != 1 or sel.size == 0:
+        raise ValueError(f"select_by and score must be non-empty 1-d and of one length, got {sel.shape} and {val.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = sel.size
+    order = np.argsort(sel, kind="stable")
+    sel, val = sel[order], val[order]
+    rank = np.arange(1, n + 1)
+    p = (rank / n) ** k - ((rank - 1) / n) ** k
+    # a tie is picked as a block: its total probability, spread evenly over its runs
+    _, first, counts = np.unique(sel, return_index=True, return_counts=True)
+    block = np.add.reduceat(p, first)
+    return float(np.sum(np.repeat(block / counts, counts) * val))

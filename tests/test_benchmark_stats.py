@@ -234,6 +234,70 @@ def test_velocity_sign_agreement_tells_a_pump_from_a_brake():
     assert agree == [1.0, 0.0, 0.5]
 
 
+def test_results_page_names_the_call_that_ran_each_protocol(tmp_path, monkeypatch):
+    import report
+
+    both = "python benchmarks/scaling.py --env point_maze_u --seeds 0 --updates 2 --frames 64 --out /tmp/x.json"
+    more_seeds = "python benchmarks/scaling.py --env point_maze_u --seeds 0 1 --updates 2 --runs-dir /tmp/r"
+    table = [{"protocol": p, "algo": "ppo", "num_envs": 16, "seeds": [0], "iqm": 0.5, "iqm_ci": [0.0, 1.0]}
+             for p in ("updates", "frames")]
+    d = {"env": "point_maze_u", "metric": "eval_success", "commands": [both, more_seeds], "table": table,
+         "protocols": {"updates": {"updates": 2, "horizon": 16}, "frames": {"frames": 64, "horizon": 16}}}
+    (tmp_path / "scaling_point_maze_u.json").write_text(json.dumps(d))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    lines = []
+    report.scaling(lines)
+    titles = [line for line in lines if line.startswith("**fixed")]
+    # the frames table was made by the first call only; machine-local paths are dropped
+    assert titles == ["**fixed 2 updates**: `python benchmarks/scaling.py --env point_maze_u --seeds 0 1 --updates 2`",
+                      "**fixed 64 frames**: `python benchmarks/scaling.py --env point_maze_u --seeds 0 --updates 2 "
+                      "--frames 64`"]
+
+
+def test_expected_best_of_k_matches_enumerating_every_draw():
+    import itertools
+
+    rng = np.random.default_rng(3)
+    select_by = rng.integers(0, 3, 5).astype(float)  # ties on purpose
+    score = rng.random(5)
+    for k in (1, 2, 3):
+        picks = []
+        for draw in itertools.product(range(5), repeat=k):  # every k-tuple of runs, equally likely
+            best = max(select_by[i] for i in draw)
+            picks.append(np.mean([score[i] for i in draw if select_by[i] == best]))
+        assert rl_stats.expected_best_of_k(select_by, score, k) == pytest.approx(np.mean(picks), abs=1e-12)
+    assert rl_stats.expected_best_of_k(select_by, score, 1) == pytest.approx(score.mean())
+    # by hand: runs (return, success) (1, 0), (2, 1), (3, 0); of 2 draws the pick is run 3 with probability 5/9,
+    # run 2 with 4/9 - 1/9 = 3/9
+    assert rl_stats.expected_best_of_k([1.0, 2.0, 3.0], [0.0, 1.0, 0.0], 2) == pytest.approx(3 / 9)
+    with pytest.raises(ValueError, match="one length"):
+        rl_stats.expected_best_of_k([1.0, 2.0], [1.0], 2)
+    with pytest.raises(ValueError, match="k must be"):
+        rl_stats.expected_best_of_k([1.0], [1.0], 0)
+
+
+def test_selection_table_sets_pbts_headline_beside_the_best_of_k_ppo_runs(tmp_path, monkeypatch):
+    import report
+
+    def run(algo, seed, ret, success, members=None):
+        r = {"algo": algo, "algo_name": algo, "num_envs": 16, "seed": seed, "protocols": ["updates"],
+             "eval_return": ret, "eval_success": success}
+        if members:
+            r["eval_per_policy"] = {"eval_return": [1.0] * len(members), "eval_success": members}
+        return r
+
+    runs = [run("ppo", 0, 1.0, 0.0), run("ppo", 1, 2.0, 1.0),
+            run("pbt", 0, 5.0, 1.0, [0.0, 1.0]), run("pbt", 1, 5.0, 0.5, [0.5, 0.0])]
+    d = {"env": "point_maze_u", "metric": "eval_success", "protocols": {"updates": {"updates": 2, "horizon": 16}},
+         "table": [], "runs": runs}
+    (tmp_path / "scaling_point_maze_u.json").write_text(json.dumps(d))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    (row,) = report.selection_table(k=2)[2:]
+    # PPO runs 0.5; members (0 + 1 + 0.5 + 0) / 4; member 0 (0 + 0.5) / 2; headline (1 + 0.5) / 2; best of 2 PPO
+    # runs by return: run 1 with probability 3/4
+    assert row == "| point_maze_u (success rate) | 16 | 2 | 0.500 | 0.375 | 0.250 | 0.750 | 0.750 |"
+
+
 def test_controller_table_counts_pumping_and_braking_leaders(tmp_path, monkeypatch):
     import report
 
