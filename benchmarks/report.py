@@ -485,7 +485,8 @@ def readme_table() -> str:
         rows = [f"Hard-exploration tasks (docs/embedded-tasks.md), recipe defaults (runs at commit {', '.join(commits)}), "
                 "fixed number of updates per run: "
                 "the headline policy's final deterministic evaluation (PPO: its policy; SAPG: the leader; EPO: the "
-                "master; PBT: of its 8 members, the one with the best return in this same evaluation), interquartile mean [95% stratified-bootstrap CI] over "
+                "master; PBT: of its 8 members, the one with the best return in this same evaluation), "
+                "interquartile mean [95% stratified-bootstrap CI] over "
                 f"{'/'.join(map(str, n_seeds))} seeds, CPU.", "", *rows]
     if (RESULTS / "scaling_hard_tasks.png").is_file():
         rows += ["", "![final score vs num_envs on the hard tasks](benchmarks/results/scaling_hard_tasks.png)"]
