@@ -115,6 +115,22 @@ def velocity_sign_agreement(agent, num_policies: int, grid: int = 64) -> list[fl
     return agree.reshape(num_policies, -1).mean(1).tolist()
 
 
+def pbt_rounds(scalars: Path) -> dict | None:
+    """What in-process PBT's rounds did, from its per-batch log (``scalars/pbt``): the number of rounds, how many
+    found a finite fitness (a finished episode) for some member, and the members replaced and mutated over all
+    rounds. The log repeats the last round's counts every batch, so each round is counted at its first row.
+    None without a PBT log."""
+    steps = _csv_values(scalars / "pbt" / "num_steps.csv")
+    if not steps:
+        return None
+    logs = {k: _csv_values(scalars / "pbt" / f"{k}.csv") for k in ("num_replaced", "num_mutated", "best_objective")}
+    firsts = [i for i, v in enumerate(steps) if v > (steps[i - 1] if i else 0.0)]  # rows where a round has just run
+    return {"rounds": int(steps[-1]),
+            "rounds_with_fitness": sum(logs["best_objective"][i] == logs["best_objective"][i] for i in firsts),
+            "replaced": int(sum(logs["num_replaced"][i] for i in firsts)),
+            "mutated": int(sum(logs["num_mutated"][i] for i in firsts))}
+
+
 def diagnose(run_dir: Path, episodes: int) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -137,6 +153,8 @@ def diagnose(run_dir: Path, episodes: int) -> dict:
         if off.get("mu_min"):
             out["off_policy"]["mu_min_overall"] = min(off["mu_min"])
             out["off_policy"]["mu_max_overall"] = max(off["mu_max"])
+        if (rounds := pbt_rounds(scalars)) is not None:
+            out["pbt_rounds"] = rounds
     if cfg.env.name.startswith("point_maze") or cfg.env.name.endswith("mountain_car"):
         torch.manual_seed(int(cfg.seed))
         env = build_env(cfg, num_envs=m, seed=0)

@@ -501,8 +501,26 @@ def _diagnostics_groups(field: str):
     for path in sorted(RESULTS.glob("diagnostics_*.json")):
         runs = [r for r in json.loads(path.read_text())["runs"] if r.get(field)]
         key_of = lambda r: (r["env"], r.get("label", r["algo"]), r["num_envs"])  # noqa: E731  (variants apart)
-        for key in dict.fromkeys(key_of(r) for r in runs):
+        # the methods by N in ALGOS order, then the variants, whatever order the runs were diagnosed in
+        order = lambda k: (k[0], k[1] not in ALGOS, k[2], ALGOS.index(k[1]) if k[1] in ALGOS else 0, k[1])  # noqa: E731
+        for key in sorted(set(map(key_of, runs)), key=order):
             yield key, [r for r in runs if key_of(r) == key]
+
+
+PBT_ROUNDS_HEADER = "PBT rounds: with a fitness / all; members replaced, mutated (per-run means)"
+
+
+def _pbt_rounds_cell(rs: list[dict]) -> str:
+    """Per-run means of population_diagnostics.pbt_rounds over the runs that have it, with their count where some
+    do not (diagnosed before the field existed); "–" where none has it."""
+    import statistics
+
+    pbt = [r["pbt_rounds"] for r in rs if r.get("pbt_rounds")]
+    if not pbt:
+        return "–"
+    avg = lambda k: statistics.fmean(p[k] for p in pbt)  # noqa: E731
+    return (f"{avg('rounds_with_fitness'):.1f} / {avg('rounds'):.1f}; {avg('replaced'):.1f}, {avg('mutated'):.1f}"
+            + (f" ({len(pbt)} runs)" if len(pbt) < len(rs) else ""))
 
 
 def diagnostics_table() -> list[str]:
@@ -510,8 +528,8 @@ def diagnostics_table() -> list[str]:
     import statistics
 
     rows = ["| task | algo | N | seeds | coverage per policy (sampled) | union coverage | mean pairwise TV | "
-            "best goal-cell share | leader's ESS_off | mu range (mean of per-run min / max) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            f"best goal-cell share | leader's ESS_off | mu range (mean of per-run min / max) | {PBT_ROUNDS_HEADER} |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, rs in _diagnostics_groups("maze"):
         mean = lambda f: statistics.fmean(f(r) for r in rs)  # noqa: E731
         # runs with off-policy rows only: PPO's loss logs ESS_off = 0 and mu = 1 for its none
@@ -523,7 +541,7 @@ def diagnostics_table() -> list[str]:
         rows.append(f"| {key[0]} | {key[1]} | {key[2]:,} | {len(rs)} | "
                     f"{mean(lambda r: statistics.fmean(r['maze']['coverage'])):.2f} | "
                     f"{mean(lambda r: r['maze']['union_coverage']):.2f} | {mean(lambda r: r['maze']['mean_pairwise_tv']):.2f} | "
-                    f"{mean(lambda r: max(r['maze']['goal_cell_visit_share'])):.3f} | {ess} | {mu} |")
+                    f"{mean(lambda r: max(r['maze']['goal_cell_visit_share'])):.3f} | {ess} | {mu} | {_pbt_rounds_cell(rs)} |")
     return rows
 
 
@@ -535,7 +553,7 @@ def controller_table() -> list[str]:
     side = lambda v: (v > 0.6) - (v < 0.4)  # noqa: E731  (1 pumps, -1 brakes, 0 neither)
     rows = ["| task | variant | N | seeds | leader's eval success | leader's velocity-sign agreement | leader pumps "
             "(> 0.6) / brakes (< 0.4) | other policies' agreement, mean [min, max] | runs with every policy on the "
-            "leader's side |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            f"leader's side | {PBT_ROUNDS_HEADER} |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, rs in _diagnostics_groups("velocity_sign_agreement"):
         lead = [r["velocity_sign_agreement"][0] for r in rs]
         rest = [v for r in rs for v in r["velocity_sign_agreement"][1:]]
@@ -544,7 +562,8 @@ def controller_table() -> list[str]:
                     if rest else "–")
         success = statistics.fmean((r.get("eval_success") or [0.0])[0] for r in rs)  # per policy: the leader's
         rows.append(f"| {key[0]} | {key[1]} | {key[2]:,} | {len(rs)} | {success:.2f} | {statistics.fmean(lead):.2f} | "
-                    f"{sum(v > 0.6 for v in lead)} / {sum(v < 0.4 for v in lead)} | {others} | {one_side} |")
+                    f"{sum(v > 0.6 for v in lead)} / {sum(v < 0.4 for v in lead)} | {others} | {one_side} | "
+                    f"{_pbt_rounds_cell(rs)} |")
     return rows
 
 

@@ -213,8 +213,32 @@ def test_diagnostics_table_leaves_off_policy_columns_empty_without_off_policy_ro
     (tmp_path / "diagnostics_point_maze_u.json").write_text(json.dumps({"runs": runs}))
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     ppo, sapg, wide = report.diagnostics_table()[2:]
-    assert ppo.endswith("| – | – |") and sapg.endswith("| 0.90 | 0.20 / 4.0 |")
-    assert "| sapg-wide | 12 | 1 |" in wide and wide.endswith("| 0.50 | 0.10 / 8.0 |")
+    assert ppo.endswith("| – | – | – |") and sapg.endswith("| 0.90 | 0.20 / 4.0 | – |")
+    assert "| sapg-wide | 12 | 1 |" in wide and wide.endswith("| 0.50 | 0.10 / 8.0 | – |")
+
+
+def test_pbt_rounds_counts_each_round_once_and_the_diagnostics_table_averages_them(tmp_path, monkeypatch):
+    import population_diagnostics
+    import report
+
+    log = tmp_path / "scalars" / "pbt"
+    log.mkdir(parents=True)
+    # one row per batch; a round's counts repeat on every row until the next round
+    columns = {"num_steps": [0, 0, 1, 1, 2], "num_replaced": [0, 0, 3, 3, 1], "num_mutated": [0, 0, 1, 1, 0],
+               "best_objective": ["nan", "nan", "nan", "nan", 5.0]}
+    for name, values in columns.items():
+        (log / f"{name}.csv").write_text("".join(f"{100 * (i + 1)},{v}\n" for i, v in enumerate(values)))
+    rounds = population_diagnostics.pbt_rounds(tmp_path / "scalars")
+    assert rounds == {"rounds": 2, "rounds_with_fitness": 1, "replaced": 4, "mutated": 1}
+    assert population_diagnostics.pbt_rounds(tmp_path / "elsewhere") is None
+
+    maze = {"coverage": [0.5], "union_coverage": 0.5, "mean_pairwise_tv": 0.0, "goal_cell_visit_share": [0.0]}
+    runs = [{"env": "point_maze_u", "algo": "pbt", "num_envs": 12, "seed": s, "maze": maze, "pbt_rounds": r}
+            for s, r in enumerate([rounds, {"rounds": 4, "rounds_with_fitness": 0, "replaced": 0, "mutated": 0}, None])]
+    (tmp_path / "diagnostics_point_maze_u.json").write_text(json.dumps({"runs": runs}))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    (row,) = report.diagnostics_table()[2:]
+    assert row.endswith("| – | – | 0.5 / 3.0; 2.0, 0.5 (2 runs) |")  # the third run predates the field
 
 
 def test_velocity_sign_agreement_tells_a_pump_from_a_brake():
@@ -313,7 +337,7 @@ def test_controller_table_counts_pumping_and_braking_leaders(tmp_path, monkeypat
     (row,) = report.controller_table()[2:]
     # every policy on the leader's side: run 1 (all brake); not run 0 (one brakes) nor run 2 (one pumps, the
     # leader neither)
-    assert row == "| sparse_mountain_car | sapg | 12 | 3 | 0.33 | 0.50 | 1 / 1 | 0.49 [0.20, 0.80] | 1 of 3 |"
+    assert row == "| sparse_mountain_car | sapg | 12 | 3 | 0.33 | 0.50 | 1 / 1 | 0.49 [0.20, 0.80] | 1 of 3 | – |"
 
 
 def test_each_task_ablation_lands_in_its_own_block_of_the_scaling_doc(tmp_path, monkeypatch, capsys):
