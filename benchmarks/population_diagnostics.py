@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -126,7 +127,7 @@ def pbt_rounds(scalars: Path) -> dict | None:
     logs = {k: _csv_values(scalars / "pbt" / f"{k}.csv") for k in ("num_replaced", "num_mutated", "best_objective")}
     firsts = [i for i, v in enumerate(steps) if v > (steps[i - 1] if i else 0.0)]  # rows where a round has just run
     return {"rounds": int(steps[-1]),
-            "rounds_with_fitness": sum(logs["best_objective"][i] == logs["best_objective"][i] for i in firsts),
+            "rounds_with_fitness": sum(math.isfinite(logs["best_objective"][i]) for i in firsts),
             "replaced": int(sum(logs["num_replaced"][i] for i in firsts)),
             "mutated": int(sum(logs["num_mutated"][i] for i in firsts))}
 
