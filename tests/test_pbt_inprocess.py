@@ -18,6 +18,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -669,6 +670,21 @@ def test_pbt_nan_objective_ranks_last_and_is_replaced():
     assert report["ranking"][-1] == 1 and report["objectives"][1] is None
     assert 1 in report["replaced"]
     assert set(report["sources"]) <= {5, 3, 7}  # the new top 3
+
+
+def test_pbt_round_without_any_fitness_acts_on_nobody_and_warns_once():
+    pbt = _pbt()
+    _, _, hyper0 = _snapshot(pbt.learner)
+    with pytest.warns(RuntimeWarning, match=r"round at 1,000 env frames ranked no member .*pbt\.start_frames"):
+        report = pbt.step(frames=1000)  # nothing observed yet: every member's fitness is NaN
+    assert report["replaced"] == [] and report["mutated"] == [] and report["objectives"] == [None] * 10
+    _, _, hyper1 = _snapshot(pbt.learner)
+    for i in range(10):
+        _same_member(hyper1, i, hyper0, i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pbt.step(frames=2000)  # said once
+        pbt.step(frames=3000, objectives=OBJ10)  # a round with a fitness never warns
 
 
 def test_pbt_burn_in_leaves_recently_changed_members_alone():

@@ -102,6 +102,7 @@ class InProcessPBT(TrainerHookBase):
         self.last_change = [-(10**18)] * m
         self.num_steps = 0
         self.last_report: dict[str, Any] = {}
+        self._warned_unranked = False  # the no-fitness-yet warning is given once
 
     @property
     def beta_mut(self) -> float:
@@ -142,6 +143,13 @@ class InProcessPBT(TrainerHookBase):
         """Rank and act now (``objectives``: ``[M]`` values, default: the tracked fitness)."""
         fit = self.fitness() if objectives is None else torch.as_tensor(objectives, dtype=torch.float64)
         objs = {i: (float(v) if math.isfinite(float(v)) else None) for i, v in enumerate(fit.tolist())}
+        if not self._warned_unranked and all(v is None for v in objs.values()):
+            self._warned_unranked = True
+            warnings.warn(
+                f"InProcessPBT: the round at {frames:,} env frames ranked no member (no {self.fitness_key!r} yet: no "
+                "member has ended an episode since its last change), so it replaced and mutated nothing. Rounds act "
+                "once episodes end: set start_frames (pbt.start_frames) past the frames the first episodes take "
+                "(about the episode length times num_envs), or train for longer.", RuntimeWarning, stacklevel=2)
         decisions = {i: pbt_decision(i, objs, selection=self.selection, generator=self.rng) for i in objs}
         acting = {i: d for i, d in decisions.items() if frames - self.last_change[i] >= self.burn_in_frames}
         replace = [(i, d) for i, d in acting.items() if d.action == "replace"]
