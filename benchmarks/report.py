@@ -480,7 +480,8 @@ def readme_table() -> str:
     studies = _hard_scaling()
     if studies:
         n_seeds = sorted({len(t["seeds"]) for d in studies for t in d["table"]})
-        codes = [r.get("code") or d.get("code") or {} for d in studies for r in d["runs"]]  # per run: resumed studies
+        codes = [r.get("code") or d.get("code") or {} for d in studies for r in d["runs"]  # per run: resumed studies
+                 if "updates" in r.get("protocols", [])]  # the table's protocol only
         commits = sorted({c.get("commit", "?")[:7] + ("+dirty" if c.get("dirty") else "") for c in codes})
         rows = [f"Hard-exploration tasks (docs/embedded-tasks.md), recipe defaults (runs at commit {', '.join(commits)}), "
                 "fixed number of updates per run: "
@@ -569,26 +570,43 @@ def controller_table() -> list[str]:
 
 def selection_table(k: int = 8) -> list[str]:
     """Per hard task and N: PBT's headline (its best member by eval return) against what picking the best of ``k``
-    independent PPO runs by the same criterion gives (rl_stats.expected_best_of_k), with the per-member means."""
+    independent PPO runs by the same criterion gives (rl_stats.expected_best_of_k), with the per-member means.
+
+    The PPO runs come at two sizes: N environments each (the study's PPO), and N / ``k``, a PBT member's share, from
+    ``ablation_<task>_ppo_member_envs.json`` where it exists ("–" where it does not), in two variants: the recipe's
+    KL-adaptive learning rate (label ``ppo``) and a fixed one, as a PBT member keeps between rounds
+    (``ppo-fixed-lr``). Picking among ``k`` runs of N / ``k`` is PBT without its rounds, at PBT's compute.
+    """
     import statistics
 
     import rl_stats
 
-    rows = [f"| task (metric) | N | seeds | PPO run | PBT member, all | PBT member 0 | PBT headline (best of its {k} "
-            f"by eval return) | best of {k} PPO runs by eval return (expected) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    variants = ("ppo", "ppo-fixed-lr")
+    rows = [f"| task (metric) | N | seeds | PPO run | PPO run on N/{k} envs (recipe lr / fixed lr) | PBT member, all | "
+            f"PBT member 0 | PBT headline (best of its {k} by eval return) | best of {k} PPO runs on N/{k} envs, "
+            f"expected (recipe lr / fixed lr) | best of {k} PPO runs by eval return (expected) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for d in _hard_scaling():
         metric = d["metric"]
         runs = [r for r in d["runs"] if "updates" in r.get("protocols", []) and r.get(metric) is not None]
+        small = (_load(f"ablation_{d['env']}_ppo_member_envs.json") or {"runs": []})["runs"]
+        small = [r for r in small if r.get(metric) is not None and "updates" in r.get("protocols", [])]
         for n in sorted({r["num_envs"] for r in runs}):
             ppo = [r for r in runs if r["algo"] == "ppo" and r["num_envs"] == n]
             pbt = [r for r in runs if r["algo"] == "pbt" and r["num_envs"] == n and metric in (r.get("eval_per_policy") or {})]
             if not ppo or not pbt:
                 continue
             members = [r["eval_per_policy"][metric] for r in pbt]
+            means, picks = [], []
+            for label in variants:
+                rs = [r for r in small if r["algo"] == label and r["num_envs"] * k == n]
+                means.append(f"{statistics.fmean(r[metric] for r in rs):.3f} ({len(rs)})" if rs else "–")
+                picks.append(f"{rl_stats.expected_best_of_k([r['eval_return'] for r in rs], [r[metric] for r in rs], k):.3f}"
+                             if rs else "–")
             rows.append(f"| {d['env']} ({METRIC_NAMES.get(metric, metric)}) | {n:,} | {len(pbt)} | "
-                        f"{statistics.fmean(r[metric] for r in ppo):.3f} | "
+                        f"{statistics.fmean(r[metric] for r in ppo):.3f} | {' / '.join(means)} | "
                         f"{statistics.fmean(v for m in members for v in m):.3f} | {statistics.fmean(m[0] for m in members):.3f} | "
-                        f"{statistics.fmean(r[metric] for r in pbt):.3f} | "
+                        f"{statistics.fmean(r[metric] for r in pbt):.3f} | {' / '.join(picks)} | "
                         f"{rl_stats.expected_best_of_k([r['eval_return'] for r in ppo], [r[metric] for r in ppo], k):.3f} |")
     return rows
 

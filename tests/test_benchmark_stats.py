@@ -318,8 +318,20 @@ def test_selection_table_sets_pbts_headline_beside_the_best_of_k_ppo_runs(tmp_pa
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     (row,) = report.selection_table(k=2)[2:]
     # PPO runs 0.5; members (0 + 1 + 0.5 + 0) / 4; member 0 (0 + 0.5) / 2; headline (1 + 0.5) / 2; best of 2 PPO
-    # runs by return: run 1 with probability 3/4
-    assert row == "| point_maze_u (success rate) | 16 | 2 | 0.500 | 0.375 | 0.250 | 0.750 | 0.750 |"
+    # runs by return: run 1 with probability 3/4; no PPO runs on N/2 envs yet
+    assert row == "| point_maze_u (success rate) | 16 | 2 | 0.500 | – / – | 0.375 | 0.250 | 0.750 | – / – | 0.750 |"
+    # PPO on a member's share (16 / 2 = 8 envs): runs at another N or protocol are not read
+    small = [run("ppo", 0, 3.0, 0.0), run("ppo", 1, 1.0, 1.0), run("ppo", 2, 2.0, 1.0), run("ppo", 3, 9.0, 1.0),
+             run("ppo-fixed-lr", 0, 1.0, 1.0)]
+    for r in small[:3] + small[4:]:
+        r["num_envs"] = 8
+    small[2]["protocols"] = ["frames"]
+    (tmp_path / "ablation_point_maze_u_ppo_member_envs.json").write_text(json.dumps({"runs": small}))
+    (row,) = report.selection_table(k=2)[2:]
+    # recipe lr: two runs on 8 envs, mean success 0.5; the best of 2 by return is run 0 (return 3, success 0) unless
+    # both draws are run 1: expected success 1/4. Fixed lr: one run, success 1
+    assert row == ("| point_maze_u (success rate) | 16 | 2 | 0.500 | 0.500 (2) / 1.000 (1) | 0.375 | 0.250 | 0.750 | "
+                   "0.250 / 1.000 | 0.750 |")
 
 
 def test_controller_table_counts_pumping_and_braking_leaders(tmp_path, monkeypatch):
