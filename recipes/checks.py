@@ -163,6 +163,9 @@ def _check_pbt_mode(cfg: DictConfig) -> None:
     if mode == "inprocess" and name not in POPULATION_ALGORITHMS:
         raise ValueError(f"pbt=inprocess trains its own PPO members (the algo=pbt layout it selects): drop algo={name} "
                          "(docs/pbt-inprocess.md).")
+    if mode == "inprocess" and _get(cfg, "train.lr_schedule", "adaptive") == "linear":
+        raise ValueError("train.lr_schedule=linear: pbt=inprocess members take adaptive (the KL rule, each on its own "
+                         "learning rate) or fixed; set train.lr_schedule=adaptive or fixed (docs/pbt-inprocess.md).")
 
 
 def _check_env_layout(cfg: DictConfig) -> None:

@@ -290,12 +290,15 @@ MEMBER_HYPERPARAMETERS = ("lr", "clip_epsilon", "entropy_coeff", "critic_coeff",
 
 
 def build_pbt_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer_kwargs) -> PBTTrainer:
-    """The in-process population (pbt=inprocess): one learner for all members plus the PBT hook from ``pbt.*``."""
+    """The in-process population (pbt=inprocess): one learner for all members plus the PBT hook from ``pbt.*``.
+
+    Each member follows ``train.lr_schedule`` on its own learning rate (``adaptive``: the KL rule, as PPO's)."""
     learner = PopulationLearner(
         agent.actor.ensemble,
         {k: cfg.train[k] for k in MEMBER_HYPERPARAMETERS},
         generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed),
-        **config_kwargs(PopulationLearner, cfg.train, only=("num_minibatches", "max_grad_norm", "reward_scale")),
+        **config_kwargs(PopulationLearner, cfg.train, only=("num_minibatches", "max_grad_norm", "reward_scale",
+                                                             "lr_schedule", "kl_threshold", "min_lr", "max_lr")),
     )
     trainer = PBTTrainer(collector=collector, learner=learner, **trainer_kwargs)
     InProcessPBT(learner, cfg.pbt.hyperparameters, seed=cfg.seed, **config_kwargs(InProcessPBT, cfg.pbt)).register(trainer)

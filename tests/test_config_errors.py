@@ -156,6 +156,13 @@ def test_bad_train_option(override, expected):
 
 
 # ----------------------------------------------------------------------------- env layout and budget
+def test_inprocess_pbt_refuses_a_linear_learning_rate():
+    msg = config_error(ValueError, "pbt=inprocess", "train.lr_schedule=linear")
+    assert "train.lr_schedule=linear" in msg and "set train.lr_schedule=adaptive or fixed" in msg
+    check_config(cfg_of("pbt=inprocess", "train.lr_schedule=fixed"))  # and takes the other two
+    check_config(cfg_of("algo=ppo", "train.lr_schedule=linear"))  # linear stays PPO's, SAPG's and EPO's
+
+
 def test_num_envs_zero():
     msg = config_error(ValueError, "env.num_envs=0")
     assert "env.num_envs=0" in msg and "int >= 1" in msg

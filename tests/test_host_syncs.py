@@ -99,10 +99,12 @@ def test_the_update_never_reads_the_device_and_a_batch_only_where_documented(alg
         assert all(n == 1 for n in per_batch.outside(_CPU_ONLY).values()), per_batch.sites
 
 
+@pytest.mark.parametrize("lr_schedule", ["fixed", "adaptive"])
 @pytest.mark.parametrize("recurrent", [False, True], ids=["mlp", "lstm"])
-def test_the_in_process_pbt_update_reads_the_host_once_per_batch(recurrent):
+def test_the_in_process_pbt_update_reads_the_host_once_per_batch(recurrent, lr_schedule):
     """``PopulationLearner.update`` (all mini-epochs of every member) reads one number on the host: how many
-    epochs the members run (their hyperparameters, on the device); its optimiser steps read nothing."""
+    epochs the members run (their hyperparameters, on the device); its optimiser steps and the KL rule on the
+    members' learning rates read nothing."""
     from torchrl.envs import Compose, TransformedEnv
 
     from torchrl_sapg.population.pbt_inprocess import (EnsembleActor, PolicyEnsemble, PopulationLearner,
@@ -119,13 +121,14 @@ def test_the_in_process_pbt_update_reads_the_host_once_per_batch(recurrent):
         policy = EnsembleActor(ens)
     hyper = {"lr": 1e-3, "clip_epsilon": 0.2, "entropy_coeff": 0.01, "critic_coeff": 1.0, "gamma": 0.99,
              "lmbda": 0.95, "num_epochs": [2, 1, 2]}
-    learner = PopulationLearner(ens, hyper, num_minibatches=2, max_grad_norm=1.0)
+    learner = PopulationLearner(ens, hyper, num_minibatches=2, max_grad_norm=1.0, lr_schedule=lr_schedule)
     batches = iter(PopulationCollector(env, policy, num_policies=m, frames_per_batch=12 * 8))
     for _ in range(2):  # the second update runs with the optimiser's layout in place
         batch = learner.estimate(next(batches))
         with HostReads() as update:
             learner.update(batch)
     assert update.sites == {"learner.update": 1}
+    assert (learner.hp_lr != 1e-3).any() == (lr_schedule == "adaptive")  # the rule ran, on every member's own rate
 
 
 def test_the_detector_sees_host_reads():

@@ -65,7 +65,8 @@ def test_per_member_terms_equal_a_direct_computation_bit_for_bit():
     td = _batch(ens)
     loss = PopulationPPOLoss(ens, clip_epsilon=CLIP, entropy_coeff=ENT, critic_coeff=CRIT)
     got = loss(td)
-    assert got.batch_size == torch.Size([M]) and list(loss.out_keys) == list(TERMS)
+    assert got.batch_size == torch.Size([M]) and list(loss.out_keys) == [*TERMS, "kl_gaussian"]
+    assert set(got.keys()) == set(TERMS)  # no kl_gaussian without the collecting policy's loc and scale
     hand = _by_hand(ens, td, CLIP, ENT, CRIT)
     for key in TERMS:
         assert torch.equal(got[key], hand[key].detach() if key in ("entropy", "clip_fraction", "kl_approx") else hand[key]), key

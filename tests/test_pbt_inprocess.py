@@ -66,12 +66,12 @@ HP = {"lr": 1e-3, "clip_epsilon": 0.2, "entropy_coeff": 0.0, "critic_coeff": 1.0
       "num_epochs": 1}
 
 
-def _learner(m=3, seed=0, num_minibatches=2, **hp):
+def _learner(m=3, seed=0, num_minibatches=2, lr_schedule="fixed", max_lr=1e-2, **hp):
     ens = _ensemble(m, seed=seed)
     h = dict(HP)
     h.update(hp)
     return PopulationLearner(ens, h, num_minibatches=num_minibatches, max_grad_norm=1.0,
-                             generator=torch.Generator().manual_seed(0))
+                             generator=torch.Generator().manual_seed(0), lr_schedule=lr_schedule, max_lr=max_lr)
 
 
 _BATCHES: dict = {}
@@ -503,6 +503,74 @@ def test_member_losses_equal_hand_clipped_ppo_per_member_values_and_gradients():
                 if name.startswith(prefix):
                     torch.testing.assert_close(p.grad[i], ref[name[len(prefix):]].grad, rtol=1e-4, atol=1e-6,
                                                msg=name)
+
+
+def test_member_kl_gaussian_is_each_members_analytic_kl_from_the_collecting_policy():
+    m, b = 3, 16
+    learner = _learner(m)
+    gen = torch.Generator().manual_seed(4)
+    obs = torch.randn(m, b, OBS, generator=gen)
+    with torch.no_grad():
+        loc, scale = learner.ensemble.heads(obs)
+    old_loc = loc + torch.randn(m, b, ACT, generator=gen) * torch.tensor([0.0, 0.3, 1.0]).view(m, 1, 1)
+    old_scale = scale * torch.rand(m, b, ACT, generator=gen).add(0.5)
+    sub = TensorDict({"observation": obs, "action": torch.randn(m, b, ACT, generator=gen),
+                      "action_log_prob": torch.zeros(m, b), "advantage": torch.randn(m, b, 1, generator=gen),
+                      "value_target": torch.randn(m, b, 1, generator=gen)}, [m, b])
+    assert "kl_gaussian" not in learner.member_losses(sub).keys()  # without the collecting policy's Gaussian
+    sub.update({"loc": old_loc, "scale": old_scale})
+    kl = learner.member_losses(sub)["kl_gaussian"]
+    for i in range(m):
+        hand = torch.distributions.kl_divergence(torch.distributions.Normal(old_loc[i], old_scale[i]),
+                                                 torch.distributions.Normal(loc[i], scale[i])).sum(-1).mean()
+        torch.testing.assert_close(kl[i], hand, rtol=1e-5, atol=1e-7)
+    assert kl[2] > kl[1] > 0
+
+
+def _adaptive(num_epochs, **kw):
+    """A one-minibatch adaptive update whose first KLs straddle the rule's thresholds: member 0 above 2x, member 1
+    between, member 2 below 1/2 (the collecting loc moved by 1, 0.3, 0 from the learner's own)."""
+    learner = _learner(3, num_minibatches=1, lr=1e-3, num_epochs=num_epochs, lr_schedule="adaptive", max_lr=1.2e-3,
+                       **kw)
+    batch = _batch(3, 4)
+    learner.estimate(batch)
+    obs = batch["observation"].reshape(3, -1, OBS)
+    with torch.no_grad():
+        loc, scale = learner.ensemble.heads(obs)
+    shift = torch.tensor([1.0, 0.3, 0.0]).view(3, 1, 1)
+    batch.set("loc", (loc + shift).reshape(batch["loc"].shape))
+    batch.set("scale", scale.reshape(batch["scale"].shape))
+    kl = (shift.pow(2) / (2 * scale.pow(2))).sum(-1).mean(1)  # equal scales: the mean term only
+    return learner, batch, kl
+
+
+def test_adaptive_learning_rate_applies_the_kl_rule_to_each_member():
+    learner, batch, kl = _adaptive([1, 1, 1])
+    learner.kl_threshold = float(kl[1])  # member 1 inside [thr / 2, 2 thr]
+    assert kl[0] > 2 * kl[1] and kl[2] < kl[1] / 2
+    learner.update(batch)
+    torch.testing.assert_close(learner.hp_lr, torch.tensor([1e-3 / 1.5, 1e-3, 1.2e-3]))  # / 1.5, kept, x 1.5 clamped
+    # a member past its num_epochs did not step and keeps its learning rate; the others go on adapting
+    learner2, batch2, _ = _adaptive([1, 1, 2])
+    learner2.kl_threshold = learner.kl_threshold
+    learner2.update(batch2)
+    torch.testing.assert_close(learner2.hp_lr[:2], learner.hp_lr[:2])
+    assert float(learner2.hp_lr[2]) in (pytest.approx(1.2e-3), pytest.approx(1.2e-3 / 1.5))
+    # fixed (the library default): nobody's learning rate moves
+    fixed = _learner(3, num_minibatches=1, lr=1e-3)
+    fixed.estimate(batch)
+    fixed.update(batch)
+    assert fixed.hp_lr.tolist() == [pytest.approx(1e-3)] * 3
+
+
+def test_adaptive_learning_rate_refuses_unknown_schedules_and_batches_without_the_gaussian():
+    with pytest.raises(ValueError, match=r"lr_schedule='linear'.*'fixed' or 'adaptive'"):
+        _learner(3, lr_schedule="linear")
+    learner = _learner(3, lr_schedule="adaptive")
+    batch = _batch(3, 4)
+    learner.estimate(batch)
+    with pytest.raises(KeyError, match=r"lr_schedule='adaptive' reads the collecting policy's \['scale'\]"):
+        learner.update(batch.exclude("scale"))
 
 
 # ============================================================================= 5. update isolation

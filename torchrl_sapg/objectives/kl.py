@@ -5,7 +5,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
 
-__all__ = ["gaussian_kl", "gaussian_kl_from_dist", "gaussian_kl_rows"]
+__all__ = ["gaussian_kl", "gaussian_kl_from_dist", "gaussian_kl_per_row", "gaussian_kl_rows"]
 
 
 def gaussian_kl(
@@ -83,6 +83,28 @@ def gaussian_kl_from_dist(
                             policy_id=ids, reduction=reduction, num_policies=num_policies)
 
 
+def gaussian_kl_per_row(old_loc: torch.Tensor, old_scale: torch.Tensor, new_loc: torch.Tensor,
+                        new_scale: torch.Tensor) -> torch.Tensor:
+    """Analytic KL(old || new) of diagonal Gaussians per row: ``[..., action_dim]`` -> ``[...]`` (no gradient).
+
+    Args:
+        old_loc: the behaviour policy's mean.
+        old_scale: the behaviour policy's standard deviation.
+        new_loc: the current policy's mean.
+        new_scale: the current policy's standard deviation.
+
+    Examples:
+        >>> one = torch.ones(2, 1)
+        >>> gaussian_kl_per_row(0 * one, one, 0 * one, one).tolist()
+        [0.0, 0.0]
+    """
+    with torch.no_grad():
+        new_loc, new_scale = new_loc.detach(), new_scale.detach()
+        return (torch.log(new_scale / old_scale)
+                + (old_scale.pow(2) + (old_loc - new_loc).pow(2)) / (2 * new_scale.pow(2))
+                - 0.5).sum(-1)
+
+
 def gaussian_kl_rows(
     old_loc: torch.Tensor,
     old_scale: torch.Tensor,
@@ -109,12 +131,7 @@ def gaussian_kl_rows(
         0.5677
     """
     with torch.no_grad():
-        new_loc, new_scale = new_loc.detach(), new_scale.detach()
-        kl = (
-            torch.log(new_scale / old_scale)
-            + (old_scale.pow(2) + (old_loc - new_loc).pow(2)) / (2 * new_scale.pow(2))
-            - 0.5
-        ).sum(-1)
+        kl = gaussian_kl_per_row(old_loc, old_scale, new_loc, new_scale)
         keep = torch.ones_like(kl) if keep is None else keep.reshape(kl.shape).to(kl.dtype)
         if reduction == "mean":
             return (kl * keep).sum() / keep.sum().clamp_min(1)

@@ -16,6 +16,8 @@ from torch import nn
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import ValueEstimators
 
+from torchrl_sapg.objectives.kl import gaussian_kl_per_row
+
 __all__ = ["PopulationPPOLoss"]
 
 
@@ -55,17 +57,22 @@ class PopulationPPOLoss(LossModule):
             sample_log_prob: its log-probability under the collecting policy.
             advantage: the (per-member standardised) advantage.
             value_target: the critic's regression target.
+            loc: the collecting policy's action mean (optional: read for ``kl_gaussian`` where present).
+            scale: its action standard deviation (optional, with ``loc``).
         """
 
         action: NestedKey = "action"
         sample_log_prob: NestedKey = "action_log_prob"
         advantage: NestedKey = "advantage"
         value_target: NestedKey = "value_target"
+        loc: NestedKey = "loc"
+        scale: NestedKey = "scale"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
     default_value_estimator = ValueEstimators.GAE
-    out_keys = ["loss_objective", "loss_entropy", "loss_critic", "entropy", "clip_fraction", "kl_approx"]
+    # kl_gaussian only where the rows hold the collecting policy's loc and scale
+    out_keys = ["loss_objective", "loss_entropy", "loss_critic", "entropy", "clip_fraction", "kl_approx", "kl_gaussian"]
 
     def __init__(self, ensemble: nn.Module, *, clip_epsilon: torch.Tensor, entropy_coeff: torch.Tensor,
                  critic_coeff: torch.Tensor):
@@ -106,17 +113,17 @@ class PopulationPPOLoss(LossModule):
         gain = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
         entropy = dist.entropy().sum(-1)
         critic = (flat(value) - flat(tensordict.get(keys.value_target))).pow(2).squeeze(-1)
+        out = {
+            "loss_objective": -gain.mean(1),
+            "loss_entropy": -self.entropy_coeff * entropy.mean(1),
+            "loss_critic": self.critic_coeff * critic.mean(1),
+        }
         with torch.no_grad():
-            clip_fraction = ((ratio - 1).abs() > eps).float().mean(1)
-            kl = (-log_ratio).mean(1)
-        return TensorDict(
-            {
-                "loss_objective": -gain.mean(1),
-                "loss_entropy": -self.entropy_coeff * entropy.mean(1),
-                "loss_critic": self.critic_coeff * critic.mean(1),
-                "entropy": entropy.detach().mean(1),
-                "clip_fraction": clip_fraction,
-                "kl_approx": kl,
-            },
-            [m],
-        )
+            out["entropy"] = entropy.detach().mean(1)
+            out["clip_fraction"] = ((ratio - 1).abs() > eps).float().mean(1)
+            out["kl_approx"] = (-log_ratio).mean(1)
+            if keys.loc in tensordict.keys(True, True) and keys.scale in tensordict.keys(True, True):
+                # analytic KL(collecting || current) per member, the KL the adaptive learning rate reads
+                out["kl_gaussian"] = gaussian_kl_per_row(flat(tensordict.get(keys.loc)), flat(tensordict.get(keys.scale)),
+                                                         flat(loc), flat(scale)).mean(1)
+        return TensorDict(out, [m])

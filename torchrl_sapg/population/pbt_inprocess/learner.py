@@ -13,7 +13,7 @@ recorded at collection. ``PBTTrainer`` plugs it into
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Literal, Mapping
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -190,7 +190,15 @@ class PopulationLearner(nn.Module):
             or a length-M sequence).
         num_minibatches: minibatches per mini-epoch, taken from each member's own rows.
         max_grad_norm: per-member global gradient-norm clip.
+        reward_scale: rewards are multiplied by this before value estimation.
         generator: for the minibatch shuffles.
+        lr_schedule: ``"fixed"`` (a member's learning rate changes only when PBT changes it) or ``"adaptive"``
+            (after each of its minibatches, each member applies :class:`~torchrl_sapg.trainers.LearningRateSchedule`'s
+            KL rule to its own learning rate, from its own analytic KL; DexPBT's members train with it, Table II).
+        kl_threshold: target KL of the adaptive rule.
+        lr_factor: its step (divide or multiply the learning rate by it).
+        min_lr: the adaptive rule's lower bound.
+        max_lr: the adaptive rule's upper bound.
 
     Examples:
         >>> ens = PolicyEnsemble(3, 1, num_members=2, hidden_sizes=(8,))
@@ -209,8 +217,20 @@ class PopulationLearner(nn.Module):
         max_grad_norm: float | None = 1.0,
         reward_scale: float = 1.0,
         generator: torch.Generator | None = None,
+        lr_schedule: Literal["fixed", "adaptive"] = "fixed",
+        kl_threshold: float = 0.016,
+        lr_factor: float = 1.5,
+        min_lr: float = 1e-6,
+        max_lr: float = 1e-2,
     ):
         super().__init__()
+        if lr_schedule not in ("fixed", "adaptive"):
+            raise ValueError(f"lr_schedule={lr_schedule!r}: a population member's learning rate is 'fixed' or 'adaptive' "
+                             "(the KL rule); a linear schedule is not supported in-process.")
+        if lr_factor <= 1.0:
+            raise ValueError(f"lr_factor must be > 1, got {lr_factor}.")
+        self.lr_schedule, self.kl_threshold, self.lr_factor = lr_schedule, kl_threshold, lr_factor
+        self.min_lr, self.max_lr = min_lr, max_lr
         missing = [k for k in HYPERPARAMETERS if k not in hyperparameters]
         if missing:
             raise KeyError(f"hyperparameters is missing {missing}; give each of {HYPERPARAMETERS}.")
@@ -262,7 +282,15 @@ class PopulationLearner(nn.Module):
     def update(self, batch: TensorDictBase) -> TensorDict:
         """Mini-epochs of every member on its own rows of a ``[N, T]`` batch (after :meth:`estimate`)."""
         m = self.ensemble.num_members
-        data = batch.select(*self.ensemble.input_keys(), *self.member_loss.in_keys)  # all a minibatch reads
+        keys = [*self.ensemble.input_keys(), *self.member_loss.in_keys]  # all a minibatch reads
+        if self.lr_schedule == "adaptive":  # the collecting policy's Gaussian, for the analytic KL
+            loss_keys = self.member_loss.tensor_keys
+            missing = [k for k in (loss_keys.loc, loss_keys.scale) if k not in batch.keys(True, True)]
+            if missing:
+                raise KeyError(f"lr_schedule='adaptive' reads the collecting policy's {missing} from the batch (the "
+                               "ensemble actor writes them); collect with it, or use lr_schedule='fixed'.")
+            keys += [loss_keys.loc, loss_keys.scale]
+        data = batch.select(*keys)
         if self.ensemble.is_recurrent:  # member i's env block -> [N/M, T] whole env-rows
             data = data.reshape(m, batch.shape[0] // m, *batch.shape[1:])
         else:  # member i's env block -> row i, flattened
@@ -290,14 +318,25 @@ class PopulationLearner(nn.Module):
                 loss = sum(v for k, v in losses.items() if k.startswith("loss_")).sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if self.sync is not None:
-                    self.sync.average_gradients_(self.optimizer._params())
+                kl = losses.get("kl_gaussian") if self.lr_schedule == "adaptive" else None
+                if self.sync is not None:  # one all-reduce: the gradients and the KL the learning rates follow
+                    self.sync.average_gradients_(self.optimizer._params(), [] if kl is None else [kl])
                 norms = self.optimizer.step(lr=self.hp_lr, active=active)
+                if kl is not None:
+                    self._adapt_lr(kl, active)
                 out = losses.detach()
                 out.set("grad_norm", norms)
                 total = out if total is None else total + out
                 steps += 1
         return total / steps
+
+    @torch.no_grad()
+    def _adapt_lr(self, kl: torch.Tensor, active: torch.Tensor) -> None:
+        """The KL rule on every member that stepped (LearningRateSchedule.on_minibatch, per member, on device)."""
+        lr = self.hp_lr
+        new = torch.where(kl > 2.0 * self.kl_threshold, (lr / self.lr_factor).clamp_min(self.min_lr), lr)
+        new = torch.where(kl < 0.5 * self.kl_threshold, (lr * self.lr_factor).clamp_max(self.max_lr), new)
+        lr.copy_(torch.where(active, new, lr))
 
     def exploit(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         """Members ``dst`` take ``src``'s weights, normaliser, optimiser state and hyperparameters."""
