@@ -122,8 +122,8 @@ class PopulationPPOLoss(LossModule):
             out["entropy"] = entropy.detach().mean(1)
             out["clip_fraction"] = ((ratio - 1).abs() > eps).float().mean(1)
             out["kl_approx"] = (-log_ratio).mean(1)
-            if keys.loc in tensordict.keys(True, True) and keys.scale in tensordict.keys(True, True):
+            old_loc, old_scale = tensordict.get(keys.loc, None), tensordict.get(keys.scale, None)
+            if old_loc is not None and old_scale is not None:
                 # analytic KL(collecting || current) per member, the KL the adaptive learning rate reads
-                out["kl_gaussian"] = gaussian_kl_per_row(flat(tensordict.get(keys.loc)), flat(tensordict.get(keys.scale)),
-                                                         flat(loc), flat(scale)).mean(1)
+                out["kl_gaussian"] = gaussian_kl_per_row(flat(old_loc), flat(old_scale), flat(loc), flat(scale)).mean(1)
         return TensorDict(out, [m])
