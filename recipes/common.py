@@ -40,6 +40,7 @@ from torchrl_sapg.population import (
     RecurrentPolicyEnsemble,
     ensemble_collection_policy,
 )
+from torchrl_sapg.population.pbt_inprocess import HYPERPARAMETERS
 from torchrl_sapg.trainers import LearningRateSchedule, OnPolicyTrainer
 
 
@@ -285,20 +286,17 @@ def _on_policy_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer
     return trainer
 
 
-#: the hyperparameters every in-process PBT member holds (and ``pbt.hyperparameters`` may mutate)
-MEMBER_HYPERPARAMETERS = ("lr", "clip_epsilon", "entropy_coeff", "critic_coeff", "gamma", "lmbda", "num_epochs")
-
-
 def build_pbt_trainer(cfg: DictConfig, agent: ActorCritic, collector, **trainer_kwargs) -> PBTTrainer:
     """The in-process population (pbt=inprocess): one learner for all members plus the PBT hook from ``pbt.*``.
 
-    Each member follows ``train.lr_schedule`` on its own learning rate (``adaptive``: the KL rule, as PPO's)."""
+    Every member starts from ``train.<name>`` for each of ``HYPERPARAMETERS`` (``pbt.hyperparameters`` says which
+    mutate) and follows ``train.lr_schedule`` on its own learning rate (``adaptive``: the KL rule, as PPO's)."""
     learner = PopulationLearner(
         agent.actor.ensemble,
-        {k: cfg.train[k] for k in MEMBER_HYPERPARAMETERS},
+        {k: cfg.train[k] for k in HYPERPARAMETERS},
         generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed),
-        **config_kwargs(PopulationLearner, cfg.train, only=("num_minibatches", "max_grad_norm", "reward_scale",
-                                                             "lr_schedule", "kl_threshold", "min_lr", "max_lr")),
+        **config_kwargs(PopulationLearner, cfg.train, only=("num_minibatches", "reward_scale", "lr_schedule",
+                                                             "min_lr", "max_lr")),
     )
     trainer = PBTTrainer(collector=collector, learner=learner, **trainer_kwargs)
     InProcessPBT(learner, cfg.pbt.hyperparameters, seed=cfg.seed, **config_kwargs(InProcessPBT, cfg.pbt)).register(trainer)

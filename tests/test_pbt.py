@@ -168,6 +168,10 @@ def test_specs_are_data():
     assert (shipped["clip_epsilon"].min, shipped["clip_epsilon"].max) == (0.01, 0.3)
     assert (shipped["num_epochs"].min, shipped["num_epochs"].max) == (1, 8)
     assert (cfg["mutation_prob"], cfg["mu_min"], cfg["mu_max"]) == (0.2, 1.1, 1.5)
+    # the in-process population mutates the same set, with the same bounds (lr left to the adaptive rule)
+    inprocess = yaml.safe_load((REPO / "recipes/conf/pbt/inprocess.yaml").read_text())["pbt"]
+    assert parse_hyperparameter_specs(inprocess["hyperparameters"]) == list(shipped.values())
+    assert (inprocess["mutation_prob"], inprocess["mu_min"], inprocess["mu_max"]) == (0.2, 1.1, 1.5)
     assert (cfg["interval_frames"], cfg["start_frames"], cfg["burn_in_frames"]) == (20_000_000, 200_000_000, 50_000_000)
     assert yaml.safe_load((REPO / "recipes/conf/pbt/off.yaml").read_text()) == {"mode": "off"}
 

@@ -285,6 +285,45 @@ def test_stacked_adam_equals_per_member_adam_with_clipping_and_active_mask(max_n
             assert float(opt.state[p]["step"][i]) == float(rs["step"]) == sum(a[i] for a in actives)
 
 
+def test_stacked_adam_clips_each_member_at_its_own_max_grad_norm():
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    opt = StackedAdam([p], num_members=3, max_grad_norm=1.0, betas=(0.0, 0.0))
+    p.grad = torch.tensor([[3.0, 4.0], [0.3, 0.4], [3.0, 4.0]])  # norms 5, 0.5, 5
+    opt.step(lr=torch.ones(3), max_grad_norm=torch.tensor([1.0, 0.1, math.inf]))  # replaces the constructor's 1.0
+    # beta1 = 0: the first moment is the clipped gradient, g * min(1, clip / (|g| + 1e-6))
+    hand = torch.stack([p.grad[0] * 1.0 / (5 + 1e-6), p.grad[1] * 0.1 / (0.5 + 1e-6), p.grad[2]])
+    torch.testing.assert_close(opt.state[p]["exp_avg"], hand)
+
+
+def test_learner_holds_kl_threshold_and_max_grad_norm_per_member():
+    ens = _ensemble(3)
+    learner = PopulationLearner(ens, HP, num_minibatches=2, max_grad_norm=None, kl_threshold=0.02)
+    assert learner.hp_kl_threshold.tolist() == [pytest.approx(0.02)] * 3
+    assert learner.hp_max_grad_norm.tolist() == [math.inf] * 3  # None: no clipping
+    given = PopulationLearner(ens, {**HP, "max_grad_norm": [0.5, 1.0, 2.0], "kl_threshold": 0.01}, num_minibatches=2)
+    assert given.hp_max_grad_norm.tolist() == [0.5, 1.0, 2.0] and set(given.hyper) == set(HYPERPARAMETERS)
+    # the update clips each member at its own norm: a 1e-12 clip leaves Adam's step at ~lr * 1e-12 / eps, while
+    # the unclipped members step exactly as in a population without any clip
+    moved = {}
+    for clip in ([1e-12, math.inf, math.inf], [math.inf] * 3):
+        learner = PopulationLearner(_ensemble(3), {**HP, "max_grad_norm": clip}, num_minibatches=2,
+                                    generator=torch.Generator().manual_seed(0))
+        batch = _batch(3, 4)
+        learner.estimate(batch)
+        before = [p.detach().clone() for p in learner.optimizer._params()]
+        learner.update(batch)
+        moved[clip[0]] = [p.detach() - b for p, b in zip(learner.optimizer._params(), before)]
+    for clipped, free in zip(moved[1e-12], moved[math.inf]):
+        assert clipped[0].abs().max() < 1e-3 * free[0].abs().max()
+        assert torch.equal(clipped[1:], free[1:])
+    # a checkpoint from before the two were per member loads, keeping the current values
+    state = given.state_dict()
+    del state["hp_kl_threshold"], state["hp_max_grad_norm"]
+    given.hp_max_grad_norm.fill_(3.0)
+    given.load_state_dict(state)
+    assert given.hp_max_grad_norm.tolist() == [3.0] * 3
+
+
 def test_stacked_adam_clipping_really_clips_only_large_members():
     m = 2
     p = torch.nn.Parameter(torch.zeros(m, 4))
@@ -546,13 +585,13 @@ def _adaptive(num_epochs, **kw):
 
 def test_adaptive_learning_rate_applies_the_kl_rule_to_each_member():
     learner, batch, kl = _adaptive([1, 1, 1])
-    learner.kl_threshold = float(kl[1])  # member 1 inside [thr / 2, 2 thr]
+    learner.hp_kl_threshold.fill_(float(kl[1]))  # member 1 inside [thr / 2, 2 thr]
     assert kl[0] > 2 * kl[1] and kl[2] < kl[1] / 2
     learner.update(batch)
     torch.testing.assert_close(learner.hp_lr, torch.tensor([1e-3 / 1.5, 1e-3, 1.2e-3]))  # / 1.5, kept, x 1.5 clamped
     # a member past its num_epochs did not step and keeps its learning rate; the others go on adapting
     learner2, batch2, _ = _adaptive([1, 1, 2])
-    learner2.kl_threshold = learner.kl_threshold
+    learner2.hp_kl_threshold.copy_(learner.hp_kl_threshold)
     learner2.update(batch2)
     torch.testing.assert_close(learner2.hp_lr[:2], learner.hp_lr[:2])
     assert float(learner2.hp_lr[2]) in (pytest.approx(1.2e-3), pytest.approx(1.2e-3 / 1.5))
@@ -561,6 +600,16 @@ def test_adaptive_learning_rate_applies_the_kl_rule_to_each_member():
     fixed.estimate(batch)
     fixed.update(batch)
     assert fixed.hp_lr.tolist() == [pytest.approx(1e-3)] * 3
+
+
+def test_adaptive_learning_rate_follows_each_members_own_kl_threshold():
+    # the same KLs as above, each member against its own threshold (DexPBT Table II mutates it)
+    learner, batch, kl = _adaptive([1, 1, 1])
+    assert learner.hp_kl_threshold.tolist() == [pytest.approx(0.016)] * 3  # every member starts from kl_threshold
+    learner.hp_kl_threshold.copy_(torch.stack([kl[0], kl[1] / 4, torch.tensor(1.0)]))
+    learner.update(batch)
+    # member 0 inside its band: kept; member 1 above twice its threshold: / 1.5; member 2 below half: x 1.5, clamped
+    torch.testing.assert_close(learner.hp_lr, torch.tensor([1e-3, 1e-3 / 1.5, 1.2e-3]))
 
 
 def test_adaptive_learning_rate_refuses_unknown_schedules_and_batches_without_the_gaussian():

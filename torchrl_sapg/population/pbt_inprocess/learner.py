@@ -2,7 +2,7 @@
 
 ``PopulationLearner`` holds a :class:`PolicyEnsemble`, a per-member Adam (:class:`StackedAdam`)
 and one ``[M]`` tensor per hyperparameter (learning rate, clip epsilon, entropy and critic
-coefficients, gamma, lambda, mini-epochs). One update processes all members at once: per-member
+coefficients, gamma, lambda, mini-epochs, the adaptive rule's KL threshold, the gradient clip). One update processes all members at once: per-member
 GAE, per-member advantage standardisation, per-member shuffled minibatches of each member's own
 rows, the clipped PPO loss summed over members (:class:`~torchrl_sapg.objectives.PopulationPPOLoss`;
 member i's gradient is its own loss's), per-member gradient-norm clipping and learning rates,
@@ -13,6 +13,7 @@ recorded at collection. ``PBTTrainer`` plugs it into
 """
 from __future__ import annotations
 
+import math
 from typing import Literal, Mapping
 
 import torch
@@ -24,7 +25,12 @@ from torchrl_sapg.population.pbt_inprocess.ensemble import PolicyEnsemble, ensem
 from torchrl_sapg.population.pbt_inprocess.recurrent_ensemble import RecurrentPolicyEnsemble
 from torchrl_sapg.trainers.on_policy import OnPolicyTrainer
 
-HYPERPARAMETERS = ("lr", "clip_epsilon", "entropy_coeff", "critic_coeff", "gamma", "lmbda", "num_epochs")
+#: every member's hyperparameters, each an ``[M]`` tensor that PBT may mutate (DexPBT Table II mutates kl_threshold and
+#: max_grad_norm, with the learning rate left to the adaptive rule)
+HYPERPARAMETERS = ("lr", "clip_epsilon", "entropy_coeff", "critic_coeff", "gamma", "lmbda", "num_epochs", "kl_threshold",
+                   "max_grad_norm")
+#: the ones without a default: ``kl_threshold`` and ``max_grad_norm`` start from the learner's arguments of those names
+REQUIRED_HYPERPARAMETERS = HYPERPARAMETERS[:7]
 
 
 class StackedAdam(torch.optim.Optimizer):
@@ -94,13 +100,16 @@ class StackedAdam(torch.optim.Optimizer):
         return layout
 
     @torch.no_grad()
-    def step(self, lr: torch.Tensor, active: torch.Tensor | None = None):  # noqa: D102
+    def step(self, lr: torch.Tensor, active: torch.Tensor | None = None, max_grad_norm: torch.Tensor | None = None):
+        """One Adam step of every active member (``lr``, ``active`` and ``max_grad_norm``, which replaces the
+        constructor's clip, are ``[M]``); returns the ``[M]`` gradient norms before clipping."""
         m = self.num_members
         groups = self._group_grads()
         norms = self._norms([g for *_, g in groups])
         scale = torch.ones_like(norms)
-        if self.max_grad_norm is not None:
-            scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        clip = self.max_grad_norm if max_grad_norm is None else max_grad_norm
+        if clip is not None:
+            scale = (clip / (norms + 1e-6)).clamp(max=1.0)
         act = torch.ones(m, dtype=torch.bool, device=norms.device) if active is None else active.to(norms.device)
         act = act & torch.isfinite(norms)  # a member whose gradient holds NaN/inf skips the step (the trainer then raises)
         a = act.view(m, 1)
@@ -187,15 +196,16 @@ class PopulationLearner(nn.Module):
     Args:
         ensemble: the M members (:class:`PolicyEnsemble` or :class:`RecurrentPolicyEnsemble`).
         hyperparameters: initial value of each of ``HYPERPARAMETERS`` (a scalar for every member
-            or a length-M sequence).
+            or a length-M sequence); ``kl_threshold`` and ``max_grad_norm`` may be left out.
         num_minibatches: minibatches per mini-epoch, taken from each member's own rows.
-        max_grad_norm: per-member global gradient-norm clip.
+        max_grad_norm: every member's initial global gradient-norm clip, where ``hyperparameters`` has none
+            (``None``: no clipping, held as ``inf``).
         reward_scale: rewards are multiplied by this before value estimation.
         generator: for the minibatch shuffles.
         lr_schedule: ``"fixed"`` (a member's learning rate changes only when PBT changes it) or ``"adaptive"``
             (after each of its minibatches, each member applies :class:`~torchrl_sapg.trainers.LearningRateSchedule`'s
             KL rule to its own learning rate, from its own analytic KL; DexPBT's members train with it, Table II).
-        kl_threshold: target KL of the adaptive rule.
+        kl_threshold: every member's initial target KL of the adaptive rule, where ``hyperparameters`` has none.
         lr_factor: its step (divide or multiply the learning rate by it).
         min_lr: the adaptive rule's lower bound.
         max_lr: the adaptive rule's upper bound.
@@ -229,11 +239,14 @@ class PopulationLearner(nn.Module):
                              "(the KL rule); a linear schedule is not supported in-process.")
         if lr_factor <= 1.0:
             raise ValueError(f"lr_factor must be > 1, got {lr_factor}.")
-        self.lr_schedule, self.kl_threshold, self.lr_factor = lr_schedule, kl_threshold, lr_factor
+        self.lr_schedule, self.lr_factor = lr_schedule, lr_factor
         self.min_lr, self.max_lr = min_lr, max_lr
-        missing = [k for k in HYPERPARAMETERS if k not in hyperparameters]
+        missing = [k for k in REQUIRED_HYPERPARAMETERS if k not in hyperparameters]
         if missing:
-            raise KeyError(f"hyperparameters is missing {missing}; give each of {HYPERPARAMETERS}.")
+            raise KeyError(f"hyperparameters is missing {missing}; give each of {REQUIRED_HYPERPARAMETERS}.")
+        hyperparameters = {"kl_threshold": kl_threshold, "max_grad_norm": max_grad_norm, **hyperparameters}
+        if hyperparameters["max_grad_norm"] is None:
+            hyperparameters["max_grad_norm"] = math.inf
         m = ensemble.num_members
         self.ensemble = ensemble
         device = next(ensemble.parameters()).device
@@ -249,7 +262,8 @@ class PopulationLearner(nn.Module):
             raise ValueError("num_epochs must be >= 1 for every member.")
         self.num_minibatches = num_minibatches
         self.reward_scale = reward_scale
-        self.optimizer = StackedAdam(list(ensemble.parameters()), num_members=m, max_grad_norm=max_grad_norm)
+        # the clip is each member's hp_max_grad_norm, passed to every step
+        self.optimizer = StackedAdam(list(ensemble.parameters()), num_members=m, max_grad_norm=None)
         self.generator = generator or torch.Generator(device=device)
         # not a submodule: the ensemble's weights stay under "ensemble." in this learner's state_dict
         self.__dict__["_member_loss"] = PopulationPPOLoss(
@@ -321,7 +335,7 @@ class PopulationLearner(nn.Module):
                 kl = losses.get("kl_gaussian") if self.lr_schedule == "adaptive" else None
                 if self.sync is not None:  # one all-reduce: the gradients and the KL the learning rates follow
                     self.sync.average_gradients_(self.optimizer._params(), [] if kl is None else [kl])
-                norms = self.optimizer.step(lr=self.hp_lr, active=active)
+                norms = self.optimizer.step(lr=self.hp_lr, active=active, max_grad_norm=self.hp_max_grad_norm)
                 if kl is not None:
                     self._adapt_lr(kl, active)
                 out = losses.detach()
@@ -333,9 +347,9 @@ class PopulationLearner(nn.Module):
     @torch.no_grad()
     def _adapt_lr(self, kl: torch.Tensor, active: torch.Tensor) -> None:
         """The KL rule on every member that stepped (LearningRateSchedule.on_minibatch, per member, on device)."""
-        lr = self.hp_lr
-        new = torch.where(kl > 2.0 * self.kl_threshold, (lr / self.lr_factor).clamp_min(self.min_lr), lr)
-        new = torch.where(kl < 0.5 * self.kl_threshold, (lr * self.lr_factor).clamp_max(self.max_lr), new)
+        lr, threshold = self.hp_lr, self.hp_kl_threshold
+        new = torch.where(kl > 2.0 * threshold, (lr / self.lr_factor).clamp_min(self.min_lr), lr)
+        new = torch.where(kl < 0.5 * threshold, (lr * self.lr_factor).clamp_max(self.max_lr), new)
         lr.copy_(torch.where(active, new, lr))
 
     def exploit(self, dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -353,6 +367,8 @@ class PopulationLearner(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         state_dict = dict(state_dict)
+        for name in HYPERPARAMETERS[len(REQUIRED_HYPERPARAMETERS):]:  # a checkpoint from before they were per member
+            state_dict.setdefault(f"hp_{name}", getattr(self, f"hp_{name}"))
         self.optimizer.load_state_dict(state_dict.pop("_optimizer"))
         self.generator.set_state(state_dict.pop("_generator"))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
