@@ -2,14 +2,15 @@
 
 ``PopulationLearner`` holds a :class:`PolicyEnsemble`, a per-member Adam (:class:`StackedAdam`)
 and one ``[M]`` tensor per hyperparameter (learning rate, clip epsilon, entropy and critic
-coefficients, gamma, lambda, mini-epochs, the adaptive rule's KL threshold, the gradient clip). One update processes all members at once: per-member
-GAE, per-member advantage standardisation, per-member shuffled minibatches of each member's own
-rows, the clipped PPO loss summed over members (:class:`~torchrl_sapg.objectives.PopulationPPOLoss`;
-member i's gradient is its own loss's), per-member gradient-norm clipping and learning rates,
-and per-member mini-epoch counts (members with fewer epochs are masked out of the later ones). With a :class:`RecurrentPolicyEnsemble`
-the minibatches are whole env-rows of each member's block, replayed from the hidden states
-recorded at collection. ``PBTTrainer`` plugs it into
-:class:`~torchrl_sapg.trainers.OnPolicyTrainer`. (DexPBT, Petrenko et al. 2023, Sec. III.)
+coefficients, gamma, lambda, mini-epochs, the adaptive rule's KL threshold, the gradient clip).
+One update processes all members at once: per-member GAE, per-member advantage standardisation,
+per-member shuffled minibatches of each member's own rows, the clipped PPO loss summed over members
+(:class:`~torchrl_sapg.objectives.PopulationPPOLoss`; member i's gradient is its own loss's),
+per-member gradient-norm clipping and learning rates, and per-member mini-epoch counts (members with
+fewer epochs are masked out of the later ones). With a :class:`RecurrentPolicyEnsemble` the
+minibatches are whole env-rows of each member's block, replayed from the hidden states recorded at
+collection. ``PBTTrainer`` plugs it into :class:`~torchrl_sapg.trainers.OnPolicyTrainer`.
+(DexPBT, Petrenko et al. 2023, Sec. III.)
 """
 from __future__ import annotations
 
