@@ -316,6 +316,9 @@ def test_learner_holds_kl_threshold_and_max_grad_norm_per_member():
     for clipped, free in zip(moved[1e-12], moved[math.inf]):
         assert clipped[0].abs().max() < 1e-3 * free[0].abs().max()
         assert torch.equal(clipped[1:], free[1:])
+    for bad in ({"max_grad_norm": [0.5, 0.0, 1.0]}, {"kl_threshold": -0.01}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be > 0 for every member"):
+            PopulationLearner(ens, {**HP, **bad}, num_minibatches=2)
     # a checkpoint from before the two were per member loads, keeping the current values
     state = given.state_dict()
     del state["hp_kl_threshold"], state["hp_max_grad_norm"]

@@ -261,6 +261,10 @@ class PopulationLearner(nn.Module):
             self.register_buffer(f"hp_{name}", value)
         if int(self.hp_num_epochs.min()) < 1:
             raise ValueError("num_epochs must be >= 1 for every member.")
+        for name, fix in (("kl_threshold", "a positive target KL"), ("max_grad_norm", "a positive clip, or None for none")):
+            values = getattr(self, f"hp_{name}")
+            if not bool((values > 0).all()):
+                raise ValueError(f"{name} must be > 0 for every member, got {values.tolist()}; give {fix}.")
         self.num_minibatches = num_minibatches
         self.reward_scale = reward_scale
         # the clip is each member's hp_max_grad_norm, passed to every step
