@@ -26,12 +26,12 @@ from torchrl_sapg.population.pbt_inprocess.ensemble import PolicyEnsemble, ensem
 from torchrl_sapg.population.pbt_inprocess.recurrent_ensemble import RecurrentPolicyEnsemble
 from torchrl_sapg.trainers.on_policy import OnPolicyTrainer
 
-#: every member's hyperparameters, each an ``[M]`` tensor that PBT may mutate (DexPBT Table II mutates kl_threshold and
-#: max_grad_norm, with the learning rate left to the adaptive rule)
-HYPERPARAMETERS = ("lr", "clip_epsilon", "entropy_coeff", "critic_coeff", "gamma", "lmbda", "num_epochs", "kl_threshold",
-                   "max_grad_norm")
-#: the ones without a default: ``kl_threshold`` and ``max_grad_norm`` start from the learner's arguments of those names
-REQUIRED_HYPERPARAMETERS = HYPERPARAMETERS[:7]
+#: the hyperparameters a ``PopulationLearner`` must be given, one value or ``[M]`` values each
+REQUIRED_HYPERPARAMETERS = ("lr", "clip_epsilon", "entropy_coeff", "critic_coeff", "gamma", "lmbda", "num_epochs")
+#: those that default to the learner's arguments of the same name (DexPBT Table II mutates both)
+DEFAULTED_HYPERPARAMETERS = ("kl_threshold", "max_grad_norm")
+#: every member's hyperparameters, each an ``[M]`` tensor that PBT may mutate
+HYPERPARAMETERS = REQUIRED_HYPERPARAMETERS + DEFAULTED_HYPERPARAMETERS
 
 
 class StackedAdam(torch.optim.Optimizer):
@@ -261,7 +261,7 @@ class PopulationLearner(nn.Module):
             self.register_buffer(f"hp_{name}", value)
         if int(self.hp_num_epochs.min()) < 1:
             raise ValueError("num_epochs must be >= 1 for every member.")
-        for name, fix in (("kl_threshold", "a positive target KL"), ("max_grad_norm", "a positive clip, or None for none")):
+        for name, fix in zip(DEFAULTED_HYPERPARAMETERS, ("a positive target KL", "a positive clip, or None for none")):
             values = getattr(self, f"hp_{name}")
             if not bool((values > 0).all()):
                 raise ValueError(f"{name} must be > 0 for every member, got {values.tolist()}; give {fix}.")
@@ -372,7 +372,7 @@ class PopulationLearner(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         state_dict = dict(state_dict)
-        for name in HYPERPARAMETERS[len(REQUIRED_HYPERPARAMETERS):]:  # a checkpoint from before they were per member
+        for name in DEFAULTED_HYPERPARAMETERS:  # a checkpoint from before they were per member
             state_dict.setdefault(f"hp_{name}", getattr(self, f"hp_{name}"))
         self.optimizer.load_state_dict(state_dict.pop("_optimizer"))
         self.generator.set_state(state_dict.pop("_generator"))
