@@ -322,6 +322,36 @@ def _iqm(t: dict | None, digits: int = 2) -> str:
     return f"{t['iqm']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+# Longer fixed-updates studies, shown in the README under the main grid (only the columns of ALGOS), each with its
+# study of PPO on a PBT member's share of the environments (N / 8), for the selection table.
+LONG_RUNS = {"ablation_point_maze_u_latent_scale_200_updates.json": "ablation_point_maze_u_ppo_member_envs_200_updates.json"}
+
+
+def _long_runs() -> list[dict]:
+    return [d for name in LONG_RUNS if (d := _load(name)) is not None]
+
+
+def long_run_table() -> list[str]:
+    """The LONG_RUNS studies: one row per N (each method's IQM [95% CI]), then each method's P(> PPO) per N."""
+    studies = _long_runs()
+    if not studies:
+        return []
+    rows = ["| task (metric) | N | updates | seeds | PPO | SAPG | EPO | PBT |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for d in studies:
+        metric = METRIC_NAMES.get(d.get("metric"), d.get("metric"))
+        updates = d["protocols"]["updates"]["updates"]
+        for n in sorted({t["num_envs"] for t in d["table"] if t["protocol"] == "updates"}):
+            cells = [_cell(d, a, n) for a in ALGOS]
+            seeds = "/".join(str(k) for k in sorted({len(c["seeds"]) for c in cells if c}))
+            rows.append(f"| {d['env']} ({metric}) | {n:,} | {updates} | {seeds} | " + " | ".join(_iqm(c) for c in cells) + " |")
+            p = [f"{a.upper()} {c['p_improve']:.2f} [{c['p_improve_ci'][0]:.2f}, {c['p_improve_ci'][1]:.2f}]"
+                 for a, c in zip(ALGOS, cells) if c is not None and c.get("p_improve") is not None]
+            if p:
+                notes.append(f"{d['env']}, N = {n:,}, {updates} updates: " + ", ".join(p))
+    return rows + (["", "P(method > PPO) [95% CI]: " + "; ".join(notes) + "."] if notes else [])
+
+
 def hard_scaling_table(min_n: int = 4096) -> list[str]:
     """Task × N (N >= ``min_n``) rows: each method's IQM [95% CI] of the task's metric, fixed-updates protocol."""
     rows = ["| task (metric) | N | updates | seeds | PPO | SAPG | EPO | PBT |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -478,10 +508,14 @@ def readme_table() -> str:
     """The README's results (between the results markers): the hard-task scaling table and its plot."""
     rows = hard_scaling_table()
     studies = _hard_scaling()
+    longer = long_run_table()
+    if longer:
+        rows += ["", "Longer runs on the task where the methods differ most, the same evaluation:", "", *longer]
     if studies:
-        n_seeds = sorted({len(t["seeds"]) for d in studies for t in d["table"]})
-        codes = [r.get("code") or d.get("code") or {} for d in studies for r in d["runs"]  # per run: resumed studies
-                 if "updates" in r.get("protocols", [])]  # the table's protocol only
+        shown = [*studies, *_long_runs()]
+        n_seeds = sorted({len(t["seeds"]) for d in shown for t in d["table"] if t["algo"] in ALGOS})
+        codes = [r.get("code") or d.get("code") or {} for d in shown for r in d["runs"]  # per run: resumed studies
+                 if "updates" in r.get("protocols", []) and r["algo"] in ALGOS]  # the tables' protocol and methods
         commits = sorted({c.get("commit", "?")[:7] + ("+dirty" if c.get("dirty") else "") for c in codes})
         rows = [f"Hard-exploration tasks (docs/embedded-tasks.md), recipe defaults (runs at commit {', '.join(commits)}), "
                 "fixed number of updates per run: "
@@ -575,21 +609,24 @@ def selection_table(k: int = 8) -> list[str]:
     The PPO runs come at two sizes: N environments each (the study's PPO), and N / ``k``, a PBT member's share, from
     ``ablation_<task>_ppo_member_envs.json`` where it exists ("–" where it does not), in two variants: the recipe's
     KL-adaptive learning rate (label ``ppo``) and a fixed one, as a PBT member keeps between rounds
-    (``ppo-fixed-lr``). Picking among ``k`` runs of N / ``k`` is PBT without its rounds, at PBT's compute.
+    (``ppo-fixed-lr``). Picking among ``k`` runs of N / ``k`` is PBT without its rounds, at PBT's compute. The
+    LONG_RUNS studies follow the main ones, each with its own N / ``k`` study.
     """
     import statistics
 
     import rl_stats
 
     variants = ("ppo", "ppo-fixed-lr")
-    rows = [f"| task (metric) | N | seeds | PPO run | PPO run on N/{k} envs (recipe lr / fixed lr) | PBT member, all | "
+    rows = [f"| task (metric) | N | updates | seeds | PPO run | PPO run on N/{k} envs (recipe lr / fixed lr) | PBT member, all | "
             f"PBT member 0 | PBT headline (best of its {k} by eval return) | best of {k} PPO runs on N/{k} envs, "
             f"expected (recipe lr / fixed lr) | best of {k} PPO runs by eval return (expected) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for d in _hard_scaling():
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    studies = [(d, f"ablation_{d['env']}_ppo_member_envs.json") for d in _hard_scaling()]
+    studies += [(d, member_envs) for name, member_envs in LONG_RUNS.items() if (d := _load(name)) is not None]
+    for d, member_envs in studies:
         metric = d["metric"]
         runs = [r for r in d["runs"] if "updates" in r.get("protocols", []) and r.get(metric) is not None]
-        small = (_load(f"ablation_{d['env']}_ppo_member_envs.json") or {"runs": []})["runs"]
+        small = (_load(member_envs) or {"runs": []})["runs"]
         small = [r for r in small if r.get(metric) is not None and "updates" in r.get("protocols", [])]
         for n in sorted({r["num_envs"] for r in runs}):
             ppo = [r for r in runs if r["algo"] == "ppo" and r["num_envs"] == n]
@@ -603,7 +640,8 @@ def selection_table(k: int = 8) -> list[str]:
                 means.append(f"{statistics.fmean(r[metric] for r in rs):.3f} ({len(rs)})" if rs else "–")
                 picks.append(f"{rl_stats.expected_best_of_k([r['eval_return'] for r in rs], [r[metric] for r in rs], k):.3f}"
                              if rs else "–")
-            rows.append(f"| {d['env']} ({METRIC_NAMES.get(metric, metric)}) | {n:,} | {len(pbt)} | "
+            rows.append(f"| {d['env']} ({METRIC_NAMES.get(metric, metric)}) | {n:,} | "
+                        f"{d['protocols']['updates']['updates']} | {len(pbt)} | "
                         f"{statistics.fmean(r[metric] for r in ppo):.3f} | {' / '.join(means)} | "
                         f"{statistics.fmean(v for m in members for v in m):.3f} | {statistics.fmean(m[0] for m in members):.3f} | "
                         f"{statistics.fmean(r[metric] for r in pbt):.3f} | {' / '.join(picks)} | "

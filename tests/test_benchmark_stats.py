@@ -197,6 +197,35 @@ def test_report_tells_a_floor_apart_from_a_seed_determined_task(tmp_path, monkey
     assert [line for line in report.hard_scaling_table() if line and not line.startswith("|")] == []
 
 
+def test_readme_shows_the_longer_runs_of_the_four_methods_only(tmp_path, monkeypatch):
+    import json
+
+    import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    _hard_task_json(tmp_path, "point_maze_u", lambda a, n, s: 0.1 * s)
+    # a 200-update study: PPO at 0, PBT at 1 on every seed, an ablation label beside them; N = 4096 has no SAPG
+    runs = [{"algo": a, "algo_name": a.split("-")[0], "num_envs": n, "seed": s, "protocols": ["updates"], "iterations": 200,
+             "frames": 200 * n * 16, "eval_return": 1.0, "final_train_return": None, "wall_seconds": 1.0,
+             "eval_success": float(a == "pbt"), "code": {"commit": "abcdef0123456789", "dirty": False}}
+            for a in ("ppo", "sapg", "sapg-wide", "pbt") for n in (1024, 4096) for s in range(5 if n == 1024 else 3)
+            if not (n == 4096 and a.startswith("sapg"))]
+    d = {"env": "point_maze_u", "protocols": {"updates": {"updates": 200, "horizon": 16}}, "runs": runs,
+         **scaling.analysis(runs, ["ppo", "sapg", "sapg-wide", "pbt"], None, None)}
+    (tmp_path / next(iter(report.LONG_RUNS))).write_text(json.dumps(d))
+    table = report.long_run_table()
+    assert table[2] == ("| point_maze_u (success rate) | 1,024 | 200 | 5 | 0.00 [0.00, 0.00] | 0.00 [0.00, 0.00] | — | "
+                        "1.00 [1.00, 1.00] |")
+    assert table[3] == "| point_maze_u (success rate) | 4,096 | 200 | 3 | 0.00 [0.00, 0.00] | — | — | 1.00 [1.00, 1.00] |"
+    assert table[-1] == ("P(method > PPO) [95% CI]: point_maze_u, N = 1,024, 200 updates: SAPG 0.50 [0.50, 0.50], "
+                         "PBT 1.00 [1.00, 1.00]; point_maze_u, N = 4,096, 200 updates: PBT 1.00 [1.00, 1.00].")
+    readme = report.readme_table()
+    assert "sapg-wide" not in readme and "| 1,024 | 200 | 5 |" in readme
+    assert "recipe defaults (runs at commit 0123456, abcdef0)" in readme and "over 3/5 seeds" in readme
+    (tmp_path / next(iter(report.LONG_RUNS))).unlink()
+    assert report.long_run_table() == [] and "200" not in report.readme_table()
+
+
 def test_diagnostics_table_leaves_off_policy_columns_empty_without_off_policy_rows(tmp_path, monkeypatch):
     import json
 
@@ -319,7 +348,7 @@ def test_selection_table_sets_pbts_headline_beside_the_best_of_k_ppo_runs(tmp_pa
     (row,) = report.selection_table(k=2)[2:]
     # PPO runs 0.5; members (0 + 1 + 0.5 + 0) / 4; member 0 (0 + 0.5) / 2; headline (1 + 0.5) / 2; best of 2 PPO
     # runs by return: run 1 with probability 3/4; no PPO runs on N/2 envs yet
-    assert row == "| point_maze_u (success rate) | 16 | 2 | 0.500 | – / – | 0.375 | 0.250 | 0.750 | – / – | 0.750 |"
+    assert row == "| point_maze_u (success rate) | 16 | 2 | 2 | 0.500 | – / – | 0.375 | 0.250 | 0.750 | – / – | 0.750 |"
     # PPO on a member's share (16 / 2 = 8 envs): runs at another N or protocol are not read
     small = [run("ppo", 0, 3.0, 0.0), run("ppo", 1, 1.0, 1.0), run("ppo", 2, 2.0, 1.0), run("ppo", 3, 9.0, 1.0),
              run("ppo-fixed-lr", 0, 1.0, 1.0)]
@@ -330,8 +359,20 @@ def test_selection_table_sets_pbts_headline_beside_the_best_of_k_ppo_runs(tmp_pa
     (row,) = report.selection_table(k=2)[2:]
     # recipe lr: two runs on 8 envs, mean success 0.5; the best of 2 by return is run 0 (return 3, success 0) unless
     # both draws are run 1: expected success 1/4. Fixed lr: one run, success 1
-    assert row == ("| point_maze_u (success rate) | 16 | 2 | 0.500 | 0.500 (2) / 1.000 (1) | 0.375 | 0.250 | 0.750 | "
+    assert row == ("| point_maze_u (success rate) | 16 | 2 | 2 | 0.500 | 0.500 (2) / 1.000 (1) | 0.375 | 0.250 | 0.750 | "
                    "0.250 / 1.000 | 0.750 |")
+    # a longer study of the same task follows, with its own study of PPO on a member's share
+    long_name, long_member_envs = next(iter(report.LONG_RUNS.items()))
+    for r in runs:
+        r["eval_success"] = 1.0 - r["eval_success"]
+        if "eval_per_policy" in r:
+            r["eval_per_policy"]["eval_success"] = [1.0 - v for v in r["eval_per_policy"]["eval_success"]]
+    (tmp_path / long_name).write_text(json.dumps({**d, "protocols": {"updates": {"updates": 200, "horizon": 16}}}))
+    (tmp_path / long_member_envs).write_text(json.dumps({"runs": [run("ppo", 0, 1.0, 0.25) | {"num_envs": 8}]}))
+    main, longer = report.selection_table(k=2)[2:]
+    assert main.startswith("| point_maze_u (success rate) | 16 | 2 | 2 | 0.500 | 0.500 (2) / 1.000 (1) |")
+    assert longer == ("| point_maze_u (success rate) | 16 | 200 | 2 | 0.500 | 0.250 (1) / – | 0.625 | 0.750 | 0.250 | "
+                      "0.250 / – | 0.250 |")
 
 
 def test_controller_table_counts_pumping_and_braking_leaders(tmp_path, monkeypatch):
