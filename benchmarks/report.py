@@ -510,7 +510,7 @@ def readme_table() -> str:
     studies = _hard_scaling()
     longer = long_run_table()
     if longer:
-        rows += ["", "Longer runs on the task where the methods differ most, the same evaluation:", "", *longer]
+        rows += ["", "Longer runs, the same evaluation:", "", *longer]
     if studies:
         shown = [*studies, *_long_runs()]
         n_seeds = sorted({len(t["seeds"]) for d in shown for t in d["table"] if t["algo"] in ALGOS})
