@@ -807,6 +807,28 @@ def test_pbt_round_without_any_fitness_acts_on_nobody_and_warns_once():
         pbt.step(frames=3000, objectives=OBJ10)  # a round with a fitness never warns
 
 
+def test_pbt_wait_for_fitness_leaves_members_without_an_episode_alone():
+    # the maze's cascade: members changed last round have ended no episode yet, so they rank last
+    objs = list(OBJ10)
+    objs[2] = objs[6] = float("nan")  # two of the bottom three have no fitness (an empty window)
+    ranking = [1, 5, 3, 7, 0, 9, 4, 8, 2, 6]  # by objective, the two without one last
+    default = _pbt().step(frames=1000, objectives=objs)
+    assert default["ranking"] == ranking
+    assert default["replaced"] == [2, 6, 8] and default["mutated"] == [0, 4, 7, 9]  # bottom 3: ranks 7-9
+    pbt = _pbt(wait_for_fitness=True)
+    params0, _, hyper0 = _snapshot(pbt.learner)
+    report = pbt.step(frames=1000, objectives=objs)
+    assert report["ranking"] == ranking  # the same ranking; only who acts changes
+    assert report["replaced"] == [8] and set(report["sources"]) <= set(TOP)
+    assert report["mutated"] == [0, 4, 7, 9]
+    params1, _, hyper1 = _snapshot(pbt.learner)
+    for i in (2, 6):  # untouched: weights, hyperparameters, change clock
+        _same_member(params1, i, params0, i)
+        _same_member(hyper1, i, hyper0, i)
+        assert pbt.last_change[i] < 0
+    assert pbt.last_change[8] == 1000
+
+
 def test_pbt_burn_in_leaves_recently_changed_members_alone():
     pbt = _pbt(burn_in=1000)
     pbt.step(frames=1000, objectives=OBJ10)

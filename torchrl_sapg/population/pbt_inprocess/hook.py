@@ -31,7 +31,8 @@ class InProcessPBT(TrainerHookBase):
     The objective of member ``i`` is an exponentially weighted mean (``fitness_decay`` per
     batch) of the ``fitness_key`` statistic ("return": the episode return) of episodes that
     ended in member ``i``'s own env block since its last change; a member with none ranks last.
-    Members changed less than ``burn_in_frames`` ago are left alone (they still rank).
+    Members changed less than ``burn_in_frames`` ago are left alone (they still rank); with
+    ``wait_for_fitness`` so is a member with no fitness yet, instead of being replaced for having none.
 
     Args:
         learner: the population.
@@ -46,6 +47,7 @@ class InProcessPBT(TrainerHookBase):
         mu_max: Alg. 2's largest mutation factor (paper: 1.5).
         fitness_key: the per-member episode statistic to maximise (``"return"``, ``"length"``, any episode-end key).
         fitness_decay: per-batch decay of the fitness window (1: the plain mean since the member's last change).
+        wait_for_fitness: leave alone a member with no finished episode since its last change (False: it ranks last).
         seed: seeds the decisions and mutations.
         beta_mut: deprecated name of ``mutation_prob``.
 
@@ -74,6 +76,7 @@ class InProcessPBT(TrainerHookBase):
         mu_max: float = 1.5,
         fitness_key: str = "return",
         fitness_decay: float = 0.8,
+        wait_for_fitness: bool = False,
         seed: int = 0,
         beta_mut: float | None = None,
     ):
@@ -94,6 +97,7 @@ class InProcessPBT(TrainerHookBase):
         self.mutation_prob, self.mu_min, self.mu_max = mutation_prob, mu_min, mu_max
         self.fitness_key = fitness_key
         self.fitness_decay = fitness_decay
+        self.wait_for_fitness = bool(wait_for_fitness)
         self.rng = random.Random(seed)
         m = learner.ensemble.num_members
         # no off-policy rows in an in-process population; sync set by register under torchrun
@@ -151,7 +155,8 @@ class InProcessPBT(TrainerHookBase):
                 "once episodes end: set start_frames (pbt.start_frames) past the frames the first episodes take "
                 "(about the episode length times num_envs), or train for longer.", RuntimeWarning, stacklevel=2)
         decisions = {i: pbt_decision(i, objs, selection=self.selection, generator=self.rng) for i in objs}
-        acting = {i: d for i, d in decisions.items() if frames - self.last_change[i] >= self.burn_in_frames}
+        acting = {i: d for i, d in decisions.items() if frames - self.last_change[i] >= self.burn_in_frames
+                  and not (self.wait_for_fitness and objs[i] is None)}
         replace = [(i, d) for i, d in acting.items() if d.action == "replace"]
         old = {i: self._hyper_of(i) for i in objs}  # mutations start from the pre-step values
         if replace:
