@@ -827,6 +827,8 @@ def test_pbt_wait_for_fitness_leaves_members_without_an_episode_alone():
         _same_member(hyper1, i, hyper0, i)
         assert pbt.last_change[i] < 0
     assert pbt.last_change[8] == 1000
+    with pytest.raises(ValueError, match=r"wait_for_fitness must be True or False, got 'false'"):
+        _pbt(wait_for_fitness="false")
 
 
 def test_pbt_burn_in_leaves_recently_changed_members_alone():

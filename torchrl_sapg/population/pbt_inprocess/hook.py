@@ -90,6 +90,8 @@ class InProcessPBT(TrainerHookBase):
             raise ValueError(f"interval_frames must be >= 1, got {interval_frames}.")
         if not 0 < fitness_decay <= 1:
             raise ValueError(f"fitness_decay must be in (0, 1], got {fitness_decay}.")
+        if not isinstance(wait_for_fitness, bool):  # bool("false") would be True
+            raise ValueError(f"wait_for_fitness must be True or False, got {wait_for_fitness!r}.")
         self.interval_frames = int(interval_frames)
         self.start_frames = int(start_frames)
         self.burn_in_frames = int(burn_in_frames)
@@ -97,7 +99,7 @@ class InProcessPBT(TrainerHookBase):
         self.mutation_prob, self.mu_min, self.mu_max = mutation_prob, mu_min, mu_max
         self.fitness_key = fitness_key
         self.fitness_decay = fitness_decay
-        self.wait_for_fitness = bool(wait_for_fitness)
+        self.wait_for_fitness = wait_for_fitness
         self.rng = random.Random(seed)
         m = learner.ensemble.num_members
         # no off-policy rows in an in-process population; sync set by register under torchrun
